@@ -1,0 +1,156 @@
+"""`Module`: a computation bound to one graph node, with lazily created params.
+
+A module stores configuration only. Its params live in a `Params` container
+under the node's path and are created on the first forward pass, when the
+input shapes are known.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> class Scale(Module):
+  ...   def __call__(self, params, x):
+  ...     s, params = self.get_param(
+  ...         params, 'scale', x.shape[-1:], jax.nn.initializers.ones)
+  ...     return x * s, params
+  >>> scale = Scale(Graph('net').child('scale'))
+  >>> y, params = scale(Params(), jnp.ones(3))
+  >>> scale.param_path('scale')
+  ('net', 'scale', 'scale')
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from blox.graph.graph import Graph
+from blox.params import KeySource, Params
+
+__all__ = ["Module"]
+
+
+@functools.cache
+def _init_signature(cls: type) -> inspect.Signature:
+  return inspect.signature(cls.__init__)  # type: ignore[misc]  # reads the unbound initialiser
+
+
+class _ModuleMeta(abc.ABCMeta):
+  """Checks that `Module.__init__` ran and records the constructor arguments."""
+
+  def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+    module = super().__call__(*args, **kwargs)
+    if "_graph" not in module.__dict__:
+      raise RuntimeError(
+          f"{cls.__name__}.__init__ did not call super().__init__(graph); every"
+          " Module must, so that it is bound to its graph node."
+      )
+    try:
+      bound = _init_signature(cls).bind(module, *args, **kwargs)
+    except TypeError:
+      arguments: dict[str, Any] = {}
+    else:
+      arguments = dict(list(bound.arguments.items())[1:])
+      arguments.pop("graph", None)
+    module.__dict__["_config"] = MappingProxyType(arguments)
+    return module
+
+
+def _short(value: Any) -> str:
+  """A compact repr for constructor arguments: modules by path, functions by name."""
+  if isinstance(value, Module):
+    return f"{type(value).__name__}@{'/'.join(value.graph.path)}"
+  if isinstance(value, (list, tuple)) and any(isinstance(v, Module) for v in value):
+    inner = ", ".join(_short(v) for v in value)
+    return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+  if callable(value) and hasattr(value, "__name__"):
+    return str(value.__name__)
+  return repr(value)
+
+
+class Module(metaclass=_ModuleMeta):
+  """Base class of everything that owns params under a graph node.
+
+  Subclasses call `super().__init__(graph)` and implement
+  `__call__(params, ...) -> (output, params)`.
+  """
+
+  def __init__(self, graph: Graph) -> None:
+    if not isinstance(graph, Graph):
+      raise TypeError(
+          f"{type(self).__name__} needs a Graph node as its first argument, got"
+          f" {type(graph).__name__}."
+      )
+    graph._bind(self)
+    self._graph = graph
+
+  @property
+  def graph(self) -> Graph:
+    """The graph node this module is bound to."""
+    return self._graph
+
+  @property
+  def config(self) -> Mapping[str, Any]:
+    """The constructor arguments as given (without the graph), read-only."""
+    config: Mapping[str, Any] = self.__dict__.get("_config", MappingProxyType({}))
+    return config
+
+  def param_path(self, name: str) -> tuple[str, ...]:
+    """The full path of this module's param `name`."""
+    return self._graph.path + (name,)
+
+  def get_param(
+      self,
+      params: Params,
+      name: str,
+      shape: Sequence[int] | None = None,
+      init: Callable[..., Any] | None = None,
+      dtype: Any = None,
+      trainable: bool = True,
+      metadata: Mapping[str, Any] | None = None,
+      rng: KeySource | None = None,
+  ) -> tuple[Any, Params]:
+    """Returns `(value, params)` for this module's param `name`, creating it
+    with `init(key, shape, dtype)` on first use (dtype defaults to float32).
+
+    When the param exists, a given `shape` or `dtype` must match it; the other
+    arguments only matter for creation. With `rng`, creation draws exactly one
+    key from it. See `Params.get_or_create` for the errors raised.
+    """
+    return params.get_or_create(
+        self.param_path(name),
+        shape=shape,
+        init=init,
+        dtype=dtype,
+        trainable=trainable,
+        metadata=metadata,
+        key_source=rng,
+    )
+
+  def set_param(
+      self,
+      params: Params,
+      name: str,
+      value: Any = None,
+      trainable: bool | None = None,
+      metadata: Mapping[str, Any] | None = None,
+  ) -> Params:
+    """Returns params with this module's existing param `name` changed.
+
+    See `Params.set`: same shape and dtype; metadata is merged.
+    """
+    return params.set(
+        self.param_path(name), value, trainable=trainable, metadata=metadata
+    )
+
+  @abc.abstractmethod
+  def __call__(self, params: Params, *args: Any, **kwargs: Any) -> tuple[Any, Params]:
+    """Runs the module: `(params, inputs, ...) -> (outputs, params)`."""
+
+  def __repr__(self) -> str:
+    args = ", ".join(f"{k}={_short(v)}" for k, v in self.config.items())
+    return f"{type(self).__name__}({args})"

@@ -1,0 +1,85 @@
+"""`Linear`: an affine map over the last axis, `y = x @ kernel + bias`.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> linear = Linear(graph.child('linear'), output_size=4, rng=rng)
+  >>> y, params = linear(rng.seed(Params(), seed=0), jnp.ones((2, 3)))
+  >>> params[('net', 'linear', 'kernel')].value.shape
+  (3, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn.initializers import Initializer, lecun_normal, zeros
+from blox.params import KeySource, Params
+
+__all__ = ["Linear"]
+
+
+class Linear(Module):
+  """A dense layer: kernel `(in, out)`, created before the bias `(out,)`.
+
+  Args:
+    graph: the node this layer binds to.
+    output_size: the size of the last output axis.
+    rng: the key source for initialisation.
+    use_bias: whether to add a bias.
+    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`.
+    kernel_metadata, bias_metadata: metadata for the params, e.g.
+      `{'sharding': (None, 'model')}`.
+  """
+
+  def __init__(
+      self,
+      graph: Graph,
+      output_size: int,
+      rng: KeySource,
+      use_bias: bool = True,
+      kernel_init: Initializer = lecun_normal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+  ) -> None:
+    super().__init__(graph)
+    if output_size < 1:
+      raise ValueError(f"Linear {graph.path!r}: output_size must be positive, got {output_size}.")
+    self.output_size = output_size
+    self.rng = rng
+    self.use_bias = use_bias
+    self.kernel_init = kernel_init
+    self.bias_init = bias_init
+    self.kernel_metadata = kernel_metadata
+    self.bias_metadata = bias_metadata
+
+  def __call__(
+      self, params: Params, inputs: jax.Array, precision: jax.lax.PrecisionLike = None
+  ) -> tuple[jax.Array, Params]:
+    """Applies the layer to `inputs` of shape `(..., in)`."""
+    if jnp.ndim(inputs) < 1:
+      raise ValueError(
+          f"Linear {self.graph.path!r} needs inputs with a feature axis; got a scalar."
+      )
+    kernel, params = self.get_param(
+        params, "kernel", (inputs.shape[-1], self.output_size), self.kernel_init,
+        rng=self.rng, metadata=self.kernel_metadata,
+    )
+    outputs = jnp.dot(inputs, kernel, precision=precision)
+    if self.use_bias:
+      bias, params = self.get_param(
+          params, "bias", (self.output_size,), self.bias_init,
+          rng=self.rng, metadata=self.bias_metadata,
+      )
+      outputs = outputs + bias
+    return outputs, params

@@ -1,0 +1,120 @@
+"""`Rng`: a random stream whose seed and counter live in `Params`.
+
+Each call returns `jax.random.fold_in(seed, counter)` and advances the counter,
+so randomness is reproducible and flows through jit, grad and vmap like any
+other state.
+
+Example:
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> rng = Rng(Graph('net').child('rng'))
+  >>> params = rng.seed(Params(), seed=0)
+  >>> key, params = rng(params)
+  >>> int(rng.get_counter(params))
+  1
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params
+
+__all__ = ["Rng"]
+
+
+class Rng(Module):
+  """A seed-and-counter random stream; the key source of blox.
+
+  The seed (a typed PRNG key) and the counter (uint32) are non-trainable
+  params tagged with `blox.params.RNG_STREAM` metadata, so tools can find
+  every stream in a `Params` without the `Rng` objects.
+  """
+
+  def __init__(self, graph: Graph) -> None:
+    super().__init__(graph)
+
+  def seed(
+      self, params: Params, *, seed: int | jax.Array | None = None,
+      counter: int | jax.Array | None = None,
+  ) -> Params:
+    """Creates the stream, or updates its seed and/or counter.
+
+    Args:
+      params: the params to update.
+      seed: an int (becomes `jax.random.key(seed)`) or a key array (kept as
+        is). Required to create the stream.
+      counter: the next counter value; 0 when creating without it.
+
+    Raises:
+      ValueError: neither seed nor counter given, or creating without a seed.
+    """
+    if seed is None and counter is None:
+      raise ValueError(
+          f"Rng {self._where()}: give seed=..., counter=... or both."
+      )
+    seed_key = None if seed is None else _as_key(seed)
+    counter_value = None if counter is None else jnp.asarray(counter, jnp.uint32)
+    seed_path = self.param_path("seed")
+    if seed_path not in params:
+      if seed_key is None:
+        raise ValueError(
+            f"Rng {self._where()} has no stream yet; create it with"
+            " rng.seed(params, seed=...)."
+        )
+      params = self._create(params, "seed", seed_key, RNG_SEED)
+      start = jnp.zeros((), jnp.uint32) if counter_value is None else counter_value
+      return self._create(params, "counter", start, RNG_COUNTER)
+    if seed_key is not None:
+      params = self.set_param(params, "seed", seed_key)
+    if counter_value is not None:
+      params = self.set_param(params, "counter", counter_value)
+    return params
+
+  def _create(self, params: Params, name: str, value: jax.Array, tag: str) -> Params:
+    _, params = self.get_param(
+        params, name, value.shape, lambda *_: value, dtype=value.dtype,
+        trainable=False, metadata={RNG_STREAM: tag},
+    )
+    return params
+
+  def _where(self) -> str:
+    return repr("/".join(self.graph.path))
+
+  def _read(self, params: Params, name: str) -> Any:
+    path = self.param_path(name)
+    if path not in params:
+      raise KeyError(
+          f"Rng {self._where()} is not seeded (no param {path!r}); call"
+          " rng.seed(params, seed=...) first."
+      )
+    return params[path].value
+
+  def get_seed(self, params: Params) -> jax.Array:
+    """The stream's seed key."""
+    seed: jax.Array = self._read(params, "seed")
+    return seed
+
+  def get_counter(self, params: Params) -> jax.Array:
+    """The stream's next counter value (uint32)."""
+    counter: jax.Array = self._read(params, "counter")
+    return counter
+
+  def __call__(self, params: Params) -> tuple[jax.Array, Params]:
+    """Returns `(fold_in(seed, counter), params)` with the counter advanced."""
+    seed = self.get_seed(params)
+    counter = self.get_counter(params)
+    key = jax.random.fold_in(seed, counter)
+    return key, self.set_param(params, "counter", counter + jnp.uint32(1))
+
+
+def _as_key(seed: int | jax.Array) -> jax.Array:
+  if isinstance(seed, int):
+    return jax.random.key(seed)
+  if hasattr(seed, "dtype") and hasattr(seed, "shape"):
+    return seed
+  raise TypeError(f"seed must be an int or a key array, got {type(seed).__name__}.")

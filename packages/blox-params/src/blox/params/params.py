@@ -1,0 +1,589 @@
+"""`Params`: the immutable container that holds all of a model's state.
+
+Representation. A `Params` is two fields: a flat tuple of values and one
+`_Structure` object (paths, trainable flags, metadata and the locked flag).
+Flattening hands the tuple to JAX and the structure as aux data; unflattening
+puts them back. No per-param pytree nodes, no dict building on the hot path:
+`jax.jit` sees what a plain tuple would cost. Mapping views are built only
+when asked for.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> params = Params()
+  >>> w, params = params.get_or_create(
+  ...     ('net', 'w'), shape=(2,), init=jax.nn.initializers.ones)
+  >>> params = params.locked()
+  >>> params[('net', 'w')].value
+  Array([1., 1.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blox.params.key_source import KeySource
+from blox.params.ordering import Path, in_order, rank
+from blox.params.param import Metadata, Param, as_metadata, describe_value
+
+__all__ = ["Params", "Path"]
+
+Initializer = Callable[[Any, Sequence[int], Any], Any]
+Predicate = Callable[[Path, Param], bool]
+
+
+class _Structure:
+  """The static part of a `Params`: everything except the values.
+
+  It is the pytree aux data, hashed and compared by `jax.jit` on every call,
+  so its hash is computed once and equality short-circuits on identity.
+  """
+
+  __slots__ = ("paths", "trainable", "metadata", "locked", "_hash", "_index", "_keys")
+
+  def __init__(
+      self,
+      paths: tuple[Path, ...],
+      trainable: tuple[bool, ...],
+      metadata: tuple[Metadata, ...],
+      locked: bool,
+  ) -> None:
+    self.paths = paths
+    self.trainable = trainable
+    self.metadata = metadata
+    self.locked = locked
+    self._hash = hash((paths, trainable, metadata, locked))
+    self._index: dict[Path, int] | None = None
+    self._keys: tuple[jax.tree_util.DictKey, ...] | None = None
+
+  def index(self) -> dict[Path, int]:
+    """Path to position, built on first use."""
+    if self._index is None:
+      self._index = {path: i for i, path in enumerate(self.paths)}
+    return self._index
+
+  def key_entries(self) -> tuple[jax.tree_util.DictKey, ...]:
+    """Pytree keys, one `DictKey(path)` per value, built on first use."""
+    if self._keys is None:
+      self._keys = tuple(jax.tree_util.DictKey(path) for path in self.paths)
+    return self._keys
+
+  def with_locked(self, locked: bool) -> _Structure:
+    if locked == self.locked:
+      return self
+    return _Structure(self.paths, self.trainable, self.metadata, locked)
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    if self is other:
+      return True
+    if not isinstance(other, _Structure):
+      return NotImplemented
+    return (
+        self._hash == other._hash
+        and self.locked == other.locked
+        and self.paths == other.paths
+        and self.trainable == other.trainable
+        and self.metadata == other.metadata
+    )
+
+  def __repr__(self) -> str:
+    return f"<Params structure: {len(self.paths)} paths, locked={self.locked}>"
+
+
+_EMPTY = _Structure((), (), (), False)
+
+
+def _check_path(path: object) -> Path:
+  if (
+      not isinstance(path, tuple)
+      or not path
+      or not all(isinstance(part, str) for part in path)
+  ):
+    raise TypeError(
+        f"A param path is a non-empty tuple of strings, like ('net', 'kernel');"
+        f" got {path!r}."
+    )
+  return path
+
+
+def _is_array(value: object) -> bool:
+  return isinstance(value, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+
+
+def _path_text(path: Path) -> str:
+  return "/".join(path)
+
+
+class Params:
+  """An immutable mapping from tuple paths to `Param`s, and a JAX pytree.
+
+  Every operation returns a new `Params` and leaves its input untouched. The
+  leaves of the pytree are the values; trainable flags, metadata and the
+  locked flag are static structure, so two `Params` with the same paths,
+  flags and metadata share one compiled function.
+
+  Unlocked params (the default) accept new params: that is initialisation.
+  Locked params refuse them: that is runtime, where creating a param means a
+  bug such as a misspelt name.
+
+  Example:
+    >>> params = Params()
+    >>> params[('layer', 'bias')] = Param(jnp.zeros(3))  # unlocked only
+    >>> trainable, rest = params.split()
+    >>> len(trainable.merge(rest))
+    1
+  """
+
+  __slots__ = ("_values", "_structure")
+
+  _values: tuple[Any, ...]
+  _structure: _Structure
+
+  def __init__(
+      self, entries: Mapping[Path, Param] | None = None, *, locked: bool = False
+  ) -> None:
+    if not entries:
+      self._set(tuple(), _EMPTY.with_locked(locked))
+      return
+    for path, param in entries.items():
+      _check_path(path)
+      if not isinstance(param, Param):
+        raise TypeError(f"Params holds Param objects; {path!r} is {type(param).__name__}.")
+    paths = tuple(in_order(entries))
+    self._set(
+        tuple(entries[p].value for p in paths),
+        _Structure(
+            paths,
+            tuple(entries[p].trainable for p in paths),
+            tuple(entries[p].metadata for p in paths),
+            locked,
+        ),
+    )
+
+  def _set(self, values: tuple[Any, ...], structure: _Structure) -> None:
+    object.__setattr__(self, "_values", values)
+    object.__setattr__(self, "_structure", structure)
+
+  @classmethod
+  def _make(cls, values: tuple[Any, ...], structure: _Structure) -> Params:
+    params = object.__new__(cls)
+    object.__setattr__(params, "_values", values)
+    object.__setattr__(params, "_structure", structure)
+    return params
+
+  @classmethod
+  def _from_columns(
+      cls,
+      paths: Sequence[Path],
+      values: Sequence[Any],
+      trainable: Sequence[bool],
+      metadata: Sequence[Metadata],
+      locked: bool,
+  ) -> Params:
+    return cls._make(
+        tuple(values),
+        _Structure(tuple(paths), tuple(trainable), tuple(metadata), locked),
+    )
+
+  def __setattr__(self, name: str, value: object) -> None:
+    raise AttributeError(
+        "Params is immutable: operations return a new Params. To load a value by"
+        " hand into unlocked params, use params[path] = Param(value)."
+    )
+
+  # Locking.
+
+  @property
+  def is_locked(self) -> bool:
+    """Whether new params are refused (runtime) rather than created (init)."""
+    return self._structure.locked
+
+  def locked(self) -> Params:
+    """Returns these params locked: creating a new param becomes an error."""
+    return Params._make(self._values, self._structure.with_locked(True))
+
+  def unlocked(self) -> Params:
+    """Returns these params unlocked, so that new params may be created."""
+    return Params._make(self._values, self._structure.with_locked(False))
+
+  # Mapping access.
+
+  def __len__(self) -> int:
+    return len(self._values)
+
+  def __iter__(self) -> Iterator[Path]:
+    return iter(self._structure.paths)
+
+  def __contains__(self, path: object) -> bool:
+    return path in self._structure.index()
+
+  def _position(self, path: Path) -> int:
+    position = self._structure.index().get(path)
+    if position is None:
+      raise KeyError(self._missing_message(path))
+    return position
+
+  def _missing_message(self, path: object) -> str:
+    known = {_path_text(p): p for p in self._structure.paths}
+    wanted = _path_text(path) if isinstance(path, tuple) else str(path)
+    close = difflib.get_close_matches(wanted, list(known), n=3, cutoff=0.5)
+    hint = (
+        f" Closest existing paths: {', '.join(repr(known[c]) for c in close)}."
+        if close
+        else f" The params hold {len(known)} paths."
+    )
+    return f"No param at path {path!r}.{hint}"
+
+  def __getitem__(self, path: Path) -> Param:
+    i = self._position(path)
+    s = self._structure
+    return Param(self._values[i], s.trainable[i], s.metadata[i])
+
+  def __setitem__(self, path: Path, param: Param) -> None:
+    """Puts `param` at `path`, in place; only while unlocked (loading by hand)."""
+    _check_path(path)
+    if self.is_locked:
+      raise RuntimeError(
+          f"Cannot set {path!r}: these params are locked. Call params.unlocked()"
+          " first, or use params.set(...) to change an existing value."
+      )
+    if not isinstance(param, Param):
+      raise TypeError(
+          f"params[{path!r}] must be set to a Param, got {type(param).__name__};"
+          " wrap the value as Param(value)."
+      )
+    updated = self._with_entry(path, param.value, param.trainable, param.metadata)
+    self._set(updated._values, updated._structure)
+
+  def keys(self) -> KeysView[Path]:
+    """The paths, in creation order."""
+    return self.as_dict().keys()
+
+  def values(self) -> ValuesView[Param]:
+    """The `Param`s, in creation order."""
+    return self.as_dict().values()
+
+  def items(self) -> ItemsView[Path, Param]:
+    """`(path, Param)` pairs, in creation order."""
+    return self.as_dict().items()
+
+  def as_dict(self) -> dict[Path, Param]:
+    """A new dict from path to `Param`, in creation order."""
+    s = self._structure
+    return {
+        path: Param(value, trainable, metadata)
+        for path, value, trainable, metadata in zip(
+            s.paths, self._values, s.trainable, s.metadata
+        )
+    }
+
+  # Splitting and merging.
+
+  def split(self, predicate: Predicate | None = None) -> tuple[Params, Params]:
+    """Splits into `(matching, rest)`; by default trainable vs non-trainable.
+
+    Both halves keep the locked flag. `matching.merge(rest)` gives back params
+    with the same structure as these.
+
+    Args:
+      predicate: `predicate(path, param) -> bool`, or None for "is trainable".
+    """
+    s = self._structure
+    if predicate is None:
+      chosen = s.trainable
+    else:
+      chosen = tuple(
+          bool(predicate(path, Param(value, trainable, metadata)))
+          for path, value, trainable, metadata in zip(
+              s.paths, self._values, s.trainable, s.metadata
+          )
+      )
+    return self._select(chosen, True), self._select(chosen, False)
+
+  def _select(self, chosen: Sequence[bool], keep: bool) -> Params:
+    s = self._structure
+    picks = [i for i, c in enumerate(chosen) if c == keep]
+    return Params._from_columns(
+        [s.paths[i] for i in picks],
+        [self._values[i] for i in picks],
+        [s.trainable[i] for i in picks],
+        [s.metadata[i] for i in picks],
+        s.locked,
+    )
+
+  def merge(self, other: Params) -> Params:
+    """The union of these params and `other`; `other` wins where both have a path.
+
+    Raises:
+      ValueError: if one is locked and the other is not.
+    """
+    if not isinstance(other, Params):
+      raise TypeError(f"Can only merge Params, got {type(other).__name__}.")
+    if self.is_locked != other.is_locked:
+      raise ValueError(
+          f"Cannot merge locked and unlocked params (this one is_locked="
+          f"{self.is_locked}, the other is_locked={other.is_locked}); call"
+          " .locked() or .unlocked() on one of them first."
+      )
+    if not len(other):
+      return self
+    if not len(self):
+      return other
+    entries: dict[Path, tuple[Any, bool, Metadata]] = {}
+    for source in (self, other):
+      s = source._structure
+      for path, value, trainable, metadata in zip(
+          s.paths, source._values, s.trainable, s.metadata
+      ):
+        entries[path] = (value, trainable, metadata)
+    paths = in_order(entries)
+    return Params._from_columns(
+        paths,
+        [entries[p][0] for p in paths],
+        [entries[p][1] for p in paths],
+        [entries[p][2] for p in paths],
+        self.is_locked,
+    )
+
+  # The primitives modules are built on.
+
+  def get_or_create(
+      self,
+      path: Path,
+      shape: Sequence[int] | None = None,
+      init: Initializer | None = None,
+      dtype: Any = None,
+      trainable: bool = True,
+      metadata: Mapping[str, Any] | None = None,
+      key_source: KeySource | None = None,
+  ) -> tuple[Any, Params]:
+    """Returns the value at `path`, creating it first if it is missing.
+
+    An existing value is checked against `shape` and `dtype` when they are
+    given; `init`, `trainable`, `metadata` and `key_source` only matter for
+    creation. Creating calls `init(key, shape, dtype)` (dtype defaults to
+    float32), where `key` is drawn from `key_source` (exactly one draw, even
+    if `init` ignores it) or is None without one.
+
+    Returns:
+      `(value, params)`: params are these params, or a new container that also
+      holds the created param (and the key source's advanced state).
+
+    Raises:
+      ValueError: the existing value has another shape or dtype; or a creation
+        lacks `shape` or `init`, or `init` returns another shape.
+      RuntimeError: creating while locked.
+    """
+    position = self._structure.index().get(_check_path(path))
+    if position is not None:
+      value = self._values[position]
+      self._check_matches(path, value, shape, dtype)
+      return value, self
+    if self.is_locked:
+      raise RuntimeError(
+          f"Params is locked: cannot create the new param {path!r}. Call"
+          " params.unlocked() to add params (initialisation), or check the name"
+          f" for a typo.{self._missing_message(path).partition('.')[2]}"
+      )
+    if shape is None or init is None:
+      raise ValueError(
+          f"Param {path!r} does not exist yet; creating it needs both a shape and"
+          f" an init function (got shape={shape!r}, init={init!r})."
+      )
+    shape = tuple(int(d) for d in shape)
+    dtype = jnp.float32 if dtype is None else dtype
+    params: Params = self
+    key = None
+    if key_source is not None:
+      key, params = key_source(params)
+    value = init(key, shape, dtype)
+    if not _is_array(value):
+      raise TypeError(
+          f"The init function for {path!r} returned {type(value).__name__}, not an array."
+      )
+    if tuple(value.shape) != shape:
+      raise ValueError(
+          f"The init function for {path!r} returned shape {tuple(value.shape)},"
+          f" but shape {shape} was requested."
+      )
+    created = params._with_entry(path, value, trainable, as_metadata(metadata))
+    return value, created
+
+  @staticmethod
+  def _check_matches(path: Path, value: Any, shape: Sequence[int] | None, dtype: Any) -> None:
+    if shape is not None and tuple(value.shape) != tuple(shape):
+      raise ValueError(
+          f"Param {path!r} exists with shape {tuple(value.shape)}, but shape"
+          f" {tuple(shape)} was requested. Use another name for a different param."
+      )
+    if dtype is not None and jnp.dtype(value.dtype) != jnp.dtype(dtype):
+      raise ValueError(
+          f"Param {path!r} exists with dtype {value.dtype}, but dtype"
+          f" {jnp.dtype(dtype)} was requested. Use another name for a different param."
+      )
+
+  def set(
+      self,
+      path: Path,
+      value: Any = None,
+      *,
+      trainable: bool | None = None,
+      metadata: Mapping[str, Any] | None = None,
+  ) -> Params:
+    """Returns params with the existing param at `path` changed.
+
+    Works on locked params too (runtime state such as counters changes there).
+
+    Args:
+      path: an existing path.
+      value: a new array of the same shape and dtype, or None to keep it.
+      trainable: a new flag, or None to keep it.
+      metadata: entries merged over the existing metadata, or None.
+
+    Raises:
+      KeyError: no param at `path`.
+      TypeError: `value` is not an array.
+      ValueError: `value` has another shape or dtype.
+    """
+    i = self._position(_check_path(path))
+    s = self._structure
+    old = self._values[i]
+    if value is None:
+      value = old
+    else:
+      if not _is_array(value):
+        raise TypeError(
+            f"The value for {path!r} must be an array, got {type(value).__name__}."
+        )
+      if tuple(value.shape) != tuple(old.shape) or value.dtype != old.dtype:
+        raise ValueError(
+            f"Param {path!r} holds {describe_value(old)}; cannot set a value of"
+            f" {describe_value(value)}. Create a new param for a new shape or dtype."
+        )
+    if trainable is not None and not isinstance(trainable, bool):
+      raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}.")
+    new_trainable = s.trainable[i] if trainable is None else trainable
+    new_metadata = s.metadata[i] if metadata is None else s.metadata[i].merged(metadata)
+    if new_trainable == s.trainable[i] and new_metadata is s.metadata[i]:
+      values = self._values[:i] + (value,) + self._values[i + 1 :]
+      return Params._make(values, s)
+    return self._with_entry(path, value, new_trainable, new_metadata)
+
+  def _with_entry(
+      self, path: Path, value: Any, trainable: bool, metadata: Metadata
+  ) -> Params:
+    """A copy with `path` set (replaced in place or inserted in creation order)."""
+    s = self._structure
+    position = s.index().get(path)
+    paths, values = list(s.paths), list(self._values)
+    flags, metas = list(s.trainable), list(s.metadata)
+    if position is None:
+      new_rank = rank(path)
+      position = len(paths)
+      while position > 0 and rank(paths[position - 1]) > new_rank:
+        position -= 1
+      paths.insert(position, path)
+      values.insert(position, value)
+      flags.insert(position, trainable)
+      metas.insert(position, metadata)
+    else:
+      values[position], flags[position], metas[position] = value, trainable, metadata
+    return Params._from_columns(paths, values, flags, metas, s.locked)
+
+  # Interop.
+
+  def to_state_dict(self) -> dict[str, Any]:
+    """A nested dict of values keyed by path parts, e.g. `{'net': {'w': ...}}`.
+
+    Flags, metadata and the locked flag are not included; pass a template to
+    `Params.from_state_dict` to get them back. Useful with serialisers such
+    as orbax or `flax.serialization` that work on nested dicts.
+    """
+    nested: dict[str, Any] = {}
+    for path, value in zip(self._structure.paths, self._values):
+      node = nested
+      for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+          raise ValueError(
+              f"Path {path!r} lies under another param's path; it cannot be nested."
+          )
+        node = child
+      if path[-1] in node:
+        raise ValueError(f"Path {path!r} is a prefix of other paths; it cannot be nested.")
+      node[path[-1]] = value
+    return nested
+
+  @classmethod
+  def from_state_dict(
+      cls, state: Mapping[str, Any], template: Params | None = None
+  ) -> Params:
+    """Builds params from a nested dict made by `to_state_dict`.
+
+    Args:
+      state: nested mappings whose leaves are arrays.
+      template: params whose trainable flags, metadata and locked flag are
+        reused; its paths must equal those of `state`. Without a template
+        every param is trainable, without metadata, and unlocked.
+    """
+    flat: dict[Path, Any] = {}
+
+    def walk(prefix: Path, node: Mapping[str, Any]) -> None:
+      for name, child in node.items():
+        if isinstance(child, Mapping):
+          walk(prefix + (name,), child)
+        else:
+          flat[prefix + (name,)] = child
+
+    walk((), state)
+    if template is None:
+      return cls({path: Param(value) for path, value in flat.items()})
+    missing = [p for p in template if p not in flat]
+    extra = [p for p in flat if p not in template]
+    if missing or extra:
+      raise ValueError(
+          f"The state dict does not match the template: missing {missing}, unexpected {extra}."
+      )
+    s = template._structure
+    return Params._make(tuple(flat[p] for p in s.paths), s)
+
+  def __repr__(self) -> str:
+    s = self._structure
+    header = f"Params(locked={s.locked}, {len(s.paths)} params)"
+    if not s.paths:
+      return header
+    names = [repr(p) for p in s.paths]
+    width = max(len(n) for n in names)
+    lines = [header + ":"]
+    for name, value, trainable in zip(names, self._values, s.trainable):
+      flag = "" if trainable else "  (non-trainable)"
+      lines.append(f"  {name:<{width}}  {describe_value(value)}{flag}")
+    return "\n".join(lines)
+
+
+def _flatten(params: Params) -> tuple[tuple[Any, ...], _Structure]:
+  return params._values, params._structure
+
+
+def _flatten_with_keys(
+    params: Params,
+) -> tuple[tuple[tuple[jax.tree_util.DictKey, Any], ...], _Structure]:
+  s = params._structure
+  return tuple(zip(s.key_entries(), params._values)), s
+
+
+def _unflatten(structure: _Structure, values: Iterable[Any]) -> Params:
+  return Params._make(tuple(values), structure)
+
+
+jax.tree_util.register_pytree_with_keys(
+    Params, _flatten_with_keys, _unflatten, flatten_func=_flatten
+)
