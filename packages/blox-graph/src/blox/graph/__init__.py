@@ -8,8 +8,17 @@ Example:
 
 from blox.graph.graph import Graph
 from blox.graph.module import Module
+from blox.graph.scan import dynamic_scan, static_scan
+from blox.graph.sequence import RecurrenceBase, SequenceBase, maybe_reset_state
+from blox.graph.summary import summary
 
 __all__ = [
     "Graph",
     "Module",
+    "RecurrenceBase",
+    "SequenceBase",
+    "dynamic_scan",
+    "maybe_reset_state",
+    "static_scan",
+    "summary",
 ]

@@ -43,7 +43,16 @@ class _ModuleMeta(abc.ABCMeta):
   """Checks that `Module.__init__` ran and records the constructor arguments."""
 
   def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-    module = super().__call__(*args, **kwargs)
+    graph = args[0] if args else kwargs.get("graph")
+    bound_before = graph.module if isinstance(graph, Graph) else None
+    try:
+      module = super().__call__(*args, **kwargs)
+    except BaseException:
+      # A constructor that fails after binding (say, on a bad argument) must
+      # not leave its node claimed by a half-built module.
+      if isinstance(graph, Graph) and graph.module is not bound_before:
+        graph._module = bound_before
+      raise
     if "_graph" not in module.__dict__:
       raise RuntimeError(
           f"{cls.__name__}.__init__ did not call super().__init__(graph); every"

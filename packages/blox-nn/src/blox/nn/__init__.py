@@ -13,13 +13,38 @@ Example:
 """
 
 from blox.nn import initializers
+from blox.nn.attention import KVCache, MultiHeadAttention
+from blox.nn.batch_norm import BatchNorm
+from blox.nn.conv import Conv, ConvTranspose
 from blox.nn.dropout import Dropout
+from blox.nn.embed import Embed
+from blox.nn.gru import GRU, GRUState
 from blox.nn.linear import Linear
+from blox.nn.lstm import LSTM, LSTMState
+from blox.nn.normalization import LayerNorm, RMSNorm
+from blox.nn.pooling import avg_pool, max_pool, min_pool
 from blox.nn.rng import Rng
+from blox.nn.sequential import Sequential
 
 __all__ = [
+    "BatchNorm",
+    "Conv",
+    "ConvTranspose",
     "Dropout",
+    "Embed",
+    "GRU",
+    "GRUState",
+    "KVCache",
+    "LSTM",
+    "LSTMState",
+    "LayerNorm",
     "Linear",
+    "MultiHeadAttention",
+    "RMSNorm",
     "Rng",
+    "Sequential",
+    "avg_pool",
     "initializers",
+    "max_pool",
+    "min_pool",
 ]

@@ -116,5 +116,9 @@ def _as_key(seed: int | jax.Array) -> jax.Array:
   if isinstance(seed, int):
     return jax.random.key(seed)
   if hasattr(seed, "dtype") and hasattr(seed, "shape"):
+    # An integer scalar array (np.int64(3), a traced index) is a seed like an
+    # int; stored as is it would fail later, in fold_in, with a cryptic error.
+    if tuple(seed.shape) == () and jnp.issubdtype(seed.dtype, jnp.integer):
+      return jax.random.key(seed)
     return seed
   raise TypeError(f"seed must be an int or a key array, got {type(seed).__name__}.")

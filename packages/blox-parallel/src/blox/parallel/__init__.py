@@ -1,1 +1,42 @@
-"""placeholder"""
+"""blox.parallel: per-lane randomness, shardings from metadata, sharded init.
+
+Depends on jax and blox-params only.
+
+- `make_mesh(shape, names)`: a mesh with automatically partitioned axes.
+- `per_lane_rng(fn, axis_name)`: each lane of `vmap` / `shard_map` draws
+  its own keys at runtime; initialisation stays identical in every lane.
+- `param_shardings(params, mesh)`: `NamedSharding`s from `'sharding'`
+  metadata, for `jax.jit(in_shardings=..., out_shardings=...)`.
+- `init_sharded(init_fn, mesh, *args)`: params born on their devices.
+- `shard_batch(batch, mesh, axis='data')`: a batch split over a mesh axis,
+  across processes too.
+- `seed_paths(params)` and `partition_spec(path, param, mesh)`: the pieces
+  the functions above are built from.
+
+Example:
+  >>> import jax, numpy as np
+  >>> from blox.params import Param, Params
+  >>> import blox.parallel as bp
+  >>> mesh = bp.make_mesh((1,), ('data',))
+  >>> def init():
+  ...   return Params({('w',): Param(np.ones((2, 2)), metadata={'sharding': ('data',)})})
+  >>> params = bp.init_sharded(init, mesh)
+  >>> params[('w',)].value.sharding == bp.param_shardings(params, mesh)[('w',)].value
+  True
+"""
+
+from blox.parallel.lanes import LaneAxisError, per_lane_rng, seed_paths
+from blox.parallel.mesh import make_mesh
+from blox.parallel.placement import shard_batch
+from blox.parallel.shardings import init_sharded, param_shardings, partition_spec
+
+__all__ = [
+    "LaneAxisError",
+    "init_sharded",
+    "make_mesh",
+    "param_shardings",
+    "partition_spec",
+    "per_lane_rng",
+    "seed_paths",
+    "shard_batch",
+]

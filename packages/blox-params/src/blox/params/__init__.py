@@ -10,11 +10,16 @@ Example:
   Array([2., 2., 2.], dtype=float32)
 """
 
+from blox.params.checkpoint import CheckpointWarning, load, save
+from blox.params.checkpoint_format import CheckpointError
 from blox.params.key_source import RNG_COUNTER, RNG_SEED, RNG_STREAM, KeySource
 from blox.params.param import Metadata, Param
 from blox.params.params import Params, Path
+from blox.params.training import param_mask, value_and_grad
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
     "KeySource",
     "Metadata",
     "Param",
@@ -23,4 +28,8 @@ __all__ = [
     "RNG_COUNTER",
     "RNG_SEED",
     "RNG_STREAM",
+    "load",
+    "param_mask",
+    "save",
+    "value_and_grad",
 ]

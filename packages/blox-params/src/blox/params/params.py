@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Any
 
@@ -118,8 +119,29 @@ def _is_array(value: object) -> bool:
   return isinstance(value, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
 
 
-def _path_text(path: Path) -> str:
-  return "/".join(path)
+def _path_text(path: tuple[object, ...]) -> str:
+  return "/".join(str(part) for part in path)
+
+
+def _dtype_text(dtype: Any) -> str:
+  """`float32` for any spelling of a dtype (`jnp.float32`, 'float32', ...)."""
+  try:
+    return str(jnp.dtype(dtype))
+  except TypeError:
+    return str(dtype)
+
+
+def _same_dtype(existing: Any, requested: Any) -> bool:
+  """Whether two dtypes agree; also for typed PRNG key dtypes (`key<fry>`).
+
+  `jnp.dtype` cannot interpret key dtypes, so they are compared as they are.
+  """
+  if existing == requested:
+    return True
+  try:
+    return bool(jnp.dtype(existing) == jnp.dtype(requested))
+  except TypeError:
+    return False
 
 
 class Params:
@@ -172,11 +194,13 @@ class Params:
     object.__setattr__(self, "_values", values)
     object.__setattr__(self, "_structure", structure)
 
-  @classmethod
-  def _make(cls, values: tuple[Any, ...], structure: _Structure) -> Params:
-    params = object.__new__(cls)
-    object.__setattr__(params, "_values", values)
-    object.__setattr__(params, "_structure", structure)
+  @staticmethod
+  def _make(values: tuple[Any, ...], structure: _Structure) -> Params:
+    # Every operation ends here; see `_set_values` below for why not
+    # `object.__setattr__`.
+    params: Params = _new_object(Params)
+    _set_values(params, values)
+    _set_structure(params, structure)
     return params
 
   @classmethod
@@ -232,15 +256,20 @@ class Params:
     return position
 
   def _missing_message(self, path: object) -> str:
+    return f"No param at path {path!r}.{self._closest_hint(path)}"
+
+  def _closest_hint(self, path: object) -> str:
+    """A sentence naming the existing paths closest to `path` (for errors)."""
     known = {_path_text(p): p for p in self._structure.paths}
     wanted = _path_text(path) if isinstance(path, tuple) else str(path)
     close = difflib.get_close_matches(wanted, list(known), n=3, cutoff=0.5)
-    hint = (
-        f" Closest existing paths: {', '.join(repr(known[c]) for c in close)}."
-        if close
-        else f" The params hold {len(known)} paths."
-    )
-    return f"No param at path {path!r}.{hint}"
+    if close:
+      hint = f" Closest existing paths: {', '.join(repr(known[c]) for c in close)}."
+    else:
+      hint = f" The params hold {len(known)} paths."
+    if not (isinstance(path, tuple) and path and all(isinstance(p, str) for p in path)):
+      hint += " A param path is a non-empty tuple of strings, like ('net', 'kernel')."
+    return hint
 
   def __getitem__(self, path: Path) -> Param:
     i = self._position(path)
@@ -391,7 +420,7 @@ class Params:
       raise RuntimeError(
           f"Params is locked: cannot create the new param {path!r}. Call"
           " params.unlocked() to add params (initialisation), or check the name"
-          f" for a typo.{self._missing_message(path).partition('.')[2]}"
+          f" for a typo.{self._closest_hint(path)}"
       )
     if shape is None or init is None:
       raise ValueError(
@@ -424,10 +453,10 @@ class Params:
           f"Param {path!r} exists with shape {tuple(value.shape)}, but shape"
           f" {tuple(shape)} was requested. Use another name for a different param."
       )
-    if dtype is not None and jnp.dtype(value.dtype) != jnp.dtype(dtype):
+    if dtype is not None and not _same_dtype(value.dtype, dtype):
       raise ValueError(
           f"Param {path!r} exists with dtype {value.dtype}, but dtype"
-          f" {jnp.dtype(dtype)} was requested. Use another name for a different param."
+          f" {_dtype_text(dtype)} was requested. Use another name for a different param."
       )
 
   def set(
@@ -569,8 +598,18 @@ class Params:
     return "\n".join(lines)
 
 
-def _flatten(params: Params) -> tuple[tuple[Any, ...], _Structure]:
-  return params._values, params._structure
+# The slots' own setters, looked up once: they write past
+# `Params.__setattr__` (which refuses every assignment) more cheaply than
+# `object.__setattr__`, which looks the attribute up on every call.
+_new_object = object.__new__
+_set_values = Params.__dict__["_values"].__set__
+_set_structure = Params.__dict__["_structure"].__set__
+
+# Flattening reads the two slots with a C-level getter (no Python frame per
+# flatten): `jax.jit` flattens every argument on every call.
+_flatten: Callable[[Params], tuple[tuple[Any, ...], _Structure]] = operator.attrgetter(
+    "_values", "_structure"
+)
 
 
 def _flatten_with_keys(
@@ -581,7 +620,10 @@ def _flatten_with_keys(
 
 
 def _unflatten(structure: _Structure, values: Iterable[Any]) -> Params:
-  return Params._make(tuple(values), structure)
+  params: Params = _new_object(Params)
+  _set_values(params, tuple(values))  # a no-op copy when JAX passes a tuple
+  _set_structure(params, structure)
+  return params
 
 
 jax.tree_util.register_pytree_with_keys(

@@ -1,0 +1,96 @@
+"""Runs every blox benchmark and prints one table of ratios against plain JAX.
+
+Usage, from the repository root:
+
+  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md
+  uv run benchmarks/run.py --smoke   # tiny sizes, a few seconds (CI)
+
+All rows come from this one process, so the ratios are comparable with each
+other. A ratio is blox time / hand-written JAX time: 1.00x means no overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts benchmarks/ itself on the path; the benchmark
+# modules import each other as `benchmarks.<name>` from the repository root.
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+import jax  # noqa: E402
+
+from benchmarks import container, lstm, train_step  # noqa: E402
+from benchmarks.timing import Row, format_seconds, format_table  # noqa: E402
+
+
+def _number(value: object) -> float:
+  if not isinstance(value, (int, float)):
+    raise TypeError(f"Expected a number in the container benchmark's row, got {value!r}.")
+  return float(value)
+
+
+def container_rows(smoke: bool) -> list[Row]:
+  """The container benchmark's rows (Params vs a plain tuple) in this table's form."""
+  rows = []
+  for row in container.run(smoke):
+    target = row.get("target")
+    rows.append(
+        Row(
+            f"container {row['op']}, N={row['n']} (vs tuple)",
+            format_seconds(_number(row["params_s"])),
+            format_seconds(_number(row["tuple_s"])),
+            _number(row["params_vs_tuple"]),
+            "report" if target is None else f"<= {_number(target):.2f}x",
+            f"vs dict: {_number(row['params_vs_dict']):.3f}x",
+        )
+    )
+  return rows
+
+
+def machine() -> str:
+  """CPU model, core count and versions, for the record in BENCHMARKS.md."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  device = jax.devices()[0]
+  return (
+      f"{model}, {cores} cores available; jax {jax.__version__} on"
+      f" {device.platform} ({device.device_kind}); Python {platform.python_version()}"
+  )
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+  args = parser.parse_args(argv)
+
+  rows: list[Row] = []
+  for name, benchmark in (
+      ("container", container_rows),
+      ("train step", train_step.run),
+      ("lstm", lstm.run),
+  ):
+    print(f"running: {name} ...", file=sys.stderr, flush=True)
+    rows.extend(benchmark(args.smoke))
+  print(f"machine: {machine()}")
+  print(f"mode: {'smoke (tiny sizes, numbers mean nothing)' if args.smoke else 'full'}")
+  print()
+  print(format_table(rows))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

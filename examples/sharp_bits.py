@@ -1,0 +1,298 @@
+"""The sharp bits of blox, as one runnable script.
+
+blox keeps every piece of state in an explicit, immutable `Params` value:
+`outputs, params = module(params, inputs)`. That makes JAX's transformations
+straightforward, but a few behaviours surprise newcomers. Each section below
+shows one, prints what happens, and shows the pattern that avoids it:
+
+  1. Locked and unlocked params: initialisation vs runtime.
+  2. Immutability: every update returns new params.
+  3. split / merge: gradients for the trainable half only.
+  4. Random streams under vmap: replicated state draws replicated keys.
+  5. Folding in the lane index: explicitly, or with `axis_index`.
+  6. Init vs runtime inside vmap: decide by `params.is_locked`.
+  7. jit caches what a module held when it was traced.
+  8. Static models: build one per configuration instead of mutating.
+  9. One set of params, two models: a static and a dynamic LSTM.
+
+Run from the repository root: `uv run examples/sharp_bits.py` (`--fast` is
+accepted for symmetry with the other examples; the script is fast anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import blox as bx
+import blox.parallel as bp
+
+LANES = 4
+WIDTH = 8
+
+
+def section(title: str) -> None:
+  print(f"\n== {title} ==")
+
+
+def show_masks(outputs: jax.Array) -> None:
+  """One line per lane: 1 where dropout zeroed the input, 0 where it kept it."""
+  for lane, row in enumerate(outputs):
+    print(f"  lane {lane}: {(row == 0).astype(int).tolist()}")
+
+
+def locked_and_unlocked() -> tuple[bx.Linear, bx.Params]:
+  section("1. Locked and unlocked params")
+  graph = bx.Graph("basics")
+  rng = bx.Rng(graph.child("rng"))
+  linear = bx.Linear(graph.child("linear"), output_size=4, rng=rng)
+
+  # Fresh params are unlocked. Seeding the stream adds its seed and counter.
+  params = rng.seed(bx.Params(), seed=42)
+  print(f"seeded:        locked={params.is_locked}, {len(params)} params")
+  # The first call sees the input width and creates the kernel and bias.
+  _, params = linear(params, jnp.ones((1, 3)))
+  print(f"after a call:  locked={params.is_locked}, {len(params)} params")
+  params = params.locked()
+  out, _ = linear(params, jnp.ones((1, 3)))
+  print(f"locked:        locked={params.is_locked}, a call still works -> {out.shape}")
+
+  # A module that is new to these params would have to create its kernel:
+  # locked params refuse, which turns a misspelt name into an immediate error.
+  extra = bx.Linear(graph.child("extra"), output_size=8, rng=rng)
+  try:
+    extra(params, jnp.ones((1, 4)))
+  except RuntimeError as error:
+    print(f"locked params refuse new ones: {str(error).split(':')[0]}")
+  _, grown = extra(params.unlocked(), jnp.ones((1, 4)))
+  print(f"after unlocking, the new layer adds its params: {len(grown)} params")
+  return linear, params
+
+
+def immutability(linear: bx.Linear, params: bx.Params) -> None:
+  section("2. Immutability")
+  kernel, _ = linear.get_param(params, "kernel")
+  doubled = linear.set_param(params, "kernel", 2 * kernel)
+  path = linear.param_path("kernel")
+  print(f"kernel sum in the original params: {params[path].value.sum():.4f}")
+  print(f"kernel sum in the returned params: {doubled[path].value.sum():.4f}")
+  # Nothing was modified in place: the old container still holds the old value.
+  print(f"the original is untouched: {bool(jnp.array_equal(params[path].value, kernel))}")
+  try:
+    params.extra = 1
+  except AttributeError:
+    print("attributes cannot be assigned either: Params is immutable")
+
+
+def split_and_merge(params: bx.Params) -> None:
+  section("3. split / merge")
+  trainable, rest = params.split()
+  print(f"trainable (gradients flow here): {list(trainable)}")
+  print(f"the rest (state, no gradients):  {list(rest)}")
+  merged: Any = jax.tree.structure(trainable.merge(rest))
+  print(f"merge restores the same pytree: {merged == jax.tree.structure(params)}")
+  # The usual train step, with a plain SGD update:
+  #   trainable, rest = params.split()
+  #   def loss_fn(t):
+  #     out, new_params = model(t.merge(rest), x)
+  #     return loss(out), new_params.split()[1]    # carry the new state out
+  #   grads, rest = jax.grad(loss_fn, has_aux=True)(trainable)
+  #   params = jax.tree.map(lambda w, g: w - lr * g, trainable, grads).merge(rest)
+  # `bx.value_and_grad(loss_fn)` packages exactly this.
+
+
+def dropout_model() -> tuple[bx.Rng, bx.Dropout, bx.Params]:
+  """A dropout layer with its stream, seeded with 42 and used once at init."""
+  graph = bx.Graph("lanes")
+  rng = bx.Rng(graph.child("rng"))
+  dropout = bx.Dropout(graph.child("dropout"), rate=0.5, rng=rng)
+  params = rng.seed(bx.Params(), seed=42)
+  _, params = dropout(params, jnp.ones((1, WIDTH)))
+  return rng, dropout, params.locked()
+
+
+def replicated_streams(dropout: bx.Dropout, params: bx.Params) -> None:
+  section("4. Random streams under vmap")
+
+  def apply(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
+    return dropout(params, x)
+
+  # in_axes=None replicates the params: every lane holds the same seed and
+  # counter, so every lane draws the same key and the same mask.
+  out, _ = jax.vmap(apply, in_axes=(None, 0), out_axes=(0, None))(
+      params, jnp.ones((LANES, WIDTH))
+  )
+  print("every lane drops the same positions:")
+  show_masks(out)
+
+
+def with_lane_seed(
+    rng: bx.Rng, params: bx.Params, lane: jax.Array,
+    fn: Callable[[bx.Params], tuple[jax.Array, bx.Params]],
+) -> tuple[jax.Array, bx.Params]:
+  """Runs `fn` with the lane folded into the seed, then puts the seed back.
+
+  The counter advances the same way in every lane; restoring the seed makes
+  the returned params identical across lanes, as `out_axes=None` requires.
+  """
+  seed = rng.get_seed(params)
+  out, params = fn(rng.seed(params, seed=jax.random.fold_in(seed, lane)))
+  return out, rng.seed(params, seed=seed)
+
+
+def folded_lanes(rng: bx.Rng, dropout: bx.Dropout, params: bx.Params) -> None:
+  section("5. Folding in the lane index")
+  params = rng.seed(params, counter=0)  # same starting point for both variants
+  x = jnp.ones((LANES, WIDTH))
+
+  # (a) The lane index as an explicit, batched argument.
+  def explicit(params: bx.Params, x: jax.Array, lane: jax.Array) -> tuple[jax.Array, bx.Params]:
+    return with_lane_seed(rng, params, lane, lambda p: dropout(p, x))
+
+  out, _ = jax.vmap(explicit, in_axes=(None, 0, 0), out_axes=(0, None))(
+      params, x, jnp.arange(LANES)
+  )
+  print("lane index passed in: a different mask per lane")
+  show_masks(out)
+
+  # (b) The lane index read from the named vmap axis: no extra argument.
+  def named(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
+    return with_lane_seed(rng, params, jax.lax.axis_index("lanes"), lambda p: dropout(p, x))
+
+  out, _ = jax.vmap(named, in_axes=(None, 0), out_axes=(0, None), axis_name="lanes")(params, x)
+  print("lane index from jax.lax.axis_index: the same masks")
+  show_masks(out)
+
+
+def init_versus_runtime(rng: bx.Rng, dropout: bx.Dropout) -> None:
+  section("6. Init vs runtime inside vmap")
+
+  def forward(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
+    # Unlocked means init: every lane must create the same params, so do
+    # not fold. Locked means runtime: every lane should draw its own keys.
+    if not params.is_locked:
+      return dropout(params, x)
+    return with_lane_seed(rng, params, jax.lax.axis_index("lanes"), lambda p: dropout(p, x))
+
+  def init(x: jax.Array) -> bx.Params:
+    _, params = forward(rng.seed(bx.Params(), seed=42), x)
+    return params.locked()
+
+  x = jnp.ones((LANES, WIDTH))
+  params = jax.vmap(init, axis_name="lanes", out_axes=None)(x)
+  print(f"initialised inside vmap, identical in every lane: locked={params.is_locked}")
+  out, _ = jax.vmap(forward, in_axes=(None, 0), out_axes=(0, None), axis_name="lanes")(params, x)
+  print("runtime: a different mask per lane")
+  show_masks(out)
+
+  # blox.parallel.per_lane_rng packages this pattern for every stream in the
+  # params (found by metadata): same masks, no hand-written folding.
+  def plain(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
+    return dropout(params, x)
+
+  packaged = bp.per_lane_rng(plain, "lanes")
+  out_packaged, _ = jax.vmap(packaged, in_axes=(None, 0), out_axes=(0, None), axis_name="lanes")(
+      params, x
+  )
+  print(f"blox.parallel.per_lane_rng gives the same masks: {bool(jnp.array_equal(out, out_packaged))}")
+
+
+class AddConstant(bx.Module):
+  """Adds a Python float held as module configuration."""
+
+  def __init__(self, graph: bx.Graph, value: float) -> None:
+    super().__init__(graph)
+    self.value = value
+
+  def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
+    return x + self.value, params
+
+
+def jit_caching() -> None:
+  section("7. jit caches what a module held when it was traced")
+  adder = AddConstant(bx.Graph("cache").child("add"), value=10.0)
+  params = bx.Params().locked()
+  x = jnp.array([1.0, 2.0, 3.0])
+  add = jax.jit(adder)
+  print(f"value=10:         {add(params, x)[0].tolist()}")
+  # The float was baked into the compiled function as a constant. Changing
+  # the attribute does not change anything jit looks at (the params and the
+  # input are alike), so the cached function runs again.
+  adder.value = 100.0
+  print(f"value set to 100: {add(params, x)[0].tolist()}  <- stale: still adds 10")
+
+
+def static_models() -> None:
+  section("8. Static models: one per configuration")
+  params = bx.Params().locked()
+  x = jnp.array([1.0, 2.0, 3.0])
+
+  def make_adder(value: float) -> AddConstant:
+    return AddConstant(bx.Graph("adder").child("add"), value)
+
+  # Each model is built once and never mutated; each gets its own jitted function.
+  add_10 = jax.jit(make_adder(10.0))
+  add_100 = jax.jit(make_adder(100.0))
+  print(f"adder(10):  {add_10(params, x)[0].tolist()}")
+  print(f"adder(100): {add_100(params, x)[0].tolist()}")
+
+  # If a module must change, wrap it in a new function after the change:
+  # a new function is a new cache entry, traced with the current value.
+  adder = make_adder(10.0)
+  before = jax.jit(lambda p, v: adder(p, v))(params, x)[0]
+  adder.value = 100.0
+  after = jax.jit(lambda p, v: adder(p, v))(params, x)[0]
+  print(f"fresh wrappers: {before.tolist()} then {after.tolist()}")
+
+
+def shared_lstm_params() -> None:
+  section("9. One set of params, a static and a dynamic LSTM")
+
+  def build(is_static: bool) -> tuple[bx.Rng, bx.LSTM]:
+    # Same graph names -> same param paths, so the models share params.
+    graph = bx.Graph("seq")
+    rng = bx.Rng(graph.child("rng"))
+    return rng, bx.LSTM(graph.child("lstm"), hidden_size=16, rng=rng, is_static=is_static)
+
+  rng, unrolled = build(is_static=True)  # a Python loop: easy to step through
+  _, scanned = build(is_static=False)  # jax.lax.scan: compiles one step
+  x = jnp.ones((2, 5, 8))  # [batch, time, features]
+  params = rng.seed(bx.Params(), seed=42)
+  (_, _), params = unrolled.apply(params, x)
+  params = params.locked()
+
+  (out_unrolled, _), _ = unrolled.apply(params, x)
+  (out_scanned, _), _ = jax.jit(scanned.apply)(params, x)
+  print(f"static LSTM output sum:  {out_unrolled[0].sum():.4f}")
+  print(f"dynamic LSTM output sum: {out_scanned[0].sum():.4f}")
+  agree = bool(jnp.allclose(out_unrolled, out_scanned, atol=1e-5))
+  print(f"same params, same outputs: {agree}")
+  if not agree:
+    raise SystemExit("ERROR: the static and dynamic LSTM disagree")
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--fast", action="store_true", help="accepted; the script is always fast")
+  parser.parse_args(argv)
+
+  linear, params = locked_and_unlocked()
+  immutability(linear, params)
+  split_and_merge(params)
+  rng, dropout, dropout_params = dropout_model()
+  replicated_streams(dropout, dropout_params)
+  folded_lanes(rng, dropout, dropout_params)
+  init_versus_runtime(rng, dropout)
+  jit_caching()
+  static_models()
+  shared_lstm_params()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

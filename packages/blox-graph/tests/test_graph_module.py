@@ -1,0 +1,126 @@
+"""Tests of `Module`: binding, configuration capture and the param primitives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blox.graph import Graph, Module
+from blox.params import Params
+
+
+class _Scale(Module):
+  """Multiplies by a learned vector; a minimal module with one param."""
+
+  def __init__(self, graph: Graph, size: int, label: str = "scale") -> None:
+    super().__init__(graph)
+    self.size = size
+    self.label = label
+
+  def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    scale, params = self.get_param(
+        params, "scale", (self.size,), jax.nn.initializers.ones
+    )
+    return x * scale, params
+
+
+class _Wrapper(Module):
+  def __init__(self, graph: Graph, inner: Module, fn: Any = jnp.tanh) -> None:
+    super().__init__(graph)
+    self.inner = inner
+    self.fn = fn
+
+  def __call__(self, params: Params, x: Any) -> tuple[Any, Params]:
+    return x, params
+
+
+def test_binding_to_the_root_raises() -> None:
+  with pytest.raises(ValueError, match=r"root node 'net'.*graph.child\('_scale'\)"):
+    _Scale(Graph("net"), 3)
+
+
+def test_binding_to_an_already_bound_node_raises() -> None:
+  node = Graph("net").child("s")
+  first = _Scale(node, 3)
+  with pytest.raises(ValueError, match=r"'net/s' already has the module _Scale"):
+    _Scale(node, 4)
+  assert node.module is first
+
+
+def test_graph_argument_must_be_a_graph() -> None:
+  with pytest.raises(TypeError, match="needs a Graph node"):
+    _Scale("net/s", 3)  # type: ignore[arg-type]  # the misuse under test
+
+
+def test_forgetting_super_init_raises_at_construction() -> None:
+  class Forgetful(Module):
+    def __init__(self, graph: Graph) -> None:
+      self.graph_node = graph
+
+    def __call__(self, params: Params) -> tuple[None, Params]:
+      return None, params
+
+  with pytest.raises(RuntimeError, match=r"Forgetful.__init__ did not call super\(\).__init__\(graph\)"):
+    Forgetful(Graph("net").child("f"))
+
+
+def test_constructor_arguments_are_captured() -> None:
+  root = Graph("net")
+  scale = _Scale(root.child("s"), 4)
+  assert dict(scale.config) == {"size": 4}
+  assert scale.graph.path == ("net", "s")
+  with pytest.raises(TypeError):
+    scale.config["size"] = 5  # type: ignore[index]  # read-only mapping under test
+  named = _Scale(root.child("t"), size=2, label="x")
+  assert dict(named.config) == {"size": 2, "label": "x"}
+
+
+def test_repr_lists_the_given_arguments() -> None:
+  root = Graph("net")
+  scale = _Scale(root.child("s"), 4, label="y")
+  assert repr(scale) == "_Scale(size=4, label='y')"
+  wrapper = _Wrapper(root.child("w"), scale, fn=jax.nn.relu)
+  assert repr(wrapper) == "_Wrapper(inner=_Scale@net/s, fn=relu)"
+
+
+def test_get_param_creates_then_reuses() -> None:
+  scale = _Scale(Graph("net").child("s"), 3)
+  y, params = scale(Params(), jnp.full((3,), 2.0))
+  np.testing.assert_allclose(y, 2.0)
+  assert list(params) == [("net", "s", "scale")]
+  assert scale.param_path("scale") == ("net", "s", "scale")
+  value, same = scale.get_param(params, "scale")
+  assert same is params
+  np.testing.assert_allclose(value, 1.0)
+
+
+def test_set_param_returns_new_params() -> None:
+  scale = _Scale(Graph("net").child("s"), 3)
+  _, params = scale(Params(), jnp.ones(3))
+  params = params.locked()
+  changed = scale.set_param(params, "scale", jnp.full((3,), 5.0))
+  y, _ = scale(changed, jnp.ones(3))
+  np.testing.assert_allclose(y, 5.0)
+  np.testing.assert_allclose(params[("net", "s", "scale")].value, 1.0)
+  frozen = scale.set_param(params, "scale", trainable=False, metadata={"tag": "x"})
+  assert not frozen[("net", "s", "scale")].trainable
+  assert frozen[("net", "s", "scale")].metadata == {"tag": "x"}
+
+
+def test_get_param_with_another_shape_or_dtype_raises() -> None:
+  scale = _Scale(Graph("net").child("s"), 3)
+  _, params = scale(Params(), jnp.ones(3))
+  with pytest.raises(ValueError, match=r"\('net', 's', 'scale'\) exists with shape \(3,\)"):
+    scale.get_param(params, "scale", (4,))
+  with pytest.raises(ValueError, match=r"\('net', 's', 'scale'\) exists with dtype float32"):
+    scale.get_param(params, "scale", (3,), dtype=jnp.int32)
+
+
+def test_creating_while_locked_raises() -> None:
+  scale = _Scale(Graph("net").child("s"), 3)
+  with pytest.raises(RuntimeError, match=r"locked.*\('net', 's', 'scale'\)"):
+    scale(Params().locked(), jnp.ones(3))

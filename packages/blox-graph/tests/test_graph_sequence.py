@@ -1,0 +1,188 @@
+"""Tests of `SequenceBase`, `RecurrenceBase` and `maybe_reset_state`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blox.graph import Graph, RecurrenceBase, SequenceBase, maybe_reset_state
+from blox.params import Params
+
+
+class _State(NamedTuple):
+  total: jax.Array  # [batch, features]
+  grid: jax.Array  # [batch, 2, features]: a state leaf with two feature axes
+
+
+class _Leaky(RecurrenceBase):
+  """total' = decay * total + x (decay a param); grid follows total.
+
+  Every step advances a counter param, like a dropout Rng would, and records
+  the `is_training` flag it was given.
+  """
+
+  def __init__(self, graph: Graph, is_static: bool = False) -> None:
+    super().__init__(graph, is_static=is_static)
+    self.initial_inputs: list[tuple[int, ...]] = []
+    self.training_flags: list[bool] = []
+
+  def initial_state(self, params: Params, inputs: jax.Array, **kwargs: Any) -> tuple[_State, Params]:
+    self.initial_inputs.append(tuple(inputs.shape))
+    batch, features = inputs.shape
+    return _State(jnp.zeros((batch, features)), jnp.zeros((batch, 2, features))), params
+
+  def __call__(
+      self, params: Params, inputs: jax.Array, prev_state: _State, is_training: bool = True
+  ) -> tuple[tuple[jax.Array, _State], Params]:
+    self.training_flags.append(is_training)
+    decay, params = self.get_param(params, "decay", (), jax.nn.initializers.constant(0.5))
+    count, params = self.get_param(
+        params, "count", (), jax.nn.initializers.zeros, dtype=jnp.uint32, trainable=False
+    )
+    params = self.set_param(params, "count", count + jnp.uint32(1))
+    total = decay * prev_state.total + inputs
+    grid = prev_state.grid + total[:, None, :]
+    return (total, _State(total, grid)), params
+
+
+def _reference(x: np.ndarray) -> np.ndarray:
+  """Per-sequence totals with decay 0.5 from a zero state."""
+  total = np.zeros(x.shape[-1], np.float32)
+  outs = []
+  for t in range(x.shape[0]):
+    total = 0.5 * total + x[t]
+    outs.append(total)
+  return np.stack(outs)
+
+
+def _inputs() -> jax.Array:
+  return jax.random.normal(jax.random.key(0), (3, 5, 2))
+
+
+def test_sequence_base_is_abstract() -> None:
+  class Incomplete(SequenceBase):
+    def initial_state(self, params: Params, inputs: Any, **kwargs: Any) -> tuple[Any, Params]:
+      return None, params
+
+  with pytest.raises(TypeError, match="abstract"):
+    Incomplete(Graph("net").child("seq"))  # type: ignore[abstract]  # the error under test
+
+
+def test_apply_starts_from_initial_state_of_the_first_step() -> None:
+  module = _Leaky(Graph("net").child("leaky"), is_static=True)
+  x = _inputs()
+  (outputs, final), params = module.apply(Params(), x)
+  assert module.initial_inputs == [(3, 2)]
+  assert outputs.shape == (3, 5, 2)
+  for b in range(3):
+    np.testing.assert_allclose(outputs[b], _reference(np.asarray(x[b])), rtol=1e-6)
+  np.testing.assert_allclose(final.total, outputs[:, -1])
+  assert final.grid.shape == (3, 2, 2)
+  assert int(params[("net", "leaky", "count")].value) == 5
+
+
+def test_static_and_dynamic_agree_and_thread_params() -> None:
+  static = _Leaky(Graph("net").child("leaky"), is_static=True)
+  dynamic = _Leaky(Graph("net").child("leaky"), is_static=False)
+  x = _inputs()
+  _, params = static.apply(Params(), x[:, :1])
+  params = params.locked()
+  prev = _State(jnp.ones((3, 2)), jnp.ones((3, 2, 2)))
+  (out_s, final_s), params_s = static.apply(params, x, prev_state=prev)
+  (out_d, final_d), params_d = dynamic.apply(params, x, prev_state=prev)
+  np.testing.assert_allclose(out_s, out_d, rtol=1e-6)
+  for a, b in zip(final_s, final_d):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  count = ("net", "leaky", "count")
+  assert int(params_s[count].value) == int(params_d[count].value) == 6
+  # A given prev_state means no call to initial_state.
+  assert static.initial_inputs == [(3, 2)] and dynamic.initial_inputs == []
+
+
+@pytest.mark.parametrize("is_static", [True, False])
+def test_is_reset_restarts_flagged_batch_elements(is_static: bool) -> None:
+  module = _Leaky(Graph("net").child("leaky"), is_static=is_static)
+  x = _inputs()
+  _, params = module.apply(Params(), x)
+  params = params.locked()
+  is_reset = np.zeros((3, 5), bool)
+  is_reset[0, 2] = True  # element 0 starts a new sequence at step 2
+  is_reset[2, 0] = True  # a reset at step 0 restarts from the initial state
+  is_reset[2, 4] = True
+  start = _State(jnp.full((3, 2), 7.0), jnp.full((3, 2, 2), 7.0))
+  (outputs, final), _ = module.apply(params, x, prev_state=start, is_reset=jnp.asarray(is_reset))
+  (plain, _), _ = module.apply(params, x, prev_state=start)
+  xs = np.asarray(x)
+  np.testing.assert_allclose(outputs[0, :2], plain[0, :2], rtol=1e-6)
+  np.testing.assert_allclose(outputs[0, 2:], _reference(xs[0, 2:]), rtol=1e-6)
+  np.testing.assert_allclose(outputs[1], plain[1], rtol=1e-6)
+  np.testing.assert_allclose(outputs[2, :4], _reference(xs[2, :4]), rtol=1e-6)
+  np.testing.assert_allclose(outputs[2, 4:], _reference(xs[2, 4:]), rtol=1e-6)
+  # The grid leaf (two feature axes) was reset too: it restarted from zeros.
+  np.testing.assert_allclose(final.grid[2], np.broadcast_to(outputs[2, 4], (2, 2)), rtol=1e-6)
+  assert not np.allclose(final.grid[1], final.grid[2])
+
+
+def test_is_training_reaches_every_step() -> None:
+  module = _Leaky(Graph("net").child("leaky"), is_static=True)
+  module.apply(Params(), _inputs(), is_training=False)
+  assert module.training_flags == [False] * 5
+
+
+def test_apply_rejects_inputs_of_rank_below_two() -> None:
+  module = _Leaky(Graph("net").child("leaky"))
+  with pytest.raises(ValueError, match=r"_Leaky 'net/leaky'.*rank 1 < 2"):
+    module.apply(Params(), jnp.ones(3))
+
+
+def test_apply_rejects_is_reset_of_another_time_length() -> None:
+  module = _Leaky(Graph("net").child("leaky"))
+  with pytest.raises(ValueError, match=r"_Leaky 'net/leaky': is_reset must have shape \[batch, time\] = \(3, 5\).*\(3, 4\)"):
+    module.apply(Params(), _inputs(), is_reset=jnp.zeros((3, 4), bool))
+  with pytest.raises(ValueError, match="is_reset must have shape"):
+    module.apply(Params(), _inputs(), is_reset=jnp.zeros((3,), bool))
+
+
+def test_maybe_reset_state_broadcasts_over_feature_axes() -> None:
+  state = _State(jnp.full((3, 2), 5.0), jnp.full((3, 2, 4), 5.0))
+  initial = _State(jnp.zeros((3, 2)), jnp.zeros((3, 2, 4)))
+  reset = maybe_reset_state(state, initial, jnp.array([True, False, True]))
+  assert isinstance(reset, _State)
+  np.testing.assert_array_equal(reset.total[:, 0], [0.0, 5.0, 0.0])
+  np.testing.assert_array_equal(reset.grid[:, 1, 3], [0.0, 5.0, 0.0])
+  assert reset.grid.shape == (3, 2, 4) and reset.grid.dtype == jnp.float32
+  # Numeric flags are read as booleans.
+  again = maybe_reset_state(state, initial, jnp.array([0, 1, 0]))
+  np.testing.assert_array_equal(again.total[:, 1], [5.0, 0.0, 5.0])
+
+
+def test_maybe_reset_state_errors() -> None:
+  state = (jnp.ones((3, 2)),)
+  with pytest.raises(ValueError, match=r"is_reset must have shape \[batch\]"):
+    maybe_reset_state(state, state, jnp.zeros((3, 1), bool))
+  with pytest.raises(ValueError, match="is_reset has 2 batch elements"):
+    maybe_reset_state(state, state, jnp.zeros((2,), bool))
+  with pytest.raises(ValueError, match="another structure"):
+    maybe_reset_state(state, [jnp.ones((3, 2))], jnp.zeros((3,), bool))
+  with pytest.raises(ValueError, match=r"shape \(3, 2\) to an initial value of shape \(3, 4\)"):
+    maybe_reset_state(state, (jnp.ones((3, 4)),), jnp.zeros((3,), bool))
+
+
+def test_dynamic_apply_under_jit() -> None:
+  module = _Leaky(Graph("net").child("leaky"))
+  x = _inputs()
+  _, params = module.apply(Params(), x)
+  params = params.locked()
+
+  @jax.jit
+  def run(params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    (outputs, _), params = module.apply(params, x)
+    return outputs, params
+
+  outputs, new_params = run(params, x)
+  np.testing.assert_allclose(outputs[1], _reference(np.asarray(x[1])), rtol=1e-5)
+  assert int(new_params[("net", "leaky", "count")].value) == 10

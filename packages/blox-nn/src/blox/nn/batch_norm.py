@@ -1,0 +1,166 @@
+"""`BatchNorm`: normalisation with batch statistics and running averages.
+
+Training normalises with the statistics of the current batch and folds them
+into running averages, kept in `Params` as non-trainable state; evaluation
+normalises with the running averages and leaves params as they are.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> bn = BatchNorm(Graph('net').child('bn'), momentum=0.5)
+  >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+  >>> y, params = bn(Params(), x, is_training=True)
+  >>> params[('net', 'bn', 'running_mean')].value.tolist()
+  [0.5, 10.0]
+  >>> trainable, state = params.split()  # running statistics get no gradient
+  >>> sorted(path[-1] for path in state)
+  ['running_mean', 'running_var']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn._stats import check_epsilon, compute_dtypes, pmean
+from blox.nn.initializers import Initializer, ones, zeros
+from blox.params import Params
+
+__all__ = ["BatchNorm"]
+
+
+class BatchNorm(Module):
+  """`(x - mean) / sqrt(var + epsilon) * scale + bias`, statistics over the batch.
+
+  Statistics are taken per feature (the last axis) over every other axis, so
+  `(batch, features)`, `(batch, time, features)` and `(batch, height, width,
+  channels)` inputs all work. `var` is the biased variance (divided by the
+  number of values), both for normalising and for the running average.
+
+  Params, all of shape `(features,)`: `scale` (ones) and `bias` (zeros),
+  trainable; `running_mean` (zeros) and `running_var` (ones), created with
+  `trainable=False` so that `params.split()` keeps them out of the gradient
+  half. They are created on the first call, training or not.
+
+  - `is_training=True`: normalises with the batch statistics and returns params
+    with `running = momentum * running + (1 - momentum) * batch` for both the
+    mean and the variance. The written values pass through
+    `jax.lax.stop_gradient`, so no gradient flows into them even when the
+    running statistics are differentiated by mistake.
+  - `is_training=False`: normalises with the running statistics and returns
+    the params it was given.
+
+  Data-parallel training: with `axis_name`, the batch statistics are averaged
+  across that named axis (`jax.lax.pmean` of the mean, then of the mean of
+  squared deviations from that global mean), so every device or `vmap` lane
+  normalises with, and records, the statistics of the whole global batch.
+  This assumes equal per-shard batch sizes. Under `jax.vmap(...,
+  axis_name='batch')` each lane may then see a single example.
+
+  Args:
+    graph: the node this layer binds to.
+    momentum: the weight of the old running value in each update, in [0, 1].
+    epsilon: added to the variance before the square root.
+    use_scale, use_bias: whether to learn a scale and a bias.
+    scale_init, bias_init: initializers, called with `key=None` (the layer has
+      no key source).
+    scale_metadata, bias_metadata, stats_metadata: metadata for the scale, the
+      bias and the two running statistics, e.g. `{'sharding': ('model',)}`.
+    axis_name: the named axis the batch is split over, or None.
+  """
+
+  def __init__(
+      self,
+      graph: Graph,
+      momentum: float = 0.9,
+      epsilon: float = 1e-5,
+      use_scale: bool = True,
+      use_bias: bool = True,
+      scale_init: Initializer = ones,
+      bias_init: Initializer = zeros,
+      scale_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+      stats_metadata: Mapping[str, Any] | None = None,
+      axis_name: Hashable | None = None,
+  ) -> None:
+    super().__init__(graph)
+    where = f"BatchNorm {graph.path!r}"
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+      raise ValueError(f"{where}: momentum must be a number in [0, 1], got {momentum!r}.")
+    check_epsilon(epsilon, where)
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.use_scale = use_scale
+    self.use_bias = use_bias
+    self.scale_init = scale_init
+    self.bias_init = bias_init
+    self.scale_metadata = scale_metadata
+    self.bias_metadata = bias_metadata
+    self.stats_metadata = stats_metadata
+    self.axis_name = axis_name
+
+  def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance per feature, over all axes but the last (and
+    across `axis_name`)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    if self.axis_name is not None:
+      mean = pmean(mean, self.axis_name)
+    # The second pass uses the global mean, so averaging the local mean
+    # squared deviations gives the global variance exactly.
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    if self.axis_name is not None:
+      var = pmean(var, self.axis_name)
+    return mean, var
+
+  def __call__(
+      self, params: Params, inputs: jax.Array, is_training: bool = True
+  ) -> tuple[jax.Array, Params]:
+    """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`.
+
+    `is_training` must be a Python bool: it chooses which computation is traced.
+    """
+    if jnp.ndim(inputs) < 1:
+      raise ValueError(
+          f"BatchNorm {self.graph.path!r} normalises each feature of the last axis;"
+          " it needs inputs with at least one axis, got a scalar."
+      )
+    if not isinstance(is_training, bool):
+      raise TypeError(
+          f"BatchNorm {self.graph.path!r}: is_training must be a Python bool, got"
+          f" {type(is_training).__name__}; mark it static under jax.jit."
+      )
+    compute, output = compute_dtypes(jnp.result_type(inputs))
+    x = jnp.asarray(inputs, compute)
+    features = (x.shape[-1],)
+    running_mean, params = self.get_param(
+        params, "running_mean", features, zeros, trainable=False, metadata=self.stats_metadata
+    )
+    running_var, params = self.get_param(
+        params, "running_var", features, ones, trainable=False, metadata=self.stats_metadata
+    )
+    if is_training:
+      mean, var = self._batch_statistics(x)
+      keep = jnp.asarray(self.momentum, compute)
+      for name, running, batch in (("running_mean", running_mean, mean), ("running_var", running_var, var)):
+        updated = keep * running.astype(compute) + (1 - keep) * batch
+        params = self.set_param(params, name, jax.lax.stop_gradient(updated).astype(running.dtype))
+    else:
+      mean, var = running_mean.astype(compute), running_var.astype(compute)
+    y = (x - mean) * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
+    if self.use_scale:
+      scale, params = self.get_param(
+          params, "scale", features, self.scale_init, metadata=self.scale_metadata
+      )
+      y = y * scale.astype(compute)
+    if self.use_bias:
+      bias, params = self.get_param(
+          params, "bias", features, self.bias_init, metadata=self.bias_metadata
+      )
+      y = y + bias.astype(compute)
+    return y.astype(output), params

@@ -1,0 +1,325 @@
+"""`Conv` and `ConvTranspose`: N-D convolutions over channels-last inputs.
+
+Inputs are laid out as `(*batch, *spatial, channels)`. The number of spatial
+axes is `len(kernel_size)` (1-D, 2-D, 3-D, ...); any number of leading batch
+axes is accepted, including none. The kernel is created on the first call,
+when the input channels are known.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> conv = Conv(graph.child('conv'), kernel_size=(3, 3), output_channels=8,
+  ...             rng=rng, strides=2)
+  >>> y, params = conv(rng.seed(Params(), seed=0), jnp.ones((4, 16, 16, 3)))
+  >>> y.shape, params[('net', 'conv', 'kernel')].value.shape
+  ((4, 8, 8, 8), (3, 3, 3, 8))
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
+from blox.nn.initializers import Initializer, lecun_normal, zeros
+from blox.params import KeySource, Params
+
+__all__ = ["Conv", "ConvTranspose"]
+
+
+def _dimension_numbers(n: int) -> jax.lax.ConvDimensionNumbers:
+  """Channels-last layouts for `n` spatial axes: 'NHWC' inputs and outputs,
+  'HWIO' kernels in the 2-D case, the same pattern for any other `n`."""
+  spatial = tuple(range(1, n + 1))
+  return jax.lax.ConvDimensionNumbers(
+      lhs_spec=(0, n + 1) + spatial,
+      rhs_spec=(n + 1, n) + tuple(range(n)),
+      out_spec=(0, n + 1) + spatial,
+  )
+
+
+class _ConvBase(Module):
+  """What `Conv` and `ConvTranspose` share: arguments, params and batch axes."""
+
+  _kind = "Conv"
+
+  def __init__(
+      self,
+      graph: Graph,
+      kernel_size: Sequence[int],
+      output_channels: int,
+      rng: KeySource,
+      strides: int | Sequence[int],
+      padding: Padding,
+      kernel_dilation: int | Sequence[int],
+      feature_group_count: int,
+      use_bias: bool,
+      kernel_init: Initializer,
+      bias_init: Initializer,
+      kernel_metadata: Mapping[str, Any] | None,
+      bias_metadata: Mapping[str, Any] | None,
+      paddings_allowed: tuple[str, ...],
+  ) -> None:
+    super().__init__(graph)
+    where = self._where()
+    self.kernel_size = as_size_tuple(kernel_size, "kernel_size", where)
+    n = len(self.kernel_size)
+    self.num_spatial_dims = n
+    if isinstance(output_channels, bool) or not isinstance(output_channels, int) or output_channels < 1:
+      raise ValueError(f"{where}: output_channels must be a positive int, got {output_channels!r}.")
+    if (
+        isinstance(feature_group_count, bool)
+        or not isinstance(feature_group_count, int)
+        or feature_group_count < 1
+    ):
+      raise ValueError(
+          f"{where}: feature_group_count must be a positive int, got {feature_group_count!r}."
+      )
+    if output_channels % feature_group_count:
+      raise ValueError(
+          f"{where}: output_channels ({output_channels}) must be divisible by"
+          f" feature_group_count ({feature_group_count})."
+      )
+    self.output_channels = output_channels
+    self.rng = rng
+    self.strides = as_tuple(strides, n, "strides", where)
+    self.padding = normalize_padding(padding, n, where, paddings_allowed)
+    self.kernel_dilation = as_tuple(kernel_dilation, n, "kernel_dilation", where)
+    self.feature_group_count = feature_group_count
+    self.use_bias = use_bias
+    self.kernel_init = kernel_init
+    self.bias_init = bias_init
+    self.kernel_metadata = kernel_metadata
+    self.bias_metadata = bias_metadata
+
+  def _where(self) -> str:
+    return f"{self._kind} {self.graph.path!r}"
+
+  def _dilated_kernel_size(self) -> tuple[int, ...]:
+    """The extent of each kernel axis once the kernel dilation spreads it out."""
+    return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.kernel_dilation))
+
+  @abc.abstractmethod
+  def _convolve(
+      self, x: jax.Array, kernel: jax.Array, precision: jax.lax.PrecisionLike
+  ) -> jax.Array:
+    """The convolution proper, on `x` of shape `(batch, *spatial, channels)`."""
+
+  def __call__(
+      self, params: Params, inputs: jax.Array, precision: jax.lax.PrecisionLike = None
+  ) -> tuple[jax.Array, Params]:
+    """Convolves `inputs` of shape `(*batch, *spatial, channels)`.
+
+    Returns `(outputs, params)`; outputs are `(*batch, *out_spatial,
+    output_channels)`, in the promoted dtype of the inputs and the kernel.
+    """
+    n = self.num_spatial_dims
+    shape = tuple(jnp.shape(inputs))
+    if len(shape) < n + 1:
+      raise ValueError(
+          f"{self._where()}: a kernel_size of length {n} needs inputs shaped"
+          f" (*batch, {n} spatial axes, channels), i.e. at least {n + 1} axes;"
+          f" got shape {shape}."
+      )
+    channels = shape[-1]
+    groups = self.feature_group_count
+    if channels % groups:
+      raise ValueError(
+          f"{self._where()}: the input channels ({channels}) must be divisible by"
+          f" feature_group_count ({groups})."
+      )
+    kernel, params = self.get_param(
+        params, "kernel", self.kernel_size + (channels // groups, self.output_channels),
+        self.kernel_init, rng=self.rng, metadata=self.kernel_metadata,
+    )
+    dtype = jnp.result_type(inputs, kernel)
+    # lax convolutions take exactly one batch axis: fold the leading ones into it.
+    batch_shape, item_shape = shape[: len(shape) - n - 1], shape[len(shape) - n - 1 :]
+    x = jnp.reshape(inputs, (math.prod(batch_shape),) + item_shape).astype(dtype)
+    y = self._convolve(x, kernel.astype(dtype), precision)
+    if self.use_bias:
+      bias, params = self.get_param(
+          params, "bias", (self.output_channels,), self.bias_init,
+          rng=self.rng, metadata=self.bias_metadata,
+      )
+      y = y + bias.astype(dtype)
+    return jnp.reshape(y, batch_shape + y.shape[1:]), params
+
+
+class Conv(_ConvBase):
+  """A convolution (strictly, a cross-correlation) over `(*batch, *spatial, channels)`.
+
+  The kernel has shape `(*kernel_size, in_channels // feature_group_count,
+  output_channels)` and is created before the bias `(output_channels,)`.
+
+  Args:
+    graph: the node this layer binds to.
+    kernel_size: one size per spatial axis, e.g. `(3,)` for 1-D or `(3, 3)`
+      for 2-D inputs. It must be a sequence: a bare int would leave the number
+      of spatial axes unsaid.
+    output_channels: the size of the output channel axis.
+    rng: the key source for initialisation.
+    strides, input_dilation, kernel_dilation: an int (the same for every
+      spatial axis) or one int per spatial axis.
+    padding: `'SAME'` (output size `ceil(input / stride)`), `'VALID'` (no
+      padding), both measured on the input as spread out by `input_dilation`;
+      `'CIRCULAR'` (the input wraps around: it is padded with its
+      own opposite edge by the amounts 'SAME' would use, then convolved with
+      'VALID'; not combinable with `input_dilation`), or one `(low, high)` pair
+      of ints per spatial axis. Case-insensitive.
+    feature_group_count: splits input and output channels into this many
+      groups convolved separately; both channel counts must be divisible by it
+      (`in_channels` groups give a depthwise convolution).
+    use_bias: whether to add a bias.
+    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`.
+    kernel_metadata, bias_metadata: metadata for the params, e.g.
+      `{'sharding': (None, None, None, 'model')}` for a 2-D kernel.
+  """
+
+  def __init__(
+      self,
+      graph: Graph,
+      kernel_size: Sequence[int],
+      output_channels: int,
+      rng: KeySource,
+      strides: int | Sequence[int] = 1,
+      padding: Padding = "SAME",
+      input_dilation: int | Sequence[int] = 1,
+      kernel_dilation: int | Sequence[int] = 1,
+      feature_group_count: int = 1,
+      use_bias: bool = True,
+      kernel_init: Initializer = lecun_normal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+  ) -> None:
+    super().__init__(
+        graph, kernel_size, output_channels, rng, strides, padding, kernel_dilation,
+        feature_group_count, use_bias, kernel_init, bias_init, kernel_metadata,
+        bias_metadata, paddings_allowed=("SAME", "VALID", "CIRCULAR"),
+    )
+    self.input_dilation = as_tuple(
+        input_dilation, self.num_spatial_dims, "input_dilation", self._where()
+    )
+    if self.padding == "CIRCULAR" and any(d != 1 for d in self.input_dilation):
+      raise ValueError(
+          f"{self._where()}: padding='CIRCULAR' cannot be combined with"
+          f" input_dilation={input_dilation!r}; use 'SAME', 'VALID' or explicit pairs."
+      )
+
+  def _convolve(
+      self, x: jax.Array, kernel: jax.Array, precision: jax.lax.PrecisionLike
+  ) -> jax.Array:
+    padding = self.padding
+    if isinstance(padding, str):
+      # Padding modes apply to the input as dilated by input_dilation (lax
+      # takes only explicit pairs together with an input dilation).
+      spatial = [(s - 1) * d + 1 for s, d in zip(x.shape[1:-1], self.input_dilation)]
+      pads = jax.lax.padtype_to_pads(
+          spatial, self._dilated_kernel_size(), self.strides,
+          "SAME" if padding == "CIRCULAR" else padding,
+      )
+      if padding == "CIRCULAR":
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode="wrap")
+        pads = [(0, 0)] * len(pads)
+      padding = tuple((low, high) for low, high in pads)
+    return jax.lax.conv_general_dilated(
+        x, kernel, self.strides, padding,
+        lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
+        dimension_numbers=_dimension_numbers(self.num_spatial_dims),
+        feature_group_count=self.feature_group_count, precision=precision,
+    )
+
+
+class ConvTranspose(_ConvBase):
+  """A transposed ("fractionally strided") convolution; strides upsample.
+
+  Each spatial axis of the input is spread out by its stride (stride - 1 zeros
+  between neighbours), padded, and convolved with stride 1. Output sizes:
+  `'SAME'` gives `input * stride` (stride 2 doubles every spatial size);
+  `'VALID'` gives `input * stride + max(k - stride, 0)`, where
+  `k = (kernel_size - 1) * kernel_dilation + 1`, i.e. every position the
+  kernel touches. These match `jax.lax.conv_transpose` (and Keras).
+
+  The kernel has shape `(*kernel_size, in_channels // feature_group_count,
+  output_channels)` and is applied as written, not flipped: it is not the
+  kernel of the forward `Conv` whose gradient this computes (that would need
+  spatially flipped axes and swapped channel axes), and it needs no such
+  relation to be useful as a learned upsampler.
+
+  Args:
+    graph: the node this layer binds to.
+    kernel_size: one size per spatial axis (a sequence, as for `Conv`).
+    output_channels: the size of the output channel axis.
+    rng: the key source for initialisation.
+    strides, kernel_dilation: an int or one int per spatial axis.
+    padding: `'SAME'`, `'VALID'` (see above), or one `(low, high)` pair per
+      spatial axis, padding the stride-spread input (as in
+      `jax.lax.conv_transpose` with explicit pairs). Case-insensitive.
+    feature_group_count: channel groups, as for `Conv`.
+    use_bias, kernel_init, bias_init, kernel_metadata, bias_metadata: as for
+      `Conv`.
+  """
+
+  _kind = "ConvTranspose"
+
+  def __init__(
+      self,
+      graph: Graph,
+      kernel_size: Sequence[int],
+      output_channels: int,
+      rng: KeySource,
+      strides: int | Sequence[int] = 1,
+      padding: Padding = "SAME",
+      kernel_dilation: int | Sequence[int] = 1,
+      feature_group_count: int = 1,
+      use_bias: bool = True,
+      kernel_init: Initializer = lecun_normal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+  ) -> None:
+    super().__init__(
+        graph, kernel_size, output_channels, rng, strides, padding, kernel_dilation,
+        feature_group_count, use_bias, kernel_init, bias_init, kernel_metadata,
+        bias_metadata, paddings_allowed=("SAME", "VALID"),
+    )
+
+  def _pads(self) -> Sequence[tuple[int, int]]:
+    """(low, high) padding of the stride-spread input, per spatial axis."""
+    if not isinstance(self.padding, str):
+      return self.padding
+    pads = []
+    for k, s in zip(self._dilated_kernel_size(), self.strides):
+      # This is the adjoint of a forward convolution with the same stride and
+      # padding mode: that one pads its input low by `forward_low`, so here the
+      # kernel may hang `k - 1 - forward_low` positions over the low edge. The
+      # high side takes whatever makes the documented output size.
+      forward_low = max(k - s, 0) // 2 if self.padding == "SAME" else 0
+      extra = 0 if self.padding == "SAME" else max(k - s, 0)
+      low = k - 1 - forward_low
+      # Output size = (spread input + low + high) - k + 1 = n * s + extra,
+      # with spread input = (n - 1) * s + 1; n cancels out of `high`.
+      high = s + extra + k - 2 - low
+      pads.append((low, high))
+    return pads
+
+  def _convolve(
+      self, x: jax.Array, kernel: jax.Array, precision: jax.lax.PrecisionLike
+  ) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1,) * self.num_spatial_dims, self._pads(),
+        lhs_dilation=self.strides, rhs_dilation=self.kernel_dilation,
+        dimension_numbers=_dimension_numbers(self.num_spatial_dims),
+        feature_group_count=self.feature_group_count, precision=precision,
+    )

@@ -1,0 +1,117 @@
+"""`Embed`: a lookup table from integer ids to vectors, with weight tying.
+
+`embed(params, ids)` returns one row of the table per id; `embed.attend(params,
+x)` multiplies by the transposed table, turning vectors back into one score
+per id (the output layer of a language model that shares its input table).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('lm')
+  >>> rng = Rng(graph.child('rng'))
+  >>> embed = Embed(graph.child('embed'), num_embeddings=10, embedding_size=4, rng=rng)
+  >>> vectors, params = embed(rng.seed(Params(), seed=0), jnp.array([[1, 2, 3]]))
+  >>> logits, params = embed.attend(params, vectors)
+  >>> vectors.shape, logits.shape
+  ((1, 3, 4), (1, 3, 10))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn.initializers import Initializer, variance_scaling
+from blox.params import KeySource, Params
+
+__all__ = ["Embed"]
+
+
+class Embed(Module):
+  """An embedding table of shape `(num_embeddings, embedding_size)`.
+
+  The table's shape is known up front, so `attend` works even before any
+  lookup has created it.
+
+  Ids at or above `num_embeddings` look up rows of NaN, so the mistake shows
+  in the outputs instead of silently reading another row; negative ids count
+  from the end, as in NumPy indexing. (Checking ids eagerly is impossible
+  under `jax.jit`, where they are abstract.)
+
+  Args:
+    graph: the node this layer binds to.
+    num_embeddings: the number of rows (the vocabulary size).
+    embedding_size: the length of each row.
+    rng: the key source for initialisation.
+    embedding_init: the table's initializer; by default a (truncated) normal
+      with standard deviation `1 / sqrt(embedding_size)`, which keeps both the
+      looked-up vectors and `attend` scores of unit-scale inputs near unit scale.
+    embedding_metadata: metadata for the table, e.g. `{'sharding': ('model', None)}`.
+  """
+
+  def __init__(
+      self,
+      graph: Graph,
+      num_embeddings: int,
+      embedding_size: int,
+      rng: KeySource,
+      embedding_init: Initializer = variance_scaling(
+          1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=0
+      ),
+      embedding_metadata: Mapping[str, Any] | None = None,
+  ) -> None:
+    super().__init__(graph)
+    for name, value in (("num_embeddings", num_embeddings), ("embedding_size", embedding_size)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Embed {graph.path!r}: {name} must be a positive int, got {value!r}.")
+    self.num_embeddings = num_embeddings
+    self.embedding_size = embedding_size
+    self.rng = rng
+    self.embedding_init = embedding_init
+    self.embedding_metadata = embedding_metadata
+
+  def table(self, params: Params) -> tuple[jax.Array, Params]:
+    """Returns `(table, params)`, creating the table if it is missing."""
+    table: jax.Array
+    table, params = self.get_param(
+        params, "embedding", (self.num_embeddings, self.embedding_size),
+        self.embedding_init, rng=self.rng, metadata=self.embedding_metadata,
+    )
+    return table, params
+
+  def __call__(self, params: Params, ids: jax.Array) -> tuple[jax.Array, Params]:
+    """Looks up `ids` (integers of any shape); outputs are `(*ids.shape, embedding_size)`.
+
+    Raises:
+      TypeError: `ids` are not integers (floats or bools).
+    """
+    dtype = jnp.result_type(ids)
+    if not jnp.issubdtype(dtype, jnp.integer):
+      raise TypeError(
+          f"Embed {self.graph.path!r} looks up integer ids, got dtype {dtype}; cast"
+          " them with ids.astype(jnp.int32)."
+      )
+    table, params = self.table(params)
+    return jnp.take(table, ids, axis=0), params
+
+  def attend(
+      self, params: Params, inputs: jax.Array, precision: jax.lax.PrecisionLike = None
+  ) -> tuple[jax.Array, Params]:
+    """Scores `inputs` `(..., embedding_size)` against every row: `inputs @ table.T`.
+
+    Returns `(scores, params)` with scores of shape `(..., num_embeddings)`.
+    """
+    shape = tuple(jnp.shape(inputs))
+    if not shape or shape[-1] != self.embedding_size:
+      raise ValueError(
+          f"Embed {self.graph.path!r}: attend needs inputs whose last axis is"
+          f" embedding_size={self.embedding_size}; got shape {shape}."
+      )
+    table, params = self.table(params)
+    return jnp.dot(inputs, table.T, precision=precision), params

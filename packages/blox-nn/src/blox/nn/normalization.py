@@ -1,0 +1,193 @@
+"""`LayerNorm` and `RMSNorm`: per-example normalisation over the feature axis.
+
+Both normalise over the last axis of each input, independently for every
+other position. Statistics are computed in float32 (or float64 for float64
+inputs) whatever the input dtype, and the outputs take the input's dtype
+(float32 for integer inputs).
+
+Features sharded over a named axis (tensor parallelism inside `shard_map`, or
+`vmap` over feature chunks): pass that axis as `axis_name`, and each
+statistic is averaged across it with `jax.lax.pmean`, so every shard
+normalises with the statistics of the whole feature axis. This assumes every
+shard holds the same number of features, which even sharding guarantees.
+Every call, the first (creating) one included, must then run where that axis
+name is bound.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> norm = LayerNorm(Graph('net').child('norm'))
+  >>> y, params = norm(Params(), jnp.array([[1.0, 2.0, 3.0]]))
+  >>> [round(v, 3) for v in y[0].tolist()]
+  [-1.225, 0.0, 1.225]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn._stats import check_epsilon, compute_dtypes, pmean
+from blox.nn.initializers import Initializer, ones, zeros
+from blox.params import Params
+
+__all__ = ["LayerNorm", "RMSNorm"]
+
+
+def _feature_mean(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
+  """The mean over the last axis, across all shards of it when `axis_name` is set."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  return mean if axis_name is None else pmean(mean, axis_name)
+
+
+class _FeatureNorm(Module):
+  """What both norms share: the input check and how learned params are read."""
+
+  _kind = ""
+
+  def _where(self) -> str:
+    return f"{self._kind} {self.graph.path!r}"
+
+  def _check(self, inputs: jax.Array) -> None:
+    if jnp.ndim(inputs) < 1:
+      raise ValueError(
+          f"{self._where()} normalises over the last axis; it needs inputs with"
+          " at least one axis, got a scalar."
+      )
+
+  def _learned(
+      self,
+      params: Params,
+      name: str,
+      features: int,
+      init: Initializer,
+      metadata: Mapping[str, Any] | None,
+      dtype: Any,
+  ) -> tuple[jax.Array, Params]:
+    """The scale or bias: shape `(features,)`, stored in float32, used in `dtype`."""
+    value: jax.Array
+    value, params = self.get_param(params, name, (features,), init, metadata=metadata)
+    return value.astype(dtype), params
+
+
+class LayerNorm(_FeatureNorm):
+  """`(x - mean) / sqrt(var + epsilon) * scale + bias` over the last axis.
+
+  `var` is the biased variance (divided by the number of features). Params
+  `scale` (ones) and `bias` (zeros) have shape `(features,)`. The layer has
+  no key source, so its initializers are called with `key=None` and must not
+  need a key (`ones`, `zeros` and `constant(...)` don't).
+
+  Args:
+    graph: the node this layer binds to.
+    epsilon: added to the variance before the square root.
+    use_scale, use_bias: whether to learn a scale and a bias.
+    scale_init, bias_init: initializers `(key, shape, dtype) -> array`,
+      called with `key=None`.
+    scale_metadata, bias_metadata: metadata for the params, e.g.
+      `{'sharding': ('model',)}`.
+    axis_name: the named axis the features are sharded over, or None.
+  """
+
+  _kind = "LayerNorm"
+
+  def __init__(
+      self,
+      graph: Graph,
+      epsilon: float = 1e-5,
+      use_scale: bool = True,
+      use_bias: bool = True,
+      scale_init: Initializer = ones,
+      bias_init: Initializer = zeros,
+      scale_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+      axis_name: Hashable | None = None,
+  ) -> None:
+    super().__init__(graph)
+    check_epsilon(epsilon, self._where())
+    self.epsilon = epsilon
+    self.use_scale = use_scale
+    self.use_bias = use_bias
+    self.scale_init = scale_init
+    self.bias_init = bias_init
+    self.scale_metadata = scale_metadata
+    self.bias_metadata = bias_metadata
+    self.axis_name = axis_name
+
+  def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
+    """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
+    self._check(inputs)
+    compute, output = compute_dtypes(jnp.result_type(inputs))
+    x = jnp.asarray(inputs, compute)
+    mean = _feature_mean(x, self.axis_name)
+    centered = x - mean
+    # Variance from the centred values (a second pass), which stays accurate
+    # when the mean is large compared with the spread; with axis_name it is
+    # still exact, because the mean above is already the global one.
+    var = _feature_mean(jnp.square(centered), self.axis_name)
+    y = centered * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
+    if self.use_scale:
+      scale, params = self._learned(
+          params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute
+      )
+      y = y * scale
+    if self.use_bias:
+      bias, params = self._learned(
+          params, "bias", x.shape[-1], self.bias_init, self.bias_metadata, compute
+      )
+      y = y + bias
+    return y.astype(output), params
+
+
+class RMSNorm(_FeatureNorm):
+  """`x / sqrt(mean(x ** 2) + epsilon) * scale` over the last axis.
+
+  Unlike `LayerNorm` it neither subtracts the mean nor adds a bias. The
+  param `scale` (ones) has shape `(features,)`.
+
+  Args:
+    graph: the node this layer binds to.
+    epsilon: added to the mean of squares before the square root.
+    use_scale: whether to learn a scale.
+    scale_init: the scale's initializer, called with `key=None`.
+    scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
+    axis_name: the named axis the features are sharded over, or None.
+  """
+
+  _kind = "RMSNorm"
+
+  def __init__(
+      self,
+      graph: Graph,
+      epsilon: float = 1e-5,
+      use_scale: bool = True,
+      scale_init: Initializer = ones,
+      scale_metadata: Mapping[str, Any] | None = None,
+      axis_name: Hashable | None = None,
+  ) -> None:
+    super().__init__(graph)
+    check_epsilon(epsilon, self._where())
+    self.epsilon = epsilon
+    self.use_scale = use_scale
+    self.scale_init = scale_init
+    self.scale_metadata = scale_metadata
+    self.axis_name = axis_name
+
+  def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
+    """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
+    self._check(inputs)
+    compute, output = compute_dtypes(jnp.result_type(inputs))
+    x = jnp.asarray(inputs, compute)
+    mean_square = _feature_mean(jnp.square(x), self.axis_name)
+    y = x * jax.lax.rsqrt(mean_square + jnp.asarray(self.epsilon, compute))
+    if self.use_scale:
+      scale, params = self._learned(
+          params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute
+      )
+      y = y * scale
+    return y.astype(output), params

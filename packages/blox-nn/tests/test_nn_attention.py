@@ -1,0 +1,373 @@
+"""Tests of MultiHeadAttention against plain jnp references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blox.graph import Graph
+from blox.nn import KVCache, MultiHeadAttention, Rng
+from blox.params import Params
+
+HEADS = 2
+FEATURES = 8
+
+
+def _build(
+    num_heads: int = HEADS, **kwargs: Any
+) -> tuple[MultiHeadAttention, Rng]:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  # Non-zero biases, so that a bias left out of the computation shows.
+  kwargs.setdefault("bias_init", jax.nn.initializers.normal(1.0))
+  mha = MultiHeadAttention(graph.child("mha"), num_heads, rng, **kwargs)
+  return mha, rng
+
+
+def _inputs(*shape: int, seed: int = 1) -> jax.Array:
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _init(
+    mha: MultiHeadAttention, rng: Rng, *args: jax.Array, **kwargs: Any
+) -> tuple[jax.Array, Params]:
+  y, params = mha(rng.seed(Params(), seed=0), *args, **kwargs)
+  return y, params.locked()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  out: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
+  return out
+
+
+def _reference(
+    params: Params,
+    query: Any,
+    kv: Any,
+    mask: Any = None,
+    num_heads: int = HEADS,
+) -> np.ndarray:
+  """Per-head softmax(Q K^T / sqrt(d)) V with plain matmuls, batch axis 0.
+
+  Written with NumPy (float64): no JAX compilation, so the tests stay fast.
+  """
+
+  def get(*path: str) -> np.ndarray:
+    return np.asarray(params[("net", "mha") + path].value, np.float64)
+
+  query, kv = np.asarray(query, np.float64), np.asarray(kv, np.float64)
+  heads = []
+  for h in range(num_heads):
+    q = query @ get("query", "kernel")[:, h] + get("query", "bias")[h]
+    k = kv @ get("key", "kernel")[:, h] + get("key", "bias")[h]
+    v = kv @ get("value", "kernel")[:, h] + get("value", "bias")[h]
+    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if mask is not None:
+      head_mask = np.broadcast_to(mask, (query.shape[0], num_heads) + logits.shape[-2:])
+      logits = np.where(head_mask[:, h], logits, -1e30)
+    heads.append(_softmax(logits) @ v)
+  concat = np.concatenate(heads, axis=-1)
+  out_kernel = get("out", "kernel")
+  flat = out_kernel.reshape(-1, out_kernel.shape[-1])
+  out: np.ndarray = concat @ flat + get("out", "bias")
+  return out
+
+
+def _causal(length: int) -> np.ndarray:
+  return np.tril(np.ones((length, length), bool))
+
+
+def test_nn_attention_param_layout_and_defaults() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  y, params = _init(mha, rng, x)
+  assert y.shape == (2, 5, FEATURES)
+  head_dim = FEATURES // HEADS
+  shapes = {path: tuple(p.value.shape) for path, p in params.items() if p.trainable}
+  assert shapes == {
+      ("net", "mha", "query", "kernel"): (FEATURES, HEADS, head_dim),
+      ("net", "mha", "query", "bias"): (HEADS, head_dim),
+      ("net", "mha", "key", "kernel"): (FEATURES, HEADS, head_dim),
+      ("net", "mha", "key", "bias"): (HEADS, head_dim),
+      ("net", "mha", "value", "kernel"): (FEATURES, HEADS, head_dim),
+      ("net", "mha", "value", "bias"): (HEADS, head_dim),
+      ("net", "mha", "out", "kernel"): (HEADS, head_dim, FEATURES),
+      ("net", "mha", "out", "bias"): (FEATURES,),
+  }
+
+
+def test_nn_attention_kernel_init_sees_flat_fan_in() -> None:
+  seen: list[tuple[int, ...]] = []
+
+  def recording(key: Any, shape: Any, dtype: Any = jnp.float32) -> jax.Array:
+    seen.append(tuple(shape))
+    return jnp.ones(shape, dtype)
+
+  mha, rng = _build(qkv_features=6, out_features=3, kernel_init=recording)
+  _init(mha, rng, _inputs(1, 2, 5))
+  assert seen == [(5, 6), (5, 6), (5, 6), (6, 3)]
+
+
+def test_nn_attention_cross_attention_matches_reference() -> None:
+  mha, rng = _build(qkv_features=6, out_features=5, num_heads=3)
+  query, kv = _inputs(2, 5, FEATURES, seed=1), _inputs(2, 7, 3, seed=2)
+  mask = jax.random.bernoulli(jax.random.key(3), 0.7, (2, 1, 5, 7))
+  y, params = _init(mha, rng, query, kv, mask=mask)
+  assert y.shape == (2, 5, 5)
+  np.testing.assert_allclose(
+      y, _reference(params, query, kv, mask, num_heads=3), rtol=1e-5, atol=1e-5
+  )
+  # value defaults to key.
+  y_kv, _ = mha(params, query, kv, kv, mask=mask)
+  np.testing.assert_allclose(y_kv, y, rtol=1e-6, atol=1e-6)
+
+
+def test_nn_attention_self_attention_matches_reference() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  y, params = _init(mha, rng, x)
+  np.testing.assert_allclose(y, _reference(params, x, x), rtol=1e-5, atol=1e-5)
+
+
+def test_nn_attention_mask_broadcasting() -> None:
+  mha, rng = _build()
+  query, kv = _inputs(2, 5, FEATURES, seed=1), _inputs(2, 7, FEATURES, seed=2)
+  _, params = _init(mha, rng, query, kv)
+  full = jax.random.bernoulli(jax.random.key(5), 0.6, (2, HEADS, 5, 7))
+  full = full.at[..., 0].set(True)  # no fully masked rows
+  for mask in (full, full[0, 0], full[:1], full[:, :1, :1]):
+    y, _ = mha(params, query, kv, mask=mask)
+    np.testing.assert_allclose(
+        y, _reference(params, query, kv, mask), rtol=1e-5, atol=1e-5
+    )
+  # A mask changes the result (so the checks above are not vacuous).
+  unmasked, _ = mha(params, query, kv)
+  assert not np.allclose(unmasked, _reference(params, query, kv, full), atol=1e-3)
+
+
+def test_nn_attention_bad_masks_name_the_module() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  with pytest.raises(ValueError, match="net/mha.*does not broadcast"):
+    mha(params, x, mask=jnp.ones((3, 5), bool))
+  with pytest.raises(ValueError, match="net/mha.*does not broadcast"):
+    mha(params, x, mask=jnp.ones((1, 2, 1, 5, 5), bool))
+  with pytest.raises(TypeError, match="net/mha.*boolean"):
+    mha(params, x, mask=jnp.ones((5, 5)))
+
+
+def test_nn_attention_is_permutation_equivariant() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  y, params = _init(mha, rng, x)
+  perm = jnp.array([3, 0, 4, 1, 2])
+  y_perm, _ = mha(params, x[:, perm])
+  np.testing.assert_allclose(y_perm, y[:, perm], rtol=1e-5, atol=1e-5)
+
+
+def test_nn_attention_causal_apply_ignores_future() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  (y, final), _ = mha.apply(params, x)
+  assert final is None
+  np.testing.assert_allclose(
+      y, _reference(params, x, x, _causal(5)), rtol=1e-5, atol=1e-5
+  )
+  changed = x.at[:, 3:].add(10.0)
+  (y_changed, _), _ = mha.apply(params, changed)
+  np.testing.assert_allclose(y_changed[:, :3], y[:, :3], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(y_changed[:, 3:], y[:, 3:], atol=1e-3)
+
+
+def test_nn_attention_extra_leading_batch_axes() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 3, 5, FEATURES)
+  y, params = _init(mha, rng, x)
+  flat, _ = mha(params, x.reshape(6, 5, FEATURES))
+  np.testing.assert_allclose(y, flat.reshape(2, 3, 5, FEATURES), rtol=1e-6, atol=1e-6)
+  (causal, _), _ = mha.apply(params, x)
+  (causal_flat, _), _ = mha.apply(params, x.reshape(6, 5, FEATURES))
+  np.testing.assert_allclose(
+      causal, causal_flat.reshape(causal.shape), rtol=1e-6, atol=1e-6
+  )
+
+
+def test_nn_attention_step_decoding_matches_causal_apply() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  (expected, _), _ = mha.apply(params, x)
+  cache, params_after = mha.initial_state(params, x[:, 0], max_length=7)
+  assert params_after is params
+  assert isinstance(cache, KVCache)
+  assert cache.key.shape == (2, 7, HEADS, FEATURES // HEADS)
+  assert cache.position.tolist() == [0, 0]
+  outputs = []
+  for t in range(5):
+    (y_t, cache), params = mha(params, x[:, t], prev_state=cache)
+    assert y_t.shape == (2, FEATURES)
+    outputs.append(y_t)
+  np.testing.assert_allclose(jnp.stack(outputs, 1), expected, rtol=1e-5, atol=1e-5)
+  assert cache.position.tolist() == [5, 5]
+  # The unfilled positions are untouched.
+  np.testing.assert_array_equal(cache.key[:, 5:], 0.0)
+
+
+def test_nn_attention_decoding_under_jit_and_scan() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  (expected, _), _ = mha.apply(params, x)
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
+
+  @jax.jit
+  def decode_all(params: Params, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def body(carry: tuple[Params, KVCache], x_t: jax.Array) -> tuple[tuple[Params, KVCache], jax.Array]:
+      params, cache = carry
+      # The SequenceBase call: the state as the third positional argument.
+      (y_t, cache), params = mha(params, x_t, cache, is_training=False)
+      return (params, cache), y_t
+
+    (_, final), ys = jax.lax.scan(body, (params, cache), jnp.swapaxes(x, 0, 1))
+    return jnp.swapaxes(ys, 0, 1), final
+
+  ys, final = decode_all(params, x, cache)
+  np.testing.assert_allclose(ys, expected, rtol=1e-5, atol=1e-5)
+  assert final.position.tolist() == [5, 5]
+
+
+def test_nn_attention_prefill_then_decode() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  (expected, _), _ = mha.apply(params, x)
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
+  (head, cache), params = mha.apply(params, x[:, :3], prev_state=cache)
+  assert cache is not None
+  assert cache.position.tolist() == [3, 3]
+  (tail, cache), params = mha.apply(params, x[:, 3:], prev_state=cache)
+  np.testing.assert_allclose(
+      jnp.concatenate([head, tail], 1), expected, rtol=1e-5, atol=1e-5
+  )
+
+
+def test_nn_attention_cache_positions_per_batch_element() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
+  (_, cache), params = mha(params, x[:, 0], prev_state=cache)
+  # Reset batch element 1 alone: every cache leaf has the batch axis first.
+  empty, _ = mha.initial_state(params, x[:, 0], max_length=7)
+  reset = jnp.array([False, True])
+  cache = jax.tree.map(
+      lambda c, e: jnp.where(reset.reshape((2,) + (1,) * (c.ndim - 1)), e, c),
+      cache, empty,
+  )
+  assert cache.position.tolist() == [1, 0]
+  (y, cache), _ = mha(params, x[:, 1], prev_state=cache)
+  (fresh, _), _ = mha.apply(params, x[1:, 1:2])
+  np.testing.assert_allclose(y[1], fresh[0, 0], rtol=1e-5, atol=1e-5)
+  (continued, _), _ = mha.apply(params, x[:1, :2])
+  np.testing.assert_allclose(y[0], continued[0, 1], rtol=1e-5, atol=1e-5)
+  assert cache.position.tolist() == [2, 1]
+
+
+def test_nn_attention_cache_misuse_is_reported() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=2)
+  with pytest.raises(ValueError, match="net/mha.*max_length=2"):
+    mha.apply(params, x, prev_state=cache)
+  small, _ = mha.initial_state(params, x[:1, 0], max_length=2)
+  with pytest.raises(ValueError, match="net/mha.*initial_state"):
+    mha(params, x[:, 0], prev_state=small)
+  with pytest.raises(ValueError, match="net/mha.*key or value"):
+    mha(params, x[:, 0], x, prev_state=cache)
+  with pytest.raises(ValueError, match="net/mha.*max_length"):
+    mha.initial_state(params, x[:, 0], max_length=0)
+
+
+def test_nn_attention_dropout_uses_one_key_when_training() -> None:
+  mha, rng = _build(dropout_rate=0.5)
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  counter = int(rng.get_counter(params))
+  evaluated, after_eval = mha(params, x, is_training=False)
+  assert int(rng.get_counter(after_eval)) == counter
+  np.testing.assert_allclose(evaluated, _reference(params, x, x), rtol=1e-5, atol=1e-5)
+  trained, after_train = mha(params, x, is_training=True)
+  assert int(rng.get_counter(after_train)) == counter + 1
+  assert not np.allclose(trained, evaluated, atol=1e-3)
+  again, _ = mha(after_train, x, is_training=True)
+  assert not np.allclose(again, trained, atol=1e-3)
+  # Decoding steps draw one key each as well.
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
+  (_, _), after_step = mha(params, x[:, 0], prev_state=cache, is_training=True)
+  assert int(rng.get_counter(after_step)) == counter + 1
+
+
+def test_nn_attention_without_dropout_draws_no_key() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  _, after = mha(params, x, is_training=True)
+  assert int(rng.get_counter(after)) == int(rng.get_counter(params))
+
+
+def test_nn_attention_heads_must_divide_qkv_features() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  with pytest.raises(ValueError, match="'net/mha'.*qkv_features=7.*num_heads=2"):
+    MultiHeadAttention(graph.child("mha"), 2, rng, qkv_features=7)
+  mha = MultiHeadAttention(graph.child("mha2"), 2, rng)
+  with pytest.raises(ValueError, match="'net/mha2'.*qkv_features=7.*num_heads=2"):
+    mha(rng.seed(Params(), seed=0), jnp.ones((1, 3, 7)))
+
+
+def test_nn_attention_jit_grad_vmap() -> None:
+  mha, rng = _build(dropout_rate=0.25)
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+
+  eager, eager_params = mha(params, x)
+  jitted, jitted_params = jax.jit(mha)(params, x)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+  assert int(rng.get_counter(jitted_params)) == int(rng.get_counter(eager_params))
+
+  trainable, rest = params.split()
+
+  def loss(trainable: Params) -> jax.Array:
+    y, _ = mha(trainable.merge(rest), x, is_training=False)
+    return jnp.sum(y**2)
+
+  grads = jax.grad(loss)(trainable)
+  for path, grad in grads.items():
+    assert np.all(np.isfinite(grad.value)), path
+    if path[-1] == "kernel":
+      assert np.any(grad.value != 0.0), path
+
+  lanes = jax.vmap(
+      lambda x: mha(params, x, is_training=False)[0]
+  )(x)
+  batched, _ = mha(params, x, is_training=False)
+  np.testing.assert_allclose(lanes, batched, rtol=1e-5, atol=1e-5)
+
+
+def test_nn_attention_constructor_validation() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  with pytest.raises(ValueError, match="net/a.*num_heads"):
+    MultiHeadAttention(graph.child("a"), 0, rng)
+  with pytest.raises(ValueError, match="net/b.*dropout_rate"):
+    MultiHeadAttention(graph.child("b"), 1, rng, dropout_rate=1.0)
+  with pytest.raises(ValueError, match="net/c.*out_features"):
+    MultiHeadAttention(graph.child("c"), 1, rng, out_features=0)

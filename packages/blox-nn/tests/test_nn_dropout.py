@@ -1,0 +1,66 @@
+"""Tests of `Dropout`: the exact mask, the scaling and the no-op cases."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blox.graph import Graph
+from blox.nn import Dropout, Rng
+from blox.params import Params
+
+
+def _setup(rate: float) -> tuple[Rng, Dropout, Params]:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  dropout = Dropout(graph.child("dropout"), rate=rate, rng=rng)
+  return rng, dropout, rng.seed(Params(), seed=4, counter=2).locked()
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, float("nan")])
+def test_rate_outside_unit_interval_raises(rate: float) -> None:
+  graph = Graph("net")
+  with pytest.raises(ValueError, match=r"Dropout \('net', 'dropout'\): rate must be in \[0, 1\)"):
+    Dropout(graph.child("dropout"), rate=rate, rng=Rng(graph.child("rng")))
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.9])
+def test_mask_is_bernoulli_of_the_drawn_key(rate: float) -> None:
+  rng, dropout, params = _setup(rate)
+  x = jax.random.normal(jax.random.key(0), (4, 16)) + 3.0
+  y, new_params = dropout(params, x)
+  key = jax.random.fold_in(jax.random.key(4), 2)
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  np.testing.assert_allclose(y, np.where(keep, x / (1.0 - rate), 0.0), rtol=1e-6)
+  assert int(rng.get_counter(new_params)) == 3
+  # The next call draws the next key: another mask.
+  y2, _ = dropout(new_params, x)
+  assert not np.array_equal(np.asarray(y) == 0, np.asarray(y2) == 0)
+
+
+def test_keeps_dtype_and_scales_kept_values() -> None:
+  _, dropout, params = _setup(0.5)
+  x = jnp.ones((64,), jnp.bfloat16)
+  y, _ = dropout(params, x)
+  assert y.dtype == jnp.bfloat16
+  assert set(np.asarray(y, np.float32).tolist()) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize("rate, is_training", [(0.5, False), (0.0, True)])
+def test_eval_or_zero_rate_returns_inputs_and_params_unchanged(rate: float, is_training: bool) -> None:
+  _, dropout, params = _setup(rate)
+  x = jnp.arange(6.0)
+  y, new_params = dropout(params, x, is_training=is_training)
+  assert y is x
+  assert new_params is params
+
+
+def test_under_jit_advances_the_counter() -> None:
+  rng, dropout, params = _setup(0.5)
+  run = jax.jit(dropout)
+  y1, params1 = run(params, jnp.ones(32))
+  y2, params2 = run(params1, jnp.ones(32))
+  assert int(rng.get_counter(params2)) == 4
+  assert not np.array_equal(y1, y2)

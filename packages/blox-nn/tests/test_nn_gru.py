@@ -1,0 +1,120 @@
+"""Tests of `GRU` against a hand-written cell, and of its scans."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blox.graph import Graph
+from blox.nn import GRU, GRUState, Rng
+from blox.params import Params
+
+_GATES_KERNEL = ("model", "gru", "gates", "kernel")
+_GATES_BIAS = ("model", "gru", "gates", "bias")
+_CAND_KERNEL = ("model", "gru", "candidate", "kernel")
+_CAND_BIAS = ("model", "gru", "candidate", "bias")
+
+
+def _create(is_static: bool) -> tuple[Rng, GRU]:
+  graph = Graph("model")
+  rng = Rng(graph.child("rng"))
+  return rng, GRU(graph.child("gru"), hidden_size=4, rng=rng, is_static=is_static)
+
+
+def _inputs(batch: int = 2, time: int = 5, features: int = 3) -> jax.Array:
+  return jax.random.normal(jax.random.key(1), (batch, time, features))
+
+
+def _init(x: jax.Array) -> tuple[GRU, Params]:
+  rng, gru = _create(is_static=True)
+  _, params = gru.apply(rng.seed(Params(), seed=0), x)
+  # Non-zero biases, so that the reference checks their use.
+  for i, path in enumerate((_GATES_BIAS, _CAND_BIAS)):
+    params = params.set(path, jax.random.normal(jax.random.key(10 + i), params[path].value.shape))
+  return gru, params.locked()
+
+
+def _cell(params: Params, x: np.ndarray, h: np.ndarray) -> np.ndarray:
+  """The GRU equations, written out with numpy."""
+  def sigmoid(v: np.ndarray) -> np.ndarray:
+    return np.asarray(1 / (1 + np.exp(-v)))
+
+  def value(path: tuple[str, ...]) -> np.ndarray:
+    return np.asarray(params[path].value)
+
+  gates = sigmoid(np.concatenate([x, h], -1) @ value(_GATES_KERNEL) + value(_GATES_BIAS))
+  r, z = gates[:, :4], gates[:, 4:]
+  n = np.tanh(np.concatenate([x, r * h], -1) @ value(_CAND_KERNEL) + value(_CAND_BIAS))
+  return np.asarray((1 - z) * h + z * n)
+
+
+def test_params_are_gates_then_candidate() -> None:
+  _, params = _init(_inputs())
+  assert [p for p in params if p[1] == "gru"] == [_GATES_KERNEL, _GATES_BIAS, _CAND_KERNEL, _CAND_BIAS]
+  assert params[_GATES_KERNEL].value.shape == (3 + 4, 8)
+  assert params[_CAND_KERNEL].value.shape == (3 + 4, 4)
+
+
+def test_initial_state_is_zeros() -> None:
+  _, gru = _create(is_static=False)
+  state, _ = gru.initial_state(Params(), jnp.ones((2, 3)))
+  assert isinstance(state, GRUState)
+  assert state.hidden.shape == (2, 4) and state.hidden.dtype == jnp.float32
+  np.testing.assert_array_equal(state.hidden, 0.0)
+
+
+def test_single_step_matches_a_hand_written_cell() -> None:
+  gru, params = _init(_inputs())
+  x = jax.random.normal(jax.random.key(2), (2, 3))
+  h = jax.random.normal(jax.random.key(3), (2, 4))
+  (out, state), new_params = gru(params, x, GRUState(h))
+  want = _cell(params, np.asarray(x), np.asarray(h))
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.hidden, want, rtol=1e-5, atol=1e-6)
+  assert new_params is params
+
+
+def test_static_and_dynamic_share_params_and_agree() -> None:
+  x = _inputs()
+  static, params = _init(x)
+  _, dynamic = _create(is_static=False)
+  (out_s, final_s), _ = static.apply(params, x)
+  (out_d, final_d), _ = dynamic.apply(params, x)
+  np.testing.assert_allclose(out_s, out_d, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(final_s.hidden, final_d.hidden, rtol=1e-5, atol=1e-6)
+  h = np.zeros((2, 4), np.float32)
+  for t in range(5):
+    h = _cell(params, np.asarray(x[:, t]), h)
+    np.testing.assert_allclose(out_d[:, t], h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("is_static", [True, False])
+def test_is_reset_restarts_the_state(is_static: bool) -> None:
+  x = _inputs()
+  _, params = _init(x)
+  _, gru = _create(is_static=is_static)
+  is_reset = jnp.zeros((2, 5), bool).at[0, 2].set(True)
+  start = GRUState(jnp.ones((2, 4)))
+  (outputs, _), _ = gru.apply(params, x, prev_state=start, is_reset=is_reset)
+  (plain, _), _ = gru.apply(params, x, prev_state=start)
+  (fresh, _), _ = gru.apply(params, x[:1, 2:])
+  np.testing.assert_allclose(outputs[1], plain[1], rtol=1e-6)
+  np.testing.assert_allclose(outputs[0, :2], plain[0, :2], rtol=1e-6)
+  np.testing.assert_allclose(outputs[0, 2:], fresh[0], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(outputs[0, 2:], plain[0, 2:])
+
+
+def test_sequence_shape_errors() -> None:
+  gru, params = _init(_inputs())
+  with pytest.raises(ValueError, match=r"GRU 'model/gru'.*rank 1 < 2"):
+    gru.apply(params, jnp.ones(3))
+  with pytest.raises(ValueError, match=r"GRU 'model/gru': is_reset must have shape"):
+    gru.apply(params, _inputs(), is_reset=jnp.zeros((2, 6), bool))
+
+
+def test_hidden_size_must_be_positive() -> None:
+  graph = Graph("model")
+  with pytest.raises(ValueError, match=r"GRU 'model/gru': hidden_size must be positive"):
+    GRU(graph.child("gru"), -1, Rng(graph.child("rng")))

@@ -1,0 +1,137 @@
+"""Tests of `Rng`: seeding rules, stored params and the key stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blox.graph import Graph
+from blox.nn import Linear, Rng, initializers
+from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params
+
+_SEED = ("net", "rng", "seed")
+_COUNTER = ("net", "rng", "counter")
+
+
+def _treedef(tree: Any) -> object:
+  """The pytree structure, typed as object (jax's stubs leave PyTreeDef unresolved)."""
+  return jax.tree.structure(tree)
+
+
+def _rng() -> Rng:
+  return Rng(Graph("net").child("rng"))
+
+
+def _same_key(a: jax.Array, b: jax.Array) -> bool:
+  return bool(np.array_equal(jax.random.key_data(a), jax.random.key_data(b)))
+
+
+def test_int_seed_becomes_a_typed_key_and_counter_starts_at_zero() -> None:
+  rng = _rng()
+  params = rng.seed(Params(), seed=3)
+  assert list(params) == [_SEED, _COUNTER]
+  seed = rng.get_seed(params)
+  assert jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
+  assert _same_key(seed, jax.random.key(3))
+  counter = rng.get_counter(params)
+  assert counter.dtype == jnp.uint32 and counter.shape == () and int(counter) == 0
+
+
+def test_integer_scalar_arrays_are_seeds_too() -> None:
+  rng = _rng()
+  for seed in (jnp.int32(3), jnp.asarray(3, jnp.uint32)):
+    params = rng.seed(Params(), seed=seed)
+    assert _same_key(rng.get_seed(params), jax.random.key(3))
+
+
+def test_key_array_is_stored_as_is() -> None:
+  rng = _rng()
+  key = jax.random.fold_in(jax.random.key(1), 5)
+  params = rng.seed(Params(), seed=key, counter=7)
+  assert rng.get_seed(params) is key
+  assert int(rng.get_counter(params)) == 7
+  assert rng.get_counter(params).dtype == jnp.uint32
+
+
+def test_seed_and_counter_are_non_trainable_and_tagged() -> None:
+  params = _rng().seed(Params(), seed=0)
+  assert not params[_SEED].trainable and not params[_COUNTER].trainable
+  assert params[_SEED].metadata[RNG_STREAM] == RNG_SEED
+  assert params[_COUNTER].metadata[RNG_STREAM] == RNG_COUNTER
+  trainable, rest = params.split()
+  assert len(trainable) == 0 and len(rest) == 2
+
+
+def test_update_changes_only_the_given_fields() -> None:
+  rng = _rng()
+  params = rng.seed(Params(), seed=0, counter=4).locked()
+  moved = rng.seed(params, counter=9)
+  assert int(rng.get_counter(moved)) == 9
+  assert _same_key(rng.get_seed(moved), jax.random.key(0))
+  reseeded = rng.seed(params, seed=1)
+  assert int(rng.get_counter(reseeded)) == 4
+  assert _same_key(rng.get_seed(reseeded), jax.random.key(1))
+  # Updating works on locked params and keeps their structure.
+  assert _treedef(reseeded) == _treedef(params)
+
+
+def test_seeding_errors() -> None:
+  rng = _rng()
+  with pytest.raises(ValueError, match=r"Rng 'net/rng': give seed=\.\.\., counter=\.\.\. or both"):
+    rng.seed(Params())
+  with pytest.raises(ValueError, match=r"Rng 'net/rng' has no stream yet.*rng.seed\(params, seed=\.\.\.\)"):
+    rng.seed(Params(), counter=1)
+  with pytest.raises(TypeError, match="seed must be an int or a key array"):
+    rng.seed(Params(), seed="0")  # type: ignore[arg-type]  # the misuse under test
+
+
+def test_reading_an_unseeded_stream_raises_key_error() -> None:
+  rng = _rng()
+  for read in (rng.get_seed, rng.get_counter, rng):
+    with pytest.raises(KeyError, match=r"'net/rng' is not seeded.*call rng.seed\(params, seed=\.\.\.\)"):
+      read(Params())
+
+
+def test_call_returns_fold_in_and_advances_by_one() -> None:
+  rng = _rng()
+  params = rng.seed(Params(), seed=11, counter=5).locked()
+  key, params = rng(params)
+  assert _same_key(key, jax.random.fold_in(jax.random.key(11), 5))
+  assert int(rng.get_counter(params)) == 6
+  second, params = rng(params)
+  assert _same_key(second, jax.random.fold_in(jax.random.key(11), 6))
+  assert not _same_key(key, second)
+  assert int(rng.get_counter(params)) == 7
+
+
+def test_call_under_jit() -> None:
+  rng = _rng()
+  params = rng.seed(Params(), seed=2).locked()
+  key, new_params = jax.jit(rng)(params)
+  assert _same_key(key, jax.random.fold_in(jax.random.key(2), 0))
+  assert int(rng.get_counter(new_params)) == 1
+
+
+def test_creating_a_param_draws_exactly_one_key() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  no_bias = Linear(graph.child("a"), 2, rng, use_bias=False)
+  with_bias = Linear(graph.child("b"), 2, rng)
+  params = rng.seed(Params(), seed=0)
+  _, params = no_bias(params, jnp.ones(3))
+  assert int(rng.get_counter(params)) == 1
+  # The zeros bias init ignores its key, but creation still draws one.
+  _, params = with_bias(params, jnp.ones(3))
+  assert int(rng.get_counter(params)) == 3
+  # Reusing existing params draws nothing.
+  _, params = with_bias(params, jnp.ones(3))
+  assert int(rng.get_counter(params)) == 3
+  kernel = params[("net", "a", "kernel")].value
+  expected = initializers.lecun_normal()(
+      jax.random.fold_in(jax.random.key(0), 0), (3, 2), jnp.float32
+  )
+  np.testing.assert_array_equal(kernel, expected)

@@ -1,0 +1,181 @@
+"""Shardings from param metadata, and initialisation straight onto devices.
+
+A param says how it is laid out with a `'sharding'` metadata entry: one
+entry per dimension, each a mesh axis name, a tuple of names, or None
+(not sharded). Missing entries at the end mean None; no entry at all means
+replicated. `param_shardings` turns that into a `Params`-shaped pytree of
+`NamedSharding`s for `jax.jit(in_shardings=..., out_shardings=...)`, and
+`init_sharded` runs an init function so that every param is born on its
+devices.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from blox.params import Param, Params
+  >>> mesh = jax.make_mesh((1,), ('model',))
+  >>> params = Params({('w',): Param(jnp.ones((2, 4)), metadata={'sharding': (None, 'model')})})
+  >>> param_shardings(params, mesh)[('w',)].value.spec
+  P(None, 'model')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from blox.params import Param, Params, Path
+
+__all__ = ["init_sharded", "param_shardings", "partition_spec"]
+
+T = TypeVar("T")
+
+# PartitionSpec's constructor has no annotations; calling it through this
+# typed name keeps mypy's strict untyped-call check on everywhere else.
+_spec: Callable[..., PartitionSpec] = PartitionSpec
+
+
+def _where(path: Path) -> str:
+  return repr("/".join(path))
+
+
+def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
+  """The `PartitionSpec` that `param`'s `'sharding'` metadata asks for.
+
+  Args:
+    path: the param's path, used in error messages.
+    param: the param; its value may be an array or a `jax.ShapeDtypeStruct`.
+    mesh: the mesh whose axis names the metadata refers to.
+
+  Raises:
+    ValueError: the metadata names an axis the mesh lacks or one axis twice,
+      has more entries than the value has dimensions, or splits a dimension
+      into a number of parts that does not divide it.
+  """
+  spec = param.metadata.get("sharding")
+  if spec is None:
+    return _spec()
+  entries: tuple[Hashable, ...] = spec if isinstance(spec, tuple) else (spec,)
+  value = param.value
+  shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+  if len(entries) > len(shape):
+    raise ValueError(
+        f"Param {_where(path)} has sharding metadata {spec!r} with {len(entries)}"
+        f" entries, but its value has rank {len(shape)} (shape {shape}); give at"
+        " most one mesh axis (or None) per dimension."
+    )
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  used: set[str] = set()
+  for dim, entry in enumerate(entries):
+    if entry is None:
+      continue
+    names = entry if isinstance(entry, tuple) else (entry,)
+    for name in names:
+      if not isinstance(name, str) or name not in sizes:
+        raise ValueError(
+            f"Param {_where(path)} has sharding metadata {spec!r} naming the mesh"
+            f" axis {name!r}, but the mesh has axes {tuple(mesh.axis_names)}."
+            " Rename the axis in the metadata or build the mesh with that axis."
+        )
+      if name in used:
+        raise ValueError(
+            f"Param {_where(path)} has sharding metadata {spec!r} that uses the"
+            f" mesh axis {name!r} twice; each mesh axis may shard one dimension."
+        )
+      used.add(name)
+    parts = math.prod(sizes[name] for name in names)
+    if shape[dim] % parts:
+      raise ValueError(
+          f"Param {_where(path)} has shape {shape}: dimension {dim} (size"
+          f" {shape[dim]}) cannot be split over mesh axis {entry!r} into {parts}"
+          " equal parts. Change the size, the mesh or the sharding metadata."
+      )
+  return _spec(*entries)
+
+
+def param_shardings(params: Params, mesh: Mesh) -> Params:
+  """A `Params`-shaped pytree of `NamedSharding`s built from sharding metadata.
+
+  Works on concrete params and on the abstract ones from `jax.eval_shape`. The
+  result has the same pytree structure as `params` (paths, flags, metadata,
+  locked flag), so it can be passed to `jax.jit` as `in_shardings` or
+  `out_shardings` for those params, or to `jax.device_put`.
+
+  Example:
+    >>> mesh = jax.make_mesh((1,), ('data',))
+    >>> shardings = param_shardings(Params({('b',): Param(np.zeros(3))}), mesh)
+    >>> shardings[('b',)].value.spec
+    P()
+
+  Raises:
+    TypeError: `params` is not a `Params`.
+    ValueError: see `partition_spec`.
+  """
+  if not isinstance(params, Params):
+    raise TypeError(
+        f"param_shardings takes a blox Params, got {type(params).__name__}; for"
+        " other pytrees build NamedShardings with jax.sharding directly."
+    )
+  shardings = [
+      NamedSharding(mesh, partition_spec(path, param, mesh))
+      for path, param in params.items()
+  ]
+  # Every value counts as one leaf here, whatever its type, so the list of
+  # shardings lines up with the paths.
+  structure = jax.tree.structure(params, is_leaf=lambda node: node is not params)
+  result: Params = jax.tree.unflatten(structure, shardings)
+  return result
+
+
+def _tree_shardings(tree: Any, mesh: Mesh) -> Any:
+  """Shardings for an init function's output: Params by metadata, the rest replicated."""
+  replicated = NamedSharding(mesh, _spec())
+  return jax.tree.map(
+      lambda node: param_shardings(node, mesh) if isinstance(node, Params) else replicated,
+      tree,
+      is_leaf=lambda node: isinstance(node, Params),
+  )
+
+
+def _is_array(value: object) -> bool:
+  return isinstance(value, (jax.Array, np.ndarray))
+
+
+def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any) -> T:
+  """Runs `init_fn(*args)` so that every param is created on its devices.
+
+  The output's shapes come from `jax.eval_shape` (nothing is computed), then
+  `init_fn` runs under `jax.jit(out_shardings=...)` with shardings from each
+  param's metadata (`param_shardings`): no device ever holds a full copy of a
+  sharded param. The values equal those of an unsharded `init_fn(*args)`.
+
+  `init_fn` may return `Params` or any pytree holding them (e.g.
+  `(params, state)`); leaves outside a `Params` are replicated. Array
+  arguments are traced; other arguments (ints, strings, modules) are passed
+  as they are. With several processes, every process calls this with the
+  same arguments, like any other jitted function.
+
+  Example:
+    >>> from blox.params import Param, Params
+    >>> mesh = jax.make_mesh((1,), ('model',))
+    >>> def init(x):
+    ...   return Params({('w',): Param(x * 2, metadata={'sharding': ('model',)})})
+    >>> init_sharded(init, mesh, np.ones(4))[('w',)].value.sharding.spec
+    P('model',)
+  """
+  leaves, structure = jax.tree.flatten(args)
+  traced = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+
+  def run(*arrays: Any) -> T:
+    filled = list(leaves)
+    for i, array in zip(traced, arrays):
+      filled[i] = array
+    return init_fn(*jax.tree.unflatten(structure, filled))
+
+  arrays = [leaves[i] for i in traced]
+  abstract = jax.eval_shape(run, *arrays)
+  shardings = _tree_shardings(abstract, mesh)
+  return jax.jit(run, out_shardings=shardings)(*arrays)  # type: ignore[no-any-return]  # jit erases the return type

@@ -1,0 +1,281 @@
+"""The on-disk layout of a blox checkpoint: header encoding, dtypes, names.
+
+A checkpoint is an uncompressed zip archive, the same container as numpy's
+`.npz`. It holds one JSON member, `blox_checkpoint.json` (the header), and one
+`.npy` member per param, `v0.npy`, `v1.npy`, ... in header order. The module
+knows nothing of files or devices: it turns param descriptions into header
+bytes and back, and raises `CheckpointError` for anything it cannot trust.
+See the "Checkpoint format" section of the package README for the layout.
+
+Example:
+  >>> entry = Entry(('net', 'w'), True, {'axes': ('data', None)},
+  ...               np.dtype('float32'), (2, 3), None)
+  >>> data = encode_header(False, [entry])
+  >>> decode_header(data, 'ckpt.npz').entries[0].metadata['axes']
+  ('data', None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from blox.params.ordering import Path
+
+__all__ = [
+    "CheckpointError",
+    "Entry",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "HEADER_MEMBER",
+    "Header",
+    "array_member",
+    "decode_header",
+    "encode_header",
+    "encode_metadata",
+    "storage_dtype",
+    "supported_dtype",
+]
+
+FORMAT_NAME = "blox.params.checkpoint"
+# Bump on any change a version-1 reader could misread. Readers keep decoding
+# every older version, so old checkpoints stay loadable.
+FORMAT_VERSION = 1
+HEADER_MEMBER = "blox_checkpoint.json"
+
+_FLOAT_TAG = "float"
+_TUPLE_TAG = "tuple"
+
+
+class CheckpointError(ValueError):
+  """A file is not a blox checkpoint this version can read.
+
+  Raised for truncated, corrupt and foreign files and for checkpoints written
+  in a newer format; the message names the file.
+  """
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One param as the header describes it.
+
+  `dtype` and `shape` are the value's own (for a typed PRNG key array: the
+  dtype of its key data and the key array's shape, without the trailing key
+  data axes). `key_impl` names the PRNG implementation of a typed key array,
+  and is None for every other value.
+  """
+
+  path: Path
+  trainable: bool
+  metadata: Mapping[str, Hashable]
+  dtype: np.dtype[Any]
+  shape: tuple[int, ...]
+  key_impl: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  """A decoded header: the locked flag and the entries in file order."""
+
+  locked: bool
+  entries: tuple[Entry, ...]
+
+
+def array_member(index: int) -> str:
+  """The zip member name of the `index`-th param's array."""
+  return f"v{index}.npy"
+
+
+def supported_dtype(dtype: Any) -> bool:
+  """Whether values of `dtype` can be stored: booleans and numbers only.
+
+  Numbers include the extended float and int types JAX uses (bfloat16,
+  float8 variants, int4). Object, string and structured dtypes are refused:
+  they would need pickle, or are not param values.
+  """
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError:
+    return False
+  return dtype.kind == "b" or bool(jnp.issubdtype(dtype, jnp.number))
+
+
+def storage_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+  """The dtype of the `.npy` member that holds values of `dtype`.
+
+  numpy's own dtypes are stored as they are. Extended types such as bfloat16
+  have no `.npy` description that numpy alone could read back, so their raw
+  bits are stored as unsigned integers of the same width; the header's dtype
+  says how to view them.
+  """
+  if dtype.kind in "biufc":
+    return dtype
+  return np.dtype(f"u{dtype.itemsize}")
+
+
+def _dtype_from_name(name: str) -> np.dtype[Any]:
+  try:
+    dtype = np.dtype(name)
+  except TypeError:
+    raise ValueError(f"unknown dtype {name!r}") from None
+  if dtype.name != name or not supported_dtype(dtype):
+    raise ValueError(f"unsupported dtype {name!r}")
+  return dtype
+
+
+# Metadata values: None, bool, int, float, str, and tuples of these. JSON has
+# no tuples and no NaN or infinity, so tuples and floats are tagged objects;
+# the exact type comes back, and `('a',)` never turns into `['a']`.
+
+
+def _encode_value(value: object) -> Any:
+  if value is None or type(value) in (bool, int, str):
+    return value
+  if type(value) is float:
+    return {_FLOAT_TAG: repr(value)}
+  if type(value) is tuple:
+    return {_TUPLE_TAG: [_encode_value(item) for item in value]}
+  raise TypeError(type(value).__name__)
+
+
+def encode_metadata(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+  """The JSON form of one param's metadata.
+
+  Raises:
+    TypeError: a value (or a nested tuple item) is not None, bool, int,
+      float, str or tuple; the message names the path and key.
+  """
+  encoded: dict[str, Any] = {}
+  for key, value in metadata.items():
+    try:
+      encoded[key] = _encode_value(value)
+    except TypeError as error:
+      raise TypeError(
+          f"Cannot save param {path!r}: metadata entry {key!r} holds a value of"
+          f" type {error}, {value!r}. Checkpoints store None, bool, int, float,"
+          " str and (nested) tuples of these; convert the value or drop the entry"
+          " before saving."
+      ) from None
+  return encoded
+
+
+def _decode_value(value: Any) -> Hashable:
+  if value is None or type(value) in (bool, int, str):
+    result: Hashable = value
+    return result
+  if isinstance(value, dict) and len(value) == 1:
+    if type(value.get(_FLOAT_TAG)) is str:
+      return float(value[_FLOAT_TAG])
+    if type(value.get(_TUPLE_TAG)) is list:
+      return tuple(_decode_value(item) for item in value[_TUPLE_TAG])
+  raise ValueError(f"metadata value {value!r} is not in the tagged encoding")
+
+
+def encode_header(locked: bool, entries: Sequence[Entry]) -> bytes:
+  """The header member's bytes (UTF-8 JSON) for `entries` in file order."""
+  params = []
+  for entry in entries:
+    described: dict[str, Any] = {
+        "path": list(entry.path),
+        "trainable": entry.trainable,
+        "metadata": encode_metadata(entry.path, entry.metadata),
+        "dtype": entry.dtype.name,
+        "shape": list(entry.shape),
+    }
+    if entry.key_impl is not None:
+      described["key_impl"] = entry.key_impl
+    params.append(described)
+  header = {
+      "format": FORMAT_NAME,
+      "version": FORMAT_VERSION,
+      "locked": locked,
+      "params": params,
+  }
+  return json.dumps(header, allow_nan=False, ensure_ascii=True).encode("utf-8")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  result = dict(pairs)
+  if len(result) != len(pairs):
+    raise ValueError("the header repeats a key in one JSON object")
+  return result
+
+
+def _field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+  value = record.get(name)
+  # bool is an int subclass; a flag must not pass as a number or vice versa.
+  if type(value) is not kind:
+    raise ValueError(f"{where}: field {name!r} must be a {kind.__name__}, got {value!r}")
+  return value
+
+
+def _decode_entry(index: int, record: Any) -> Entry:
+  where = f"param {index}"
+  if not isinstance(record, dict):
+    raise ValueError(f"{where} is not a JSON object")
+  raw_path = _field(record, "path", list, where)
+  if not raw_path or not all(type(part) is str for part in raw_path):
+    raise ValueError(f"{where}: the path must be a non-empty list of strings")
+  path: Path = tuple(raw_path)
+  where = f"param {path!r}"
+  metadata = _field(record, "metadata", dict, where)
+  raw_shape = _field(record, "shape", list, where)
+  if not all(type(d) is int and d >= 0 for d in raw_shape):
+    raise ValueError(f"{where}: the shape must list non-negative ints, got {raw_shape!r}")
+  key_impl = record.get("key_impl")
+  if key_impl is not None and type(key_impl) is not str:
+    raise ValueError(f"{where}: key_impl must be a string, got {key_impl!r}")
+  return Entry(
+      path=path,
+      trainable=_field(record, "trainable", bool, where),
+      metadata={key: _decode_value(value) for key, value in metadata.items()},
+      dtype=_dtype_from_name(_field(record, "dtype", str, where)),
+      shape=tuple(raw_shape),
+      key_impl=key_impl,
+  )
+
+
+def decode_header(data: bytes, source: str) -> Header:
+  """Parses and checks header bytes read from the file named `source`.
+
+  Raises:
+    CheckpointError: the bytes are not a blox checkpoint header, or one of a
+      format version newer than this reader knows.
+  """
+  try:
+    header = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+  except ValueError as error:  # JSONDecodeError and UnicodeDecodeError alike
+    raise CheckpointError(
+        f"{source!r} is not a blox checkpoint: its header is not valid JSON ({error})."
+    ) from None
+  if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+    raise CheckpointError(
+        f"{source!r} is not a blox checkpoint: its {HEADER_MEMBER} does not name"
+        f" the format {FORMAT_NAME!r}."
+    )
+  version = header.get("version")
+  if type(version) is not int or version < 1:
+    raise CheckpointError(f"{source!r} has an invalid checkpoint format version {version!r}.")
+  if version > FORMAT_VERSION:
+    raise CheckpointError(
+        f"{source!r} was written in checkpoint format version {version}, but this"
+        f" blox.params reads versions up to {FORMAT_VERSION}. Upgrade blox-params"
+        " to load it."
+    )
+  try:
+    locked = _field(header, "locked", bool, "the header")
+    records = _field(header, "params", list, "the header")
+    entries = tuple(_decode_entry(i, record) for i, record in enumerate(records))
+  except ValueError as error:
+    raise CheckpointError(f"{source!r} has a corrupt checkpoint header: {error}.") from None
+  seen: set[Path] = set()
+  for entry in entries:
+    if entry.path in seen:
+      raise CheckpointError(f"{source!r} has a corrupt checkpoint header: {entry.path!r} appears twice.")
+    seen.add(entry.path)
+  return Header(locked, entries)

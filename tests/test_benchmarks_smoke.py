@@ -1,0 +1,33 @@
+"""`benchmarks/run.py --smoke` runs every benchmark at tiny sizes and prints the table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_runner_prints_one_table() -> None:
+  result = subprocess.run(
+      [sys.executable, "benchmarks/run.py", "--smoke"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+  )
+  assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+  lines = result.stdout.splitlines()
+  assert any(line.startswith("machine: ") and "jax " in line for line in lines)
+  table = [line for line in lines if line.startswith("|")]
+  assert table[0].split("|")[1].strip() == "benchmark"
+  names = [line.split("|")[1].strip() for line in table[2:]]
+  for prefix in (
+      "container jit call",
+      "train step",
+      "time to first step: compile",
+      "lstm forward",
+      "lstm train step",
+  ):
+    assert any(name.startswith(prefix) for name in names), (prefix, names)
+  # Every measured row carries a positive ratio.
+  ratios = [line.split("|")[4].strip() for line in table[2:]]
+  assert all(r.endswith("x") and float(r[:-1]) > 0 for r in ratios), ratios
