@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blox.graph import Graph
+from blox.graph import Graph, SequenceBase, maybe_reset_state
 from blox.nn import KVCache, MultiHeadAttention, Rng
 from blox.params import Params
 
@@ -33,9 +33,13 @@ def _inputs(*shape: int, seed: int = 1) -> jax.Array:
 
 
 def _init(
-    mha: MultiHeadAttention, rng: Rng, *args: jax.Array, **kwargs: Any
+    mha: MultiHeadAttention,
+    rng: Rng,
+    query: jax.Array,
+    kv: jax.Array | None = None,
+    **kwargs: Any,
 ) -> tuple[jax.Array, Params]:
-  y, params = mha(rng.seed(Params(), seed=0), *args, **kwargs)
+  y, params = mha(rng.seed(Params(), seed=0), query, kv, **kwargs)
   return y, params.locked()
 
 
@@ -86,6 +90,7 @@ def test_nn_attention_param_layout_and_defaults() -> None:
   mha, rng = _build()
   x = _inputs(2, 5, FEATURES)
   y, params = _init(mha, rng, x)
+  assert isinstance(mha, SequenceBase)
   assert y.shape == (2, 5, FEATURES)
   head_dim = FEATURES // HEADS
   shapes = {path: tuple(p.value.shape) for path, p in params.items() if p.trainable}
@@ -101,24 +106,24 @@ def test_nn_attention_param_layout_and_defaults() -> None:
   }
 
 
-def test_nn_attention_kernel_init_sees_flat_fan_in() -> None:
+def test_nn_attention_cross_attention_matches_reference() -> None:
   seen: list[tuple[int, ...]] = []
 
   def recording(key: Any, shape: Any, dtype: Any = jnp.float32) -> jax.Array:
     seen.append(tuple(shape))
-    return jnp.ones(shape, dtype)
+    return jax.nn.initializers.lecun_normal()(key, shape, dtype)
 
-  mha, rng = _build(qkv_features=6, out_features=3, kernel_init=recording)
-  _init(mha, rng, _inputs(1, 2, 5))
-  assert seen == [(5, 6), (5, 6), (5, 6), (6, 3)]
-
-
-def test_nn_attention_cross_attention_matches_reference() -> None:
-  mha, rng = _build(qkv_features=6, out_features=5, num_heads=3)
+  mha, rng = _build(
+      qkv_features=6, out_features=5, num_heads=3, kernel_init=recording
+  )
   query, kv = _inputs(2, 5, FEATURES, seed=1), _inputs(2, 7, 3, seed=2)
   mask = jax.random.bernoulli(jax.random.key(3), 0.7, (2, 1, 5, 7))
   y, params = _init(mha, rng, query, kv, mask=mask)
   assert y.shape == (2, 5, 5)
+  # Initializers see the flat (fan_in, fan_out) shape of each projection.
+  assert seen == [(FEATURES, 6), (3, 6), (3, 6), (6, 5)]
+  assert params[("net", "mha", "key", "kernel")].value.shape == (3, 3, 2)
+  assert params[("net", "mha", "out", "kernel")].value.shape == (3, 2, 5)
   np.testing.assert_allclose(
       y, _reference(params, query, kv, mask, num_heads=3), rtol=1e-5, atol=1e-5
   )
@@ -188,12 +193,12 @@ def test_nn_attention_causal_apply_ignores_future() -> None:
 
 def test_nn_attention_extra_leading_batch_axes() -> None:
   mha, rng = _build()
-  x = _inputs(2, 3, 5, FEATURES)
+  x = _inputs(1, 2, 5, FEATURES)
   y, params = _init(mha, rng, x)
-  flat, _ = mha(params, x.reshape(6, 5, FEATURES))
-  np.testing.assert_allclose(y, flat.reshape(2, 3, 5, FEATURES), rtol=1e-6, atol=1e-6)
+  flat, _ = mha(params, x.reshape(2, 5, FEATURES))
+  np.testing.assert_allclose(y, flat.reshape(x.shape), rtol=1e-6, atol=1e-6)
   (causal, _), _ = mha.apply(params, x)
-  (causal_flat, _), _ = mha.apply(params, x.reshape(6, 5, FEATURES))
+  (causal_flat, _), _ = mha.apply(params, x.reshape(2, 5, FEATURES))
   np.testing.assert_allclose(
       causal, causal_flat.reshape(causal.shape), rtol=1e-6, atol=1e-6
   )
@@ -229,7 +234,9 @@ def test_nn_attention_decoding_under_jit_and_scan() -> None:
 
   @jax.jit
   def decode_all(params: Params, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    def body(carry: tuple[Params, KVCache], x_t: jax.Array) -> tuple[tuple[Params, KVCache], jax.Array]:
+    Carry = tuple[Params, KVCache]
+
+    def body(carry: Carry, x_t: jax.Array) -> tuple[Carry, jax.Array]:
       params, cache = carry
       # The SequenceBase call: the state as the third positional argument.
       (y_t, cache), params = mha(params, x_t, cache, is_training=False)
@@ -266,11 +273,7 @@ def test_nn_attention_cache_positions_per_batch_element() -> None:
   (_, cache), params = mha(params, x[:, 0], prev_state=cache)
   # Reset batch element 1 alone: every cache leaf has the batch axis first.
   empty, _ = mha.initial_state(params, x[:, 0], max_length=7)
-  reset = jnp.array([False, True])
-  cache = jax.tree.map(
-      lambda c, e: jnp.where(reset.reshape((2,) + (1,) * (c.ndim - 1)), e, c),
-      cache, empty,
-  )
+  cache = maybe_reset_state(cache, empty, jnp.array([False, True]))
   assert cache.position.tolist() == [1, 0]
   (y, cache), _ = mha(params, x[:, 1], prev_state=cache)
   (fresh, _), _ = mha.apply(params, x[1:, 1:2])
@@ -278,6 +281,25 @@ def test_nn_attention_cache_positions_per_batch_element() -> None:
   (continued, _), _ = mha.apply(params, x[:1, :2])
   np.testing.assert_allclose(y[0], continued[0, 1], rtol=1e-5, atol=1e-5)
   assert cache.position.tolist() == [2, 1]
+
+
+def test_nn_attention_decoding_with_a_padding_mask() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  # Batch element 0 may not attend to position 1 (e.g. padding).
+  keep = jnp.ones((2, 1, 1, 7), bool).at[0, 0, 0, 1].set(False)
+  (expected, _), _ = mha.apply(params, x, mask=keep[..., :5])
+  np.testing.assert_allclose(
+      expected, _reference(params, x, x, _causal(5) & np.asarray(keep[..., :5])),
+      rtol=1e-5, atol=1e-5,
+  )
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
+  outputs = []
+  for t in range(5):
+    (y_t, cache), params = mha(params, x[:, t], prev_state=cache, mask=keep)
+    outputs.append(y_t)
+  np.testing.assert_allclose(jnp.stack(outputs, 1), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_nn_attention_cache_misuse_is_reported() -> None:
@@ -291,7 +313,7 @@ def test_nn_attention_cache_misuse_is_reported() -> None:
   with pytest.raises(ValueError, match="net/mha.*initial_state"):
     mha(params, x[:, 0], prev_state=small)
   with pytest.raises(ValueError, match="net/mha.*key or value"):
-    mha(params, x[:, 0], x, prev_state=cache)
+    mha(params, x[:, 0], x, prev_state=cache)  # type: ignore[call-overload]  # the misuse tested
   with pytest.raises(ValueError, match="net/mha.*max_length"):
     mha.initial_state(params, x[:, 0], max_length=0)
 

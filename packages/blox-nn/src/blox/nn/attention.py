@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, Module
-from blox.graph.sequence import SequenceBase
+from blox.graph import Graph, Module, SequenceBase
 from blox.nn.initializers import Initializer, lecun_normal, zeros
 from blox.params import KeySource, Params
 
@@ -195,14 +194,18 @@ class MultiHeadAttention(SequenceBase):
     super().__init__(graph)
     where = self._where()
     if not isinstance(num_heads, int) or num_heads < 1:
-      raise ValueError(f"MultiHeadAttention {where}: num_heads must be a positive int, got {num_heads!r}.")
+      raise ValueError(
+          f"MultiHeadAttention {where}: num_heads must be a positive int, got {num_heads!r}."
+      )
     for name, size in (("qkv_features", qkv_features), ("out_features", out_features)):
       if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(
             f"MultiHeadAttention {where}: {name} must be a positive int or None, got {size!r}."
         )
     if not 0.0 <= dropout_rate < 1.0:
-      raise ValueError(f"MultiHeadAttention {where}: dropout_rate must be in [0, 1), got {dropout_rate}.")
+      raise ValueError(
+          f"MultiHeadAttention {where}: dropout_rate must be in [0, 1), got {dropout_rate}."
+      )
     self.num_heads = num_heads
     self.rng = rng
     self.qkv_features = qkv_features
@@ -278,7 +281,8 @@ class MultiHeadAttention(SequenceBase):
       for mask in masks:
         allowed = allowed & self._check_mask(mask, logits.shape)
       # The lowest finite value (not -inf) keeps a fully masked row finite.
-      lowest = jnp.finfo(logits.dtype).min  # type: ignore[no-untyped-call]  # jnp.finfo is unannotated
+      # jnp.finfo has no annotations.
+      lowest = jnp.finfo(logits.dtype).min  # type: ignore[no-untyped-call]
       logits = jnp.where(allowed, logits, lowest)
     weights = jax.nn.softmax(logits, axis=-1)
     if is_training and self.dropout_rate > 0.0:
@@ -291,7 +295,44 @@ class MultiHeadAttention(SequenceBase):
 
   # The signature differs from SequenceBase's: the third argument is `key`, as
   # attention layers have it; a KVCache given there is taken as prev_state.
-  def __call__(  # type: ignore[override]
+  @overload  # type: ignore[override]
+  def __call__(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: jax.Array | None = None,
+      value: jax.Array | None = None,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+      prev_state: None = None,
+  ) -> tuple[jax.Array, Params]: ...
+
+  @overload
+  def __call__(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: None = None,
+      value: None = None,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+      *,
+      prev_state: KVCache,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
+
+  @overload
+  def __call__(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: KVCache,
+      value: None = None,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+      prev_state: None = None,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
+
+  def __call__(
       self,
       params: Params,
       query: jax.Array,
@@ -397,6 +438,26 @@ class MultiHeadAttention(SequenceBase):
     empty = jnp.zeros(shape, dtype)
     position = jnp.zeros(inputs.shape[:-1], jnp.int32)
     return KVCache(empty, empty, position), params
+
+  @overload
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: None = None,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, None], Params]: ...
+
+  @overload
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: KVCache,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
 
   def apply(
       self,
