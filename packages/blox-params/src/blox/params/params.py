@@ -590,11 +590,13 @@ class Params:
     if not s.paths:
       return header
     names = [repr(p) for p in s.paths]
-    width = max(len(n) for n in names)
+    kinds = [describe_value(v) for v in self._values]
+    name_width = max(len(n) for n in names)
+    kind_width = max(len(k) for k in kinds)
     lines = [header + ":"]
-    for name, value, trainable in zip(names, self._values, s.trainable):
-      flag = "" if trainable else "  (non-trainable)"
-      lines.append(f"  {name:<{width}}  {describe_value(value)}{flag}")
+    for name, kind, trainable in zip(names, kinds, s.trainable):
+      flag = "" if trainable else "non-trainable"
+      lines.append(f"  {name:<{name_width}}  {kind:<{kind_width}}  {flag}".rstrip())
     return "\n".join(lines)
 
 
