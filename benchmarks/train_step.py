@@ -6,14 +6,16 @@ what a container could add, namely flattening the params at the jit boundary
 and the extra operations of `split`/`merge`. Both sides start from the same
 initial values, donate their params, and feed each step's output to the next.
 
-The time to first step (tracing, lowering to StableHLO, XLA compilation) of
-both steps is measured too, each time on a fresh function so that no cache of
-JAX answers it.
+Rows: blox vs nested dicts (the target), blox vs a tuple of (kernel, bias)
+pairs (the cheapest pytree), the hand-written step vs a second jit of itself
+(the noise floor of the machine), and the time to first step (tracing,
+lowering to StableHLO, XLA compilation, first call) of blox vs nested dicts,
+each time on a fresh function so that no cache of JAX answers it.
 
 Example:
   >>> rows = run(smoke=True)  # doctest: +SKIP
   >>> rows[0].name
-  'train step (64x Linear(4), batch 16)'
+  'train step (8x Linear(4), batch 16)'
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ shows one, prints what happens, and shows the pattern that avoids it:
   7. jit caches what a module held when it was traced.
   8. Static models: build one per configuration instead of mutating.
   9. One set of params, two models: a static and a dynamic LSTM.
+ 10. Sharded initialisation: `jax.jit` with `out_shardings`.
 
 Run from the repository root: `uv run examples/sharp_bits.py` (`--fast` is
 accepted for symmetry with the other examples; the script is fast anyway).
@@ -276,6 +277,34 @@ def shared_lstm_params() -> None:
     raise SystemExit("ERROR: the static and dynamic LSTM disagree")
 
 
+def sharded_init() -> None:
+  section("10. Sharded initialisation: jax.jit with out_shardings")
+  mesh = bp.make_mesh((jax.device_count(),), ("model",))
+  graph = bx.Graph("sharded")
+  rng = bx.Rng(graph.child("rng"))
+  # The layout is metadata on the param; the layer stays free of devices.
+  linear = bx.Linear(
+      graph.child("linear"), output_size=8, rng=rng,
+      kernel_metadata={"sharding": (None, "model")},
+  )
+
+  def init() -> bx.Params:
+    params = rng.seed(bx.Params(), seed=0)
+    _, params = linear(params, jnp.ones((1, 4)))
+    return params.locked()
+
+  # Under jit, one replicated stream creates the global values and XLA
+  # partitions them: no per-device folding to get right by hand, unlike
+  # creating params inside shard_map.
+  shardings = bp.param_shardings(jax.eval_shape(init), mesh)
+  params = jax.jit(init, out_shardings=shardings)()
+  kernel = params[linear.param_path("kernel")].value
+  print(
+      f"kernel {kernel.shape} laid out as {kernel.sharding.spec} over"
+      f" {len(kernel.sharding.device_set)} device(s)"
+  )
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="accepted; the script is always fast")
@@ -291,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
   jit_caching()
   static_models()
   shared_lstm_params()
+  sharded_init()
   return 0
 
 

@@ -108,6 +108,7 @@ def test_sharp_bits_script_prints_the_spec_numbers() -> None:
   assert "value set to 100: [11.0, 12.0, 13.0]  <- stale: still adds 10" in lines
   assert "adder(100): [101.0, 102.0, 103.0]" in lines
   assert "same params, same outputs: True" in lines
+  assert "kernel (4, 8) laid out as P(None, 'model') over" in text
   assert "ERROR" not in text
 
 
