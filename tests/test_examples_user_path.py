@@ -42,6 +42,7 @@ def test_digits_mlp_trains_and_round_trips_a_checkpoint() -> None:
   assert len(epochs) == 2
   accuracy_lines = [line for line in lines if re.fullmatch(r"test accuracy: \d{1,3}\.\d%", line)]
   assert len(accuracy_lines) == 1
+  assert lines[-1] == accuracy_lines[0], "the accuracy line must come last"
   accuracy = accuracy_lines[0].split(": ")[1]
   # Two epochs already beat chance (10%) by far.
   assert float(accuracy.rstrip("%")) > 50.0
