@@ -154,6 +154,14 @@ def test_get_or_create_checks_what_init_returns() -> None:
     Params().get_or_create(("w",), (2,), lambda k, s, d: [0.0, 0.0])
 
 
+def test_get_or_create_checks_the_dtype_init_returns() -> None:
+  def stubborn_init(key: object, shape: Sequence[int], dtype: object) -> jax.Array:
+    return jnp.zeros(shape, jnp.int32)
+
+  with pytest.raises(ValueError, match=r"'dt', 'w'.*dtype int32.*bfloat16 was requested"):
+    Params().get_or_create(("dt", "w"), (2,), stubborn_init, dtype=jnp.bfloat16)
+
+
 def test_get_or_create_checks_the_path() -> None:
   with pytest.raises(TypeError, match="non-empty tuple of strings"):
     Params().get_or_create("w", (2,), _zeros)  # type: ignore[arg-type]  # the point: a bad path

@@ -100,3 +100,14 @@ def test_from_state_dict_template_mismatch_names_the_paths() -> None:
 def test_from_state_dict_rejects_keys_that_are_not_strings() -> None:
   with pytest.raises(TypeError, match="non-empty tuple of strings"):
     Params.from_state_dict({"layer": {0: jnp.ones(1)}})
+
+
+def test_from_state_dict_template_reports_shape_and_dtype_mismatches() -> None:
+  state = _params().to_state_dict()
+  state["encoder"]["dense"]["kernel"] = jnp.ones((3, 2))
+  state["steps"] = jnp.zeros((), jnp.float32)
+  with pytest.raises(ValueError) as info:
+    Params.from_state_dict(state, _params())
+  message = str(info.value)
+  assert "('encoder', 'dense', 'kernel'): float32[3, 2] where the template has float32[2, 3]" in message
+  assert "('steps',): float32[] where the template has int32[]" in message

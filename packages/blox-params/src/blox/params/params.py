@@ -443,6 +443,11 @@ class Params:
           f"The init function for {path!r} returned shape {tuple(value.shape)},"
           f" but shape {shape} was requested."
       )
+    if not _same_dtype(value.dtype, dtype):
+      raise ValueError(
+          f"The init function for {path!r} returned dtype {value.dtype}, but dtype"
+          f" {_dtype_text(dtype)} was requested; make it honour its dtype argument."
+      )
     created = params._with_entry(path, value, trainable, as_metadata(metadata))
     return value, created
 
@@ -577,11 +582,22 @@ class Params:
       return cls({path: Param(value) for path, value in flat.items()})
     missing = [p for p in template if p not in flat]
     extra = [p for p in flat if p not in template]
-    if missing or extra:
-      raise ValueError(
-          f"The state dict does not match the template: missing {missing}, unexpected {extra}."
-      )
     s = template._structure
+    mismatched = [
+        f"{path!r}: {describe_value(flat[path])} where the template has"
+        f" {describe_value(like)}"
+        for path, like in zip(s.paths, template._values)
+        if path in flat
+        and (
+            tuple(getattr(flat[path], "shape", ())) != tuple(like.shape)
+            or getattr(flat[path], "dtype", None) != like.dtype
+        )
+    ]
+    if missing or extra or mismatched:
+      raise ValueError(
+          "The state dict does not match the template:"
+          f" missing {missing}, unexpected {extra}, mismatched {mismatched}."
+      )
     return Params._make(tuple(flat[p] for p in s.paths), s)
 
   def __repr__(self) -> str:
