@@ -56,6 +56,9 @@ from blox.nn import (  # noqa: E402
 )
 from blox import parallel  # noqa: E402
 from blox.params import (  # noqa: E402
+    CheckpointError,
+    CheckpointWarning,
+    KeySource,
     Metadata,
     Param,
     Params,
@@ -68,6 +71,8 @@ from blox.params import (  # noqa: E402
 
 __all__ = [
     "BatchNorm",
+    "CheckpointError",
+    "CheckpointWarning",
     "Conv",
     "ConvTranspose",
     "Dropout",
@@ -76,6 +81,7 @@ __all__ = [
     "GRUState",
     "Graph",
     "KVCache",
+    "KeySource",
     "LSTM",
     "LSTMState",
     "LayerNorm",
