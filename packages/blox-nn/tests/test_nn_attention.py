@@ -318,6 +318,21 @@ def test_nn_attention_cache_misuse_is_reported() -> None:
     mha.initial_state(params, x[:, 0], max_length=0)
 
 
+def test_nn_attention_overflow_under_jit_gives_nan_not_a_clamped_write() -> None:
+  mha, rng = _build()
+  x = _inputs(2, 3, FEATURES)
+  _, params = _init(mha, rng, x)
+  params = params.locked()
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=2)
+  decode = jax.jit(lambda p, x_t, c: mha(p, x_t, prev_state=c))
+  ys = []
+  for t in range(3):
+    (y_t, cache), _ = decode(params, x[:, t], cache)
+    ys.append(y_t)
+  assert bool(jnp.all(jnp.isfinite(ys[0]))) and bool(jnp.all(jnp.isfinite(ys[1])))
+  assert bool(jnp.all(jnp.isnan(ys[2])))  # the third token does not fit
+
+
 def test_nn_attention_dropout_uses_one_key_when_training() -> None:
   mha, rng = _build(dropout_rate=0.5)
   x = _inputs(2, 5, FEATURES)

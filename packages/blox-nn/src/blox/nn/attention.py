@@ -157,7 +157,8 @@ class MultiHeadAttention(SequenceBase):
   `apply` runs a whole sequence with a causal mask (into a cache when
   `prev_state` is given). Decoding token by token gives the same outputs as
   `apply` on the whole sequence. Writing past `max_length` is an error when
-  the position is known outside of `jax.jit`; under jit it is not checked.
+  the position is known outside of `jax.jit`; under jit, where it is not
+  known while tracing, the outputs of tokens past the end are NaN.
 
   Args:
     graph: the node this layer binds to; it gets the children 'query', 'key',
@@ -534,6 +535,11 @@ class MultiHeadAttention(SequenceBase):
     masks: list[Any] = [visible] if mask is None else [visible, mask]
     attended, params = self._attend(params, q, keys, values, masks, is_training)
     outputs, params = self.out_proj(params, attended, out_features)
+    # Under jit the position is not known when tracing, and a write past the
+    # end would silently land on the last slots: make such outputs NaN, so the
+    # mistake shows instead of passing for a result.
+    overflow = q_positions >= max_length
+    outputs = jnp.where(overflow[..., None], jnp.nan, outputs)
     return (outputs, KVCache(keys, values, position + length)), params
 
   def _check_cache(self, cache: Any, batch: tuple[int, ...], head_dim: int) -> int:
