@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,25 @@ def test_saving_over_a_checkpoint_replaces_it(tmp_path: pathlib.Path) -> None:
   save(target, Params({("ck_over", "w"): Param(jnp.ones(2))}))
   np.testing.assert_array_equal(load(target)[("ck_over", "w")].value, np.ones(2))
   assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
+
+
+def test_new_checkpoints_respect_the_umask_and_replacements_keep_the_mode(
+    tmp_path: pathlib.Path,
+) -> None:
+  params = Params({("ck_mode", "w"): Param(jnp.zeros(2))})
+  previous = os.umask(0o077)
+  try:
+    save(tmp_path / "private.npz", params)
+    os.umask(0o022)
+    save(tmp_path / "shared.npz", params)
+  finally:
+    os.umask(previous)
+  assert stat.S_IMODE(os.stat(tmp_path / "private.npz").st_mode) == 0o600
+  assert stat.S_IMODE(os.stat(tmp_path / "shared.npz").st_mode) == 0o644
+  os.chmod(tmp_path / "shared.npz", 0o640)
+  save(tmp_path / "shared.npz", params)
+  assert stat.S_IMODE(os.stat(tmp_path / "shared.npz").st_mode) == 0o640
+  assert sorted(os.listdir(tmp_path)) == ["private.npz", "shared.npz"]
 
 
 def test_numpy_alone_reads_the_file(tmp_path: pathlib.Path) -> None:

@@ -191,6 +191,26 @@ def test_changing_the_trainable_set_is_an_error() -> None:
     value_and_grad(unlocks)(params, x, y)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [jnp.zeros((), jnp.int32), jnp.array([True, False]), jax.random.key(0)],
+    ids=["int", "bool", "key"],
+)
+def test_trainable_params_that_cannot_be_differentiated_are_named(value: Any) -> None:
+  params = Params({W: Param(jnp.ones(2)), ("net", "oops"): Param(value)}).locked()
+
+  def loss(params: Params) -> tuple[jax.Array, Params]:
+    return jnp.sum(params[W].value), params
+
+  with pytest.raises(TypeError, match=r"\('net', 'oops'\).*trainable=False") as info:
+    value_and_grad(loss)(params)
+  assert "('net', 'w')" not in str(info.value)
+  # Marked non-trainable, the same params differentiate fine.
+  fixed = params.set(("net", "oops"), trainable=False)
+  _, _, grads = value_and_grad(loss)(fixed)
+  assert list(grads) == [W]
+
+
 def test_new_non_trainable_state_is_kept_at_init() -> None:
   params, (x, y) = _params().unlocked(), _data()
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,7 +57,11 @@ Shardings: TypeAlias = Params | Mapping[Path, Any] | jax.sharding.Sharding
 # Members are written with a fixed timestamp so that saving the same params
 # twice gives the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_NEW_FILE_MODE = 0o644
+# The permissions recorded for each member inside the archive (not the file's).
+_MEMBER_MODE = 0o644
+# A new checkpoint is created like any new file: this mode less the umask,
+# which the operating system applies when the file is created.
+_NEW_FILE_MODE = 0o666
 
 
 class CheckpointWarning(UserWarning):
@@ -140,7 +144,7 @@ def _describe(params: Params) -> tuple[bytes, list[np.ndarray]]:
 def _member_info(name: str) -> zipfile.ZipInfo:
   info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
   info.compress_type = zipfile.ZIP_STORED
-  info.external_attr = _NEW_FILE_MODE << 16
+  info.external_attr = _MEMBER_MODE << 16
   return info
 
 
@@ -166,6 +170,24 @@ def _fsync_directory(directory: str) -> None:
       os.close(fd)
 
 
+def _create_temporary(directory: str, name: str) -> tuple[int, str]:
+  """Opens a new, uniquely named file next to `name` for writing.
+
+  Unlike `tempfile.mkstemp` (always 0o600), the file gets the mode a new file
+  gets from the process's umask: the kernel applies the umask at creation,
+  so it never has to be read (reading it means changing it, which races with
+  other threads).
+  """
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+  for _ in range(100):
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    try:
+      return os.open(temporary, flags, _NEW_FILE_MODE), temporary
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"Could not create a temporary file for {name!r} in {directory!r}.")
+
+
 def save(path: str | os.PathLike[str], params: Params) -> None:
   """Writes `params` to one checkpoint file at `path`, atomically.
 
@@ -177,7 +199,8 @@ def save(path: str | os.PathLike[str], params: Params) -> None:
   The file is written under a temporary name in the same folder, flushed,
   synced and then renamed over `path`: a save that fails for any reason
   leaves an existing checkpoint at `path` as it was, and removes its
-  temporary file.
+  temporary file. A checkpoint that replaces a file keeps that file's
+  permissions; a new one gets those of any new file (0o666 less the umask).
 
   Args:
     path: the file to write; its folder must exist. The name is used as given
@@ -196,17 +219,20 @@ def save(path: str | os.PathLike[str], params: Params) -> None:
   target = os.path.abspath(os.fspath(path))
   header, arrays = _describe(params)
   directory, name = os.path.split(target)
+  # Replacing a checkpoint keeps its permissions; a new one gets the umask's.
+  mode: int | None
   try:
     mode = stat.S_IMODE(os.stat(target).st_mode)
   except OSError:
-    mode = _NEW_FILE_MODE
-  fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    mode = None
+  fd, temporary = _create_temporary(directory, name)
   try:
     with os.fdopen(fd, "wb") as file:
       _write_checkpoint(file, header, arrays)
       file.flush()
       os.fsync(file.fileno())
-    os.chmod(temporary, mode)
+    if mode is not None:
+      os.chmod(temporary, mode)
     os.replace(temporary, target)
   except BaseException:
     # The temporary file is ours alone; remove it whatever went wrong (also

@@ -58,6 +58,11 @@ class Metadata(Mapping[str, Hashable]):
   def __setattr__(self, name: str, value: object) -> None:
     raise AttributeError("Metadata is read-only.")
 
+  def __reduce__(self) -> tuple[Any, ...]:
+    # For copy, deepcopy and pickle: rebuilt from the entries, so the hash is
+    # recomputed (string hashes differ between processes).
+    return (Metadata, (dict(self._items),))
+
   def __getitem__(self, key: str) -> Hashable:
     return self._items[key]
 
@@ -137,6 +142,10 @@ class Param:
 
   def __setattr__(self, name: str, value: object) -> None:
     raise AttributeError("Param is immutable; use replace(...) instead.")
+
+  def __reduce__(self) -> tuple[Any, ...]:
+    # For copy, deepcopy and pickle (`__setattr__` refuses the default route).
+    return (Param, (self.value, self.trainable, self.metadata))
 
   @property
   def sharding(self) -> tuple[Any, ...]:

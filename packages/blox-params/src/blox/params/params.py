@@ -41,8 +41,10 @@ Predicate = Callable[[Path, Param], bool]
 class _Structure:
   """The static part of a `Params`: everything except the values.
 
-  It is the pytree aux data, hashed and compared by `jax.jit` on every call,
-  so its hash is computed once and equality short-circuits on identity.
+  It is the pytree aux data, hashed and compared by `jax.jit` on every call.
+  The hash is computed on first use and cached (creating params one by one
+  builds many structures that are never hashed), and equality short-circuits
+  on identity and on cached hashes that differ.
   """
 
   __slots__ = ("paths", "trainable", "metadata", "locked", "_hash", "_index", "_keys")
@@ -53,17 +55,20 @@ class _Structure:
       trainable: tuple[bool, ...],
       metadata: tuple[Metadata, ...],
       locked: bool,
+      index: dict[Path, int] | None = None,
   ) -> None:
     self.paths = paths
     self.trainable = trainable
     self.metadata = metadata
     self.locked = locked
-    self._hash = hash((paths, trainable, metadata, locked))
-    self._index: dict[Path, int] | None = None
+    self._hash: int | None = None
+    # `index`, when given, must map exactly `paths` to their positions; it is
+    # never mutated once a structure holds it, so structures may share it.
+    self._index = index
     self._keys: tuple[jax.tree_util.DictKey, ...] | None = None
 
   def index(self) -> dict[Path, int]:
-    """Path to position, built on first use."""
+    """Path to position, built on first use. Never mutate the result."""
     if self._index is None:
       self._index = {path: i for i, path in enumerate(self.paths)}
     return self._index
@@ -77,9 +82,16 @@ class _Structure:
   def with_locked(self, locked: bool) -> _Structure:
     if locked == self.locked:
       return self
-    return _Structure(self.paths, self.trainable, self.metadata, locked)
+    return _Structure(self.paths, self.trainable, self.metadata, locked, self._index)
+
+  def __reduce__(self) -> tuple[Any, ...]:
+    # Only the fields: the cached hash depends on the process's string hash
+    # seed, so it must be recomputed after unpickling.
+    return (_Structure, (self.paths, self.trainable, self.metadata, self.locked))
 
   def __hash__(self) -> int:
+    if self._hash is None:
+      self._hash = hash((self.paths, self.trainable, self.metadata, self.locked))
     return self._hash
 
   def __eq__(self, other: object) -> bool:
@@ -87,16 +99,23 @@ class _Structure:
       return True
     if not isinstance(other, _Structure):
       return NotImplemented
+    if self._hash is not None and other._hash is not None and self._hash != other._hash:
+      return False
     return (
-        self._hash == other._hash
-        and self.locked == other.locked
+        self.locked == other.locked
         and self.paths == other.paths
         and self.trainable == other.trainable
         and self.metadata == other.metadata
     )
 
   def __repr__(self) -> str:
-    return f"<Params structure: {len(self.paths)} paths, locked={self.locked}>"
+    # One line per path with its static fields: JAX prints this repr when two
+    # structures differ (tree_map, jit shardings) and diffs the two texts, so
+    # the changed line names the path whose flags or metadata differ.
+    lines = [f"Params structure (locked={self.locked}, {len(self.paths)} paths):"]
+    for path, trainable, metadata in zip(self.paths, self.trainable, self.metadata):
+      lines.append(f"  {path!r}: trainable={trainable}, metadata={dict(metadata)!r}")
+    return "\n".join(lines)
 
 
 _EMPTY = _Structure((), (), (), False)
@@ -116,7 +135,32 @@ def _check_path(path: object) -> Path:
 
 
 def _is_array(value: object) -> bool:
-  return isinstance(value, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+  """Whether `value` can be one param's value: exactly one pytree leaf with a
+  shape and a dtype (numpy scalars such as `np.float32(1)` included)."""
+  return isinstance(value, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def _check_value(path: Path, value: object) -> None:
+  """Raises TypeError unless `value` can be the value of the param at `path`.
+
+  Used where users put `Param`s in (the constructor, `params[path] = ...`),
+  never in unflattening: JAX rebuilds `Params` with None, masks, shardings or
+  optimizer placeholders as leaves, and those must pass through.
+  """
+  if not _is_array(value):
+    raise TypeError(
+        f"The value of param {path!r} must be an array (jax or numpy array, numpy"
+        f" scalar or jax.ShapeDtypeStruct), got {type(value).__name__}; wrap it"
+        " with jnp.asarray(...). A param holds exactly one array."
+    )
+
+
+def _canonical_dtype(dtype: Any) -> Any:
+  """The dtype JAX actually creates for `dtype` (float32 for float64 while
+  64-bit mode is off); typed PRNG key dtypes are returned as they are."""
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    return dtype
+  return jax.dtypes.canonicalize_dtype(dtype)
 
 
 def _path_text(path: tuple[object, ...]) -> str:
@@ -147,7 +191,10 @@ def _same_dtype(existing: Any, requested: Any) -> bool:
 class Params:
   """An immutable mapping from tuple paths to `Param`s, and a JAX pytree.
 
-  Every operation returns a new `Params` and leaves its input untouched. The
+  Every operation returns a new `Params` and leaves its input untouched, with
+  one exception: `params[path] = Param(value)` changes these params in place.
+  It exists for loading values by hand into unlocked params (e.g. converting
+  weights from another framework) and is refused on locked params. The
   leaves of the pytree are the values; trainable flags, metadata and the
   locked flag are static structure, so two `Params` with the same paths,
   flags and metadata share one compiled function.
@@ -179,6 +226,7 @@ class Params:
       _check_path(path)
       if not isinstance(param, Param):
         raise TypeError(f"Params holds Param objects; {path!r} is {type(param).__name__}.")
+      _check_value(path, param.value)
     paths = tuple(in_order(entries))
     self._set(
         tuple(entries[p].value for p in paths),
@@ -223,6 +271,10 @@ class Params:
         " hand into unlocked params, use params[path] = Param(value)."
     )
 
+  def __reduce__(self) -> tuple[Any, ...]:
+    # For copy, deepcopy and pickle (`__setattr__` refuses the default route).
+    return (_rebuild, (self._structure, self._values))
+
   # Locking.
 
   @property
@@ -247,10 +299,19 @@ class Params:
     return iter(self._structure.paths)
 
   def __contains__(self, path: object) -> bool:
-    return path in self._structure.index()
+    try:
+      return path in self._structure.index()
+    except TypeError:  # unhashable, e.g. a list: never a path
+      return False
 
   def _position(self, path: Path) -> int:
-    position = self._structure.index().get(path)
+    try:
+      position = self._structure.index().get(path)
+    except TypeError:
+      raise TypeError(
+          f"A param path is a non-empty tuple of strings, like ('net', 'kernel');"
+          f" got the unhashable {type(path).__name__} {path!r}."
+      ) from None
     if position is None:
       raise KeyError(self._missing_message(path))
     return position
@@ -289,12 +350,14 @@ class Params:
           f"params[{path!r}] must be set to a Param, got {type(param).__name__};"
           " wrap the value as Param(value)."
       )
+    _check_value(path, param.value)
     updated = self._with_entry(path, param.value, param.trainable, param.metadata)
     self._set(updated._values, updated._structure)
 
   def keys(self) -> KeysView[Path]:
-    """The paths, in creation order."""
-    return self.as_dict().keys()
+    """The paths, in creation order (a view: no `Param`s are built)."""
+    # The index lists the paths in order of position, i.e. creation order.
+    return self._structure.index().keys()
 
   def values(self) -> ValuesView[Param]:
     """The `Param`s, in creation order."""
@@ -400,7 +463,10 @@ class Params:
     given; `init`, `trainable`, `metadata` and `key_source` only matter for
     creation. Creating calls `init(key, shape, dtype)` (dtype defaults to
     float32), where `key` is drawn from `key_source` (exactly one draw, even
-    if `init` ignores it) or is None without one.
+    if `init` ignores it) or is None without one. A requested dtype means
+    what JAX would make of it (`jax.dtypes.canonicalize_dtype`): float64 is
+    float32 while 64-bit mode is off, for creation and for the check alike.
+    An exception from `init` is re-raised with a note naming the param.
 
     Returns:
       `(value, params)`: params are these params, or a new container that also
@@ -412,6 +478,13 @@ class Params:
       RuntimeError: creating while locked.
     """
     position = self._structure.index().get(_check_path(path))
+    # Compare and create with the dtype JAX really makes: with 64-bit mode
+    # off, float64 becomes float32 in every initializer.
+    if dtype is not None:
+      try:
+        dtype = _canonical_dtype(dtype)
+      except TypeError as error:
+        raise TypeError(f"Param {path!r}: {dtype!r} is not a dtype ({error}).") from None
     if position is not None:
       value = self._values[position]
       self._check_matches(path, value, shape, dtype)
@@ -433,7 +506,20 @@ class Params:
     key = None
     if key_source is not None:
       key, params = key_source(params)
-    value = init(key, shape, dtype)
+    try:
+      value = init(key, shape, dtype)
+    except Exception as error:
+      note = (
+          f"While creating param {path!r} by calling its init function as"
+          f" init(key, shape={shape}, dtype={_dtype_text(dtype)})."
+      )
+      if key is None:
+        note += (
+            " No key source (rng) was given, so key is None: give the module or"
+            " get_param an rng if this init function draws random numbers."
+        )
+      error.add_note(note)
+      raise
     if not _is_array(value):
       raise TypeError(
           f"The init function for {path!r} returned {type(value).__name__}, not an array."
@@ -495,7 +581,8 @@ class Params:
     else:
       if not _is_array(value):
         raise TypeError(
-            f"The value for {path!r} must be an array, got {type(value).__name__}."
+            f"The value for {path!r} must be an array, got {type(value).__name__};"
+            " wrap it with jnp.asarray(...)."
         )
       if tuple(value.shape) != tuple(old.shape) or value.dtype != old.dtype:
         raise ValueError(
@@ -516,21 +603,33 @@ class Params:
   ) -> Params:
     """A copy with `path` set (replaced in place or inserted in creation order)."""
     s = self._structure
-    position = s.index().get(path)
+    index = s.index()
+    position = index.get(path)
     paths, values = list(s.paths), list(self._values)
     flags, metas = list(s.trainable), list(s.metadata)
+    new_index: dict[Path, int] | None
     if position is None:
       new_rank = rank(path)
       position = len(paths)
       while position > 0 and rank(paths[position - 1]) > new_rank:
         position -= 1
+      if position == len(paths):
+        # The common case while creating params: appended at the end, so the
+        # old index plus one entry is right; a dict copy is far cheaper than
+        # hashing every path again.
+        new_index = index.copy()
+        new_index[path] = position
+      else:
+        new_index = None  # positions shift: rebuilt when first needed
       paths.insert(position, path)
       values.insert(position, value)
       flags.insert(position, trainable)
       metas.insert(position, metadata)
     else:
+      new_index = index  # same paths, same positions
       values[position], flags[position], metas[position] = value, trainable, metadata
-    return Params._from_columns(paths, values, flags, metas, s.locked)
+    structure = _Structure(tuple(paths), tuple(flags), tuple(metas), s.locked, new_index)
+    return Params._make(tuple(values), structure)
 
   # Interop.
 
@@ -628,6 +727,27 @@ _set_structure = Params.__dict__["_structure"].__set__
 _flatten: Callable[[Params], tuple[tuple[Any, ...], _Structure]] = operator.attrgetter(
     "_values", "_structure"
 )
+
+
+def _rebuild(structure: _Structure, values: tuple[Any, ...]) -> Params:
+  """Rebuilds a `Params` from `__reduce__`'s parts (copy, deepcopy, pickle).
+
+  In a fresh process the paths are registered in the saved order, so that
+  later `split`/`merge` keep it; paths this process already ranked otherwise
+  are put into its creation order.
+  """
+  paths = structure.paths
+  ranks = [rank(path) for path in paths]
+  if any(a > b for a, b in zip(ranks, ranks[1:])):
+    order = sorted(range(len(paths)), key=ranks.__getitem__)
+    structure = _Structure(
+        tuple(paths[i] for i in order),
+        tuple(structure.trainable[i] for i in order),
+        tuple(structure.metadata[i] for i in order),
+        structure.locked,
+    )
+    values = tuple(values[i] for i in order)
+  return Params._make(tuple(values), structure)
 
 
 def _flatten_with_keys(

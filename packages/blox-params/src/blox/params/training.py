@@ -75,6 +75,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from blox.params.param import Param
 from blox.params.params import Params, Path
@@ -110,7 +111,9 @@ def value_and_grad(
     has_aux: whether `loss_fn` also returns auxiliary output.
 
   Raises (when `step` runs or is traced):
-    TypeError: `loss_fn` does not return params in the expected place.
+    TypeError: a trainable param holds integers, bools or PRNG keys (which
+      have no gradient), or `loss_fn` does not return params in the expected
+      place.
     ValueError: `loss_fn` returned params whose trainable paths differ from
       the input's (it created, removed, froze or unfroze a trainable param),
       or with another locked flag.
@@ -124,6 +127,7 @@ def value_and_grad(
           f" {type(params).__name__}."
       )
     trainable, rest = params.split()
+    _check_differentiable(name, trainable)
 
     def differentiated(trainable: Params) -> tuple[Any, tuple[Any, Params]]:
       output = loss_fn(trainable.merge(rest), *args)
@@ -138,6 +142,25 @@ def value_and_grad(
     return value, trainable.merge(new_rest), grads
 
   return step
+
+
+def _check_differentiable(name: str, trainable: Params) -> None:
+  """Every trainable value must be float or complex: JAX cannot differentiate
+  integers, bools or PRNG keys, and its own error names no param."""
+  wrong = [
+      f"{path!r} ({param.value.dtype})"
+      for path, param in trainable.items()
+      if hasattr(param.value, "dtype")
+      and not jnp.issubdtype(param.value.dtype, jnp.inexact)
+  ]
+  if wrong:
+    raise TypeError(
+        f"value_and_grad({name}): trainable params must hold float or complex"
+        f" values to be differentiated, but {', '.join(wrong)} do not. Counters,"
+        " integer state and PRNG keys are not trained: mark them trainable=False"
+        " (e.g. params.set(path, trainable=False), or create them with"
+        " trainable=False)."
+    )
 
 
 def _unpack(name: str, output: Any, has_aux: bool) -> tuple[Any, Any, Params]:
