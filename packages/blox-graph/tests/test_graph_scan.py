@@ -80,13 +80,55 @@ def test_dynamic_scan_agrees_with_static_and_uses_lax_scan() -> None:
   assert "scan" not in str(static_jaxpr)
 
 
-def test_dynamic_scan_falls_back_to_the_loop_while_unlocked() -> None:
-  x = _inputs(time=3)
-  (outputs, _), params = dynamic_scan(step, Params(), x, jnp.zeros((2, 3)))
-  # The step created its params, which a lax.scan body could not do.
+def _assert_same(a: Any, b: Any) -> None:
+  """Equal pytrees: same structure, bit-identical leaves."""
+  assert _treedef(a) == _treedef(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert jnp.shape(x) == jnp.shape(y) and jnp.result_type(x) == jnp.result_type(y)
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("time", [1, 2, 5])
+def test_dynamic_scan_while_unlocked_equals_static_scan(time: int) -> None:
+  x = _inputs(time=time)
+  h0 = jnp.ones((2, 3))
+  static = static_scan(step, Params(), x, h0)
+  dynamic = dynamic_scan(step, Params(), x, h0)
+  # Outputs, final state and params (values, flags, metadata, the counter).
+  _assert_same(dynamic, static)
+  (_, _), params = dynamic
   assert list(params) == [_W, _COUNT]
   assert not params.is_locked
-  np.testing.assert_allclose(outputs[0], _reference(x))
+  assert int(params[_COUNT].value) == time
+
+
+def test_dynamic_scan_while_unlocked_scans_after_the_first_step() -> None:
+  x = _inputs(time=50)
+  h0 = jnp.zeros((2, 3))
+  jaxpr = jax.make_jaxpr(lambda x: dynamic_scan(step, Params(), x, h0))(x)
+  primitives = [eqn.primitive.name for eqn in jaxpr.eqns]
+  assert "scan" in primitives
+  # One Python step plus one scan, not 50 unrolled steps.
+  assert len(primitives) < 50
+  unrolled = jax.make_jaxpr(lambda x: static_scan(step, Params(), x, h0))(x)
+  assert len(unrolled.eqns) > 100
+
+
+def test_dynamic_scan_rejects_a_param_created_after_the_first_step() -> None:
+  calls: list[None] = []
+
+  def late(params: Params, x: jax.Array, h: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Params]:
+    calls.append(None)
+    if len(calls) > 1:
+      _, params = params.get_or_create(("late", "b"), (), jax.nn.initializers.zeros)
+    return (x, h), params
+
+  with pytest.raises(ValueError, match=r"^net/rnn: .*another structure.*created \('late', 'b'\)"):
+    dynamic_scan(late, Params(), jnp.ones((1, 3, 1)), jnp.zeros((1, 1)), where="net/rnn")
+  # The Python loop creates it when asked to.
+  calls.clear()
+  _, params = static_scan(late, Params(), jnp.ones((1, 3, 1)), jnp.zeros((1, 1)))
+  assert ("late", "b") in params
 
 
 def test_scans_over_pytree_inputs() -> None:
@@ -136,5 +178,50 @@ def test_dynamic_scan_rejects_a_step_that_changes_the_state_structure() -> None:
   def grow(params: Params, x: jax.Array, h: Any) -> tuple[tuple[jax.Array, Any], Params]:
     return (x, (h, h)), params
 
-  with pytest.raises(ValueError, match="state must keep its structure"):
+  with pytest.raises(ValueError, match="^dynamic_scan: .*state must keep its structure"):
     dynamic_scan(grow, Params().locked(), jnp.ones((1, 2, 1)), jnp.zeros((1, 1)))
+
+
+def _to_float32(params: Params, x: jax.Array, h: Any) -> tuple[tuple[jax.Array, Any], Params]:
+  """Computes in float32 whatever the dtype of the state it is given."""
+  new_h = {"h": h["h"].astype(jnp.float32) + x.astype(jnp.float32)}
+  return (new_h["h"], new_h), params
+
+
+def test_dynamic_scan_rejects_a_step_that_changes_a_state_dtype() -> None:
+  x = jnp.ones((2, 3, 4), jnp.bfloat16)
+  h0 = {"h": jnp.zeros((2, 4), jnp.bfloat16)}
+  message = (
+      r"^net/rnn: .*state leaf state\['h'\] with dtype float32 and shape \(2, 4\),"
+      r" but received dtype bfloat16 and shape \(2, 4\).*same dtype"
+  )
+  with pytest.raises(ValueError, match=message):
+    dynamic_scan(_to_float32, Params().locked(), x, h0, where="net/rnn")
+  # The Python loop lets the dtype change; so does the first, Python, step
+  # of an unlocked dynamic scan, after which the dtype holds.
+  (_, static_final), _ = static_scan(_to_float32, Params().locked(), x, h0)
+  (_, dynamic_final), _ = dynamic_scan(_to_float32, Params(), x, h0)
+  assert static_final["h"].dtype == dynamic_final["h"].dtype == jnp.float32
+
+
+def test_dynamic_scan_rejects_a_step_that_changes_a_state_shape() -> None:
+  def widen(params: Params, x: jax.Array, h: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Params]:
+    return (x, jnp.concatenate([h, x], axis=-1)), params
+
+  with pytest.raises(ValueError, match=r"state leaf state with dtype float32 and shape \(1, 2\)"):
+    dynamic_scan(widen, Params().locked(), jnp.ones((1, 2, 1)), jnp.zeros((1, 1)))
+
+
+def test_dynamic_scan_promotes_a_weakly_typed_initial_state() -> None:
+  def running_sum(params: Params, x: jax.Array, total: Any) -> tuple[tuple[jax.Array, jax.Array], Params]:
+    total = total + jnp.sum(x)
+    return (x, total), params
+
+  # A Python 0 starts as a weak int; lax.scan promotes it to the step's float.
+  (_, total), _ = dynamic_scan(running_sum, Params().locked(), jnp.full((1, 3), 0.5), 0)
+  assert float(total) == 1.5 and total.dtype == jnp.float32
+
+
+def test_static_scan_names_where_in_errors() -> None:
+  with pytest.raises(ValueError, match=r"^net/rnn: sequence inputs"):
+    static_scan(step, Params(), jnp.ones(4), jnp.zeros(4), where="net/rnn")

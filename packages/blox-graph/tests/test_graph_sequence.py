@@ -186,3 +186,36 @@ def test_dynamic_apply_under_jit() -> None:
   outputs, new_params = run(params, x)
   np.testing.assert_allclose(outputs[1], _reference(np.asarray(x[1])), rtol=1e-5)
   assert int(new_params[("net", "leaky", "count")].value) == 10
+
+
+class _Float32Sum(RecurrenceBase):
+  """total' = total + x, computed in float32 whatever the state's dtype."""
+
+  def initial_state(self, params: Params, inputs: jax.Array, **kwargs: Any) -> tuple[jax.Array, Params]:
+    return jnp.zeros(inputs.shape, jnp.float32), params
+
+  def __call__(
+      self, params: Params, inputs: jax.Array, prev_state: jax.Array, is_training: bool = True
+  ) -> tuple[tuple[jax.Array, jax.Array], Params]:
+    total = prev_state.astype(jnp.float32) + inputs.astype(jnp.float32)
+    return (total, total), params
+
+
+def test_dynamic_apply_names_the_module_when_the_step_changes_the_state_dtype() -> None:
+  module = _Float32Sum(Graph("net").child("sum"))
+  x = jnp.ones((2, 4, 3), jnp.bfloat16)
+  state = jnp.zeros((2, 3), jnp.bfloat16)
+  message = (
+      r"^_Float32Sum 'net/sum': .*state leaf state with dtype float32 and shape"
+      r" \(2, 3\), but received dtype bfloat16.*same dtype"
+  )
+  with pytest.raises(ValueError, match=message):
+    module.apply(Params().locked(), x, state)
+  # An initial state of the step's dtype works, and matches the Python loop.
+  (outputs, final), _ = module.apply(Params().locked(), x)
+  static = _Float32Sum(Graph("net").child("sum"), is_static=True)
+  (static_outputs, static_final), _ = static.apply(Params().locked(), x, state)
+  np.testing.assert_array_equal(outputs, static_outputs)
+  assert final.dtype == static_final.dtype == jnp.float32
+  np.testing.assert_array_equal(final, np.full((2, 3), 4.0))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,42 @@ def test_returned_params_identical_across_lanes() -> None:
   counters = np.asarray(new[COUNTER].value)
   assert (seeds == seeds[0]).all()
   assert (counters == counters[0]).all()
+
+
+@pytest.mark.parametrize("transform", [jax.jit, jax.checkpoint])
+def test_fn_may_contain_jit_or_checkpoint(transform: Any) -> None:
+  params = locked_params()
+  inner = transform(dropout)
+  out, new = jax.vmap(
+      per_lane_rng(inner, "batch"), in_axes=(None, 0), out_axes=(0, None),
+      axis_name="batch",
+  )(params, jnp.ones((4, 8)))
+  masks = np.asarray(out == 0)
+  assert len({row.tobytes() for row in masks}) > 1  # lanes still differ
+  np.testing.assert_array_equal(
+      jax.random.key_data(new[SEED].value), jax.random.key_data(params[SEED].value))
+  assert int(new[COUNTER].value) == int(params[COUNTER].value) + 1
+
+
+def test_a_seed_carried_through_lax_scan_is_restored() -> None:
+  params = locked_params()
+
+  def scanned(params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    def body(params: Params, x_t: jax.Array) -> tuple[Params, jax.Array]:
+      out, params = dropout(params, x_t)
+      return params, out
+
+    params, out = jax.lax.scan(body, params, x)
+    return out, params
+
+  out, new = jax.jit(jax.vmap(
+      per_lane_rng(scanned, "batch"), in_axes=(None, 0), out_axes=(0, None),
+      axis_name="batch",
+  ))(params, jnp.ones((2, 3, 16)))
+  assert len({row.tobytes() for row in masks(out).reshape(6, 16)}) == 6
+  np.testing.assert_array_equal(
+      jax.random.key_data(new[SEED].value), jax.random.key_data(params[SEED].value))
+  assert int(new[COUNTER].value) == int(params[COUNTER].value) + 3
 
 
 def test_multiple_vmap_axes_fold_in_order() -> None:

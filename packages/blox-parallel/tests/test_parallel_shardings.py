@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Param, Params
-from blox.parallel import init_sharded, make_mesh, param_shardings, shard_batch
+from blox.parallel import init_sharded, make_mesh, param_shardings, partition_spec, shard_batch
 
 # PartitionSpec's constructor has no annotations (strict mypy).
 P: Callable[..., PartitionSpec] = PartitionSpec
@@ -164,6 +164,36 @@ def test_bad_sharding_metadata_raises(
     param_shardings(params, mesh_4x2())
 
 
+def test_partition_spec_metadata_rejects_a_partition_spec() -> None:
+  params = Params({KERNEL: Param(jnp.ones((4, 6)), metadata={"sharding": P(None, "model")})})
+  with pytest.raises(
+      TypeError,
+      match=r"'net/dense/kernel'.*PartitionSpec; use a tuple like \(None, 'model'\), not a PartitionSpec",
+  ):
+    param_shardings(params, mesh_4x2())
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({}, ()),
+        ({"sharding": None}, ()),
+        ({"sharding": ()}, ()),
+        ({"sharding": "data"}, ("data",)),
+        ({"sharding": ("data", "model")}, ("data", "model")),
+        ({"sharding": (("data", "model"),)}, (("data", "model"),)),
+    ],
+)
+def test_partition_spec_reads_metadata_like_param_sharding(
+    metadata: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+  param = Param(jnp.ones((8, 2)), metadata=metadata)
+  assert partition_spec(KERNEL, param, mesh_4x2()) == P(*expected)
+  if metadata.get("sharding") is not None:
+    # The same entries that Param.sharding reports.
+    assert partition_spec(KERNEL, param, mesh_4x2()) == P(*param.sharding)
+
+
 def test_param_shardings_needs_params() -> None:
   with pytest.raises(TypeError, match="Params"):
     param_shardings({"w": jnp.ones(2)}, mesh_4x2())  # type: ignore[arg-type]  # the misuse under test
@@ -187,6 +217,8 @@ def test_shard_batch_errors_name_the_leaf() -> None:
     shard_batch({"s": np.float32(1.0)}, mesh)
   with pytest.raises(ValueError, match=r"'batch'.*\('data', 'model'\)"):
     shard_batch(np.ones((8, 2)), mesh, axis="batch")
+  with pytest.raises(ValueError, match=r"axis \(\).*\('data', 'model'\)"):
+    shard_batch(np.ones((8, 2)), mesh, axis=())
 
 
 def test_make_mesh_axes_are_auto() -> None:

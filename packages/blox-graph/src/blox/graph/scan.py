@@ -6,9 +6,10 @@ A step has the module calling convention with a carried state:
 `((outputs, final_state), params)` with the outputs stacked back on axis 1.
 
 `static_scan` is a Python loop: easy to debug, unrolled under `jax.jit`.
-`dynamic_scan` uses `jax.lax.scan` and compiles the step once; because a scan
-body is traced once and cannot add params, it runs the Python loop instead
-while the params are unlocked (initialisation).
+`dynamic_scan` uses `jax.lax.scan` and compiles the step once. A scan body
+is traced once and cannot add params, so while the params are unlocked
+(initialisation) it runs the first step in Python, creating the params, and
+scans the rest.
 
 Example:
   >>> import jax.numpy as jnp
@@ -79,18 +80,24 @@ def _stack_on_time_axis(steps: list[Any]) -> Any:
 
 
 def static_scan(
-    step: Step, params: Params, inputs: Any, state: Any
+    step: Step,
+    params: Params,
+    inputs: Any,
+    state: Any,
+    *,
+    where: str = "static_scan",
 ) -> tuple[tuple[Any, Any], Params]:
   """Runs `step` over axis 1 of `inputs` with a Python loop.
 
-  Works with unlocked params, so the first step may create params. Under
-  `jax.jit` the loop is unrolled: compile time grows with the length.
+  Works with unlocked params, so any step may create params. Under `jax.jit`
+  the loop is unrolled: compile time grows with the length.
 
   Args:
     step: `step(params, inputs_t, state) -> ((outputs_t, new_state), params)`.
     params: threaded through every step (e.g. Rng counters advance).
     inputs: a pytree of arrays shaped `[batch, time, ...]`.
     state: the state before the first step; any pytree.
+    where: who is scanning, named in error messages (e.g. a module path).
 
   Returns:
     `((outputs, final_state), params)`, outputs stacked on axis 1.
@@ -98,7 +105,7 @@ def static_scan(
   Raises:
     ValueError: see `time_length`.
   """
-  length = time_length(inputs, "static_scan")
+  length = time_length(inputs, where)
   outputs = []
   for t in range(length):
     inputs_t = jax.tree.map(lambda x: x[:, t], inputs)
@@ -113,14 +120,22 @@ def dynamic_scan(
     inputs: Any,
     state: Any,
     unroll: int | bool = 1,
+    *,
+    where: str = "dynamic_scan",
 ) -> tuple[tuple[Any, Any], Params]:
   """Runs `step` over axis 1 of `inputs` with `jax.lax.scan`.
 
   The params travel in the scan carry, so state such as Rng counters advances
   from step to step. The step is traced once, so it must return params and
   state with the same structure (and state with the same shapes and dtypes)
-  as it received. Creating a param inside the scan body is impossible, so
-  while `params` are unlocked this runs `static_scan` instead.
+  as it received.
+
+  A scan body cannot create params, so while `params` are unlocked
+  (initialisation) the first step runs as plain Python, where it creates its
+  params, and `jax.lax.scan` runs the remaining steps. Initialisation thus
+  compiles two copies of the step, not one per time step, and gives the same
+  results as `static_scan`. A step that creates a param only after the first
+  step is an error.
 
   Args:
     step: `step(params, inputs_t, state) -> ((outputs_t, new_state), params)`.
@@ -128,37 +143,47 @@ def dynamic_scan(
     inputs: a pytree of arrays shaped `[batch, time, ...]`.
     state: the state before the first step; any pytree.
     unroll: passed to `jax.lax.scan`.
+    where: who is scanning, named in error messages (e.g. a module path).
 
   Returns:
     `((outputs, final_state), params)`, outputs stacked on axis 1.
 
   Raises:
     ValueError: see `time_length`; or the step changed the structure of the
-      params or of the state.
+      params (e.g. created a param after the first step), or the structure,
+      shapes or dtypes of the state.
   """
-  if not params.is_locked:
-    return static_scan(step, params, inputs, state)
-  time_length(inputs, "dynamic_scan")
+  length = time_length(inputs, where)
+  if params.is_locked:
+    return _lax_scan(step, params, inputs, state, unroll, where)
+  first = jax.tree.map(lambda x: x[:, 0], inputs)
+  (first_outputs, state), params = step(params, first, state)
+  if length == 1:
+    return (_stack_on_time_axis([first_outputs]), state), params
+  rest = jax.tree.map(lambda x: x[:, 1:], inputs)
+  (outputs, state), params = _lax_scan(step, params, rest, state, unroll, where)
+  outputs = jax.tree.map(
+      lambda y0, ys: jnp.concatenate([jnp.expand_dims(y0, 1), ys], axis=1),
+      first_outputs,
+      outputs,
+  )
+  return (outputs, state), params
+
+
+def _lax_scan(
+    step: Step, params: Params, inputs: Any, state: Any, unroll: int | bool, where: str
+) -> tuple[tuple[Any, Any], Params]:
+  """`dynamic_scan` once the params structure is fixed."""
   # Typed as object: jax's stubs leave PyTreeDef unresolved, so mypy would
   # reject comparing it.
   params_structure: object = jax.tree.structure(params)
-  state_structure: object = jax.tree.structure(state)
 
   def body(carry: tuple[Params, Any], inputs_t: Any) -> tuple[tuple[Params, Any], Any]:
-    (outputs_t, new_state), new_params = step(carry[0], inputs_t, carry[1])
+    old_params, old_state = carry
+    (outputs_t, new_state), new_params = step(old_params, inputs_t, old_state)
     if params_structure != jax.tree.structure(new_params):
-      raise ValueError(
-          "dynamic_scan: the step returned params with another structure than it"
-          " received (a new param, or changed trainable flags or metadata). A"
-          " lax.scan carry must keep its structure: create params during"
-          " initialisation (unlocked params) and only change values afterwards."
-      )
-    if state_structure != jax.tree.structure(new_state):
-      raise ValueError(
-          f"dynamic_scan: the step returned a state with structure"
-          f" {jax.tree.structure(new_state)}, but received {state_structure};"
-          " the state must keep its structure from step to step."
-      )
+      raise ValueError(_params_changed(where, old_params, new_params))
+    _check_state(where, old_state, new_state)
     return (new_params, new_state), outputs_t
 
   time_major = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), inputs)
@@ -167,3 +192,49 @@ def dynamic_scan(
   )
   outputs = jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1), outputs)
   return (outputs, state), params
+
+
+def _params_changed(where: str, old: Params, new: Any) -> str:
+  created = [path for path in new if path not in old] if isinstance(new, Params) else []
+  what = (
+      f" (it created {', '.join(map(repr, created))})"
+      if created
+      else " (a new param, or changed trainable flags or metadata)"
+  )
+  return (
+      f"{where}: the step returned params with another structure than it"
+      f" received{what}. A lax.scan carry must keep its structure: create every"
+      " param in the first step, only change values afterwards, or scan with a"
+      " Python loop (static_scan, is_static=True)."
+  )
+
+
+def _check_state(where: str, old: Any, new: Any) -> None:
+  """Raises unless `new` has the structure, shapes and dtypes of `old`."""
+  # Typed as object: see `params_structure` above.
+  old_structure: object = jax.tree.structure(old)
+  if old_structure != jax.tree.structure(new):
+    raise ValueError(
+        f"{where}: the step returned a state with structure"
+        f" {jax.tree.structure(new)}, but received {old_structure}; the state"
+        " must keep its structure from step to step."
+    )
+  for (key_path, old_leaf), new_leaf in zip(
+      jax.tree_util.tree_leaves_with_path(old), jax.tree.leaves(new)
+  ):
+    before, after = jax.typeof(old_leaf), jax.typeof(new_leaf)
+    # A weakly typed leaf (e.g. a Python scalar) is promoted by lax.scan
+    # itself, so only a change between two definite dtypes is an error.
+    dtype_changed = (
+        before.dtype != after.dtype and not before.weak_type and not after.weak_type
+    )
+    if before.shape != after.shape or dtype_changed:
+      raise ValueError(
+          f"{where}: the step returned the state leaf"
+          f" state{jax.tree_util.keystr(key_path)} with dtype {after.dtype} and"
+          f" shape {after.shape}, but received dtype {before.dtype} and shape"
+          f" {before.shape}. Under lax.scan the state must keep its shapes and"
+          " dtypes from step to step: make the step return a state of the same"
+          " dtype (e.g. cast it with .astype), or give an initial state of the"
+          " dtype the step computes in."
+      )

@@ -173,8 +173,10 @@ class RecurrenceBase(SequenceBase):
 
     Raises:
       ValueError: inputs of rank < 2, time lengths that differ (between the
-        inputs, or between inputs and `is_reset`), or `is_reset` of another
-        shape than `[batch, time]`.
+        inputs, or between inputs and `is_reset`), `is_reset` of another
+        shape than `[batch, time]`, or (with `jax.lax.scan`) a step that
+        returns a state of other dtypes or shapes than it received, or
+        creates a param after the first step.
     """
     length = time_length(inputs, self._where())
     if is_reset is not None:
@@ -201,5 +203,6 @@ class RecurrenceBase(SequenceBase):
       return result
 
     scan_inputs = inputs if is_reset is None else (inputs, is_reset)
-    scan = static_scan if self.is_static else dynamic_scan
-    return scan(step, params, scan_inputs, prev_state)
+    if self.is_static:
+      return static_scan(step, params, scan_inputs, prev_state, where=self._where())
+    return dynamic_scan(step, params, scan_inputs, prev_state, where=self._where())

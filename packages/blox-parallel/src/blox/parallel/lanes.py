@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.params import RNG_SEED, RNG_STREAM, Params, Path
+from blox.parallel._util import axis_names
 
 __all__ = ["LaneAxisError", "per_lane_rng", "seed_paths"]
 
@@ -56,15 +57,12 @@ def seed_paths(params: Params) -> list[Path]:
   """
   if not isinstance(params, Params):
     raise TypeError(f"Expected a blox Params, got {type(params).__name__}.")
-  return [
-      path for path, param in params.items()
-      if param.metadata.get(RNG_STREAM) == RNG_SEED
-  ]
+  return [path for path in params if params[path].metadata.get(RNG_STREAM) == RNG_SEED]
 
 
-def _axis_names(axis_name: AxisNames) -> tuple[str, ...]:
-  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-  if not names or not all(isinstance(name, str) and name for name in names):
+def _lane_axes(axis_name: AxisNames) -> tuple[str, ...]:
+  names = axis_names(axis_name)
+  if names is None:
     raise TypeError(
         "per_lane_rng needs axis_name to be an axis name or a non-empty tuple of"
         f" names, like 'batch' or ('data', 'model'); got {axis_name!r}."
@@ -104,6 +102,10 @@ def per_lane_rng(
   every lane, so the returned params are the same in every lane and can leave
   `vmap` with `out_axes=None` or `shard_map` with a replicated spec.
 
+  Every seed present on entry is put back, whatever `fn` did with it, so
+  `fn` may contain any transform (`jax.jit`, `jax.checkpoint`, `lax.scan`).
+  To reseed a stream, do it outside the wrapped function.
+
   With unlocked params (initialisation), `fn` runs unchanged, so all lanes
   create identical params; no axis needs to be bound then.
 
@@ -119,7 +121,7 @@ def per_lane_rng(
     LaneAxisError: (a `NameError`) when called with locked params outside a
       context that binds every named axis.
   """
-  names = _axis_names(axis_name)
+  names = _lane_axes(axis_name)
 
   def wrapped(params: Params, *args: Any, **kwargs: Any) -> tuple[Out, Params]:
     if not isinstance(params, Params):
@@ -144,7 +146,9 @@ def per_lane_rng(
           f" {type(new_params).__name__}."
       )
     # Put back the unfolded seeds: the lanes differ only in them, and
-    # replicated outputs must agree in every lane.
+    # replicated outputs must agree in every lane. Always, not only when `fn`
+    # passed the folded seed through: a jit or checkpoint inside `fn` returns
+    # new objects, and traced values cannot be compared.
     for path, seed in originals.items():
       if path in new_params:
         new_params = new_params.set(path, seed)

@@ -21,22 +21,22 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
+
+from blox.parallel._util import axis_names, spec
 
 __all__ = ["shard_batch"]
 
-# These jax functions have no annotations; calling them through typed names
+# This jax function has no annotations; calling it through a typed name
 # keeps mypy's strict untyped-call check on everywhere else.
-_spec: Callable[..., PartitionSpec] = PartitionSpec
 _from_process_data: Callable[[NamedSharding, np.ndarray], jax.Array] = (
     jax.make_array_from_process_local_data
 )
 
 
-def _axis_names(axis: str | tuple[str, ...], mesh: Mesh) -> tuple[str, ...]:
-  names = (axis,) if isinstance(axis, str) else tuple(axis)
-  missing = [name for name in names if name not in mesh.axis_names]
-  if not names or missing:
+def _batch_axes(axis: str | tuple[str, ...], mesh: Mesh) -> tuple[str, ...]:
+  names = axis_names(axis)
+  if names is None or any(name not in mesh.axis_names for name in names):
     raise ValueError(
         f"shard_batch: axis {axis!r} is not an axis (or tuple of axes) of the"
         f" mesh, whose axes are {tuple(mesh.axis_names)}; pass axis=... with"
@@ -72,8 +72,8 @@ def shard_batch(tree: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") -> 
     ValueError: `axis` is not a mesh axis, an array is a scalar, or its
       leading size does not split evenly over the devices along `axis`.
   """
-  names = _axis_names(axis, mesh)
-  sharding = NamedSharding(mesh, _spec(names if len(names) > 1 else names[0]))
+  names = _batch_axes(axis, mesh)
+  sharding = NamedSharding(mesh, spec(names if len(names) > 1 else names[0]))
   parts = math.prod(mesh.shape[name] for name in names)
   multi_process = jax.process_count() > 1
   local_parts = _local_parts(mesh, names) if multi_process else parts

@@ -2,8 +2,9 @@
 
 A param says how it is laid out with a `'sharding'` metadata entry: one
 entry per dimension, each a mesh axis name, a tuple of names, or None
-(not sharded). Missing entries at the end mean None; no entry at all means
-replicated. `param_shardings` turns that into a `Params`-shaped pytree of
+(not sharded); a single name `v` means `(v,)`. Missing entries at the end
+mean None; no entry at all means replicated. Write a tuple, not a
+`PartitionSpec`. `param_shardings` turns that into a `Params`-shaped pytree of
 `NamedSharding`s for `jax.jit(in_shardings=..., out_shardings=...)`, and
 `init_sharded` runs an init function so that every param is born on its
 devices.
@@ -20,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
@@ -28,14 +29,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from blox.params import Param, Params, Path
+from blox.parallel._util import is_array, spec
 
 __all__ = ["init_sharded", "param_shardings", "partition_spec"]
 
 T = TypeVar("T")
-
-# PartitionSpec's constructor has no annotations; calling it through this
-# typed name keeps mypy's strict untyped-call check on everywhere else.
-_spec: Callable[..., PartitionSpec] = PartitionSpec
 
 
 def _where(path: Path) -> str:
@@ -45,25 +43,36 @@ def _where(path: Path) -> str:
 def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
   """The `PartitionSpec` that `param`'s `'sharding'` metadata asks for.
 
+  The metadata is read as `Param.sharding` reads it: a tuple gives one entry
+  per dimension, any other value `v` means `(v,)`, and no entry (or None)
+  means replicated.
+
   Args:
     path: the param's path, used in error messages.
     param: the param; its value may be an array or a `jax.ShapeDtypeStruct`.
     mesh: the mesh whose axis names the metadata refers to.
 
   Raises:
+    TypeError: the metadata is a `PartitionSpec` rather than a tuple.
     ValueError: the metadata names an axis the mesh lacks or one axis twice,
       has more entries than the value has dimensions, or splits a dimension
       into a number of parts that does not divide it.
   """
-  spec = param.metadata.get("sharding")
-  if spec is None:
-    return _spec()
-  entries: tuple[Hashable, ...] = spec if isinstance(spec, tuple) else (spec,)
+  raw = param.metadata.get("sharding")
+  if raw is None:
+    return spec()
+  if isinstance(raw, PartitionSpec):
+    raise TypeError(
+        f"Param {_where(path)} has sharding metadata {raw!r}, a PartitionSpec;"
+        f" use a tuple like {tuple(raw)!r}, not a PartitionSpec (partition_spec"
+        " builds the PartitionSpec from it)."
+    )
+  entries = param.sharding
   value = param.value
   shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
   if len(entries) > len(shape):
     raise ValueError(
-        f"Param {_where(path)} has sharding metadata {spec!r} with {len(entries)}"
+        f"Param {_where(path)} has sharding metadata {raw!r} with {len(entries)}"
         f" entries, but its value has rank {len(shape)} (shape {shape}); give at"
         " most one mesh axis (or None) per dimension."
     )
@@ -76,13 +85,13 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
     for name in names:
       if not isinstance(name, str) or name not in sizes:
         raise ValueError(
-            f"Param {_where(path)} has sharding metadata {spec!r} naming the mesh"
+            f"Param {_where(path)} has sharding metadata {raw!r} naming the mesh"
             f" axis {name!r}, but the mesh has axes {tuple(mesh.axis_names)}."
             " Rename the axis in the metadata or build the mesh with that axis."
         )
       if name in used:
         raise ValueError(
-            f"Param {_where(path)} has sharding metadata {spec!r} that uses the"
+            f"Param {_where(path)} has sharding metadata {raw!r} that uses the"
             f" mesh axis {name!r} twice; each mesh axis may shard one dimension."
         )
       used.add(name)
@@ -93,7 +102,7 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
           f" {shape[dim]}) cannot be split over mesh axis {entry!r} into {parts}"
           " equal parts. Change the size, the mesh or the sharding metadata."
       )
-  return _spec(*entries)
+  return spec(*entries)
 
 
 def param_shardings(params: Params, mesh: Mesh) -> Params:
@@ -111,7 +120,7 @@ def param_shardings(params: Params, mesh: Mesh) -> Params:
     P()
 
   Raises:
-    TypeError: `params` is not a `Params`.
+    TypeError: `params` is not a `Params`, or see `partition_spec`.
     ValueError: see `partition_spec`.
   """
   if not isinstance(params, Params):
@@ -132,16 +141,12 @@ def param_shardings(params: Params, mesh: Mesh) -> Params:
 
 def _tree_shardings(tree: Any, mesh: Mesh) -> Any:
   """Shardings for an init function's output: Params by metadata, the rest replicated."""
-  replicated = NamedSharding(mesh, _spec())
+  replicated = NamedSharding(mesh, spec())
   return jax.tree.map(
       lambda node: param_shardings(node, mesh) if isinstance(node, Params) else replicated,
       tree,
       is_leaf=lambda node: isinstance(node, Params),
   )
-
-
-def _is_array(value: object) -> bool:
-  return isinstance(value, (jax.Array, np.ndarray))
 
 
 def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any) -> T:
@@ -167,7 +172,7 @@ def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any) -> T:
     P('model',)
   """
   leaves, structure = jax.tree.flatten(args)
-  traced = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+  traced = [i for i, leaf in enumerate(leaves) if is_array(leaf)]
 
   def run(*arrays: Any) -> T:
     filled = list(leaves)
