@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -69,8 +70,23 @@ def spawn(role_args: list[str], devices: int, log: IO[str]) -> subprocess.Popen[
   )
 
 
+# The coordinator's port is picked free but bound seconds later, after the
+# worker has imported jax; another process may take it in between.
+PORT_TAKEN = re.compile(r"address already in use|failed to bind|bind failed", re.IGNORECASE)
+ATTEMPTS = 3
+
+
 def launch(steps: int) -> int:
-  port = free_port()
+  for attempt in range(1, ATTEMPTS + 1):
+    status, port_taken = launch_once(steps, free_port())
+    if not port_taken or attempt == ATTEMPTS:
+      return status
+    print("the coordinator's port was taken meanwhile; retrying with another port")
+  return 1
+
+
+def launch_once(steps: int, port: int) -> tuple[int, bool]:
+  """Runs the workers and the reference once: `(exit status, port was taken)`."""
   print(f"starting {PROCESSES} worker processes x {DEVICES // PROCESSES} CPU devices"
         f" (coordinator 127.0.0.1:{port}) and a single-process reference; {steps} steps")
   with tempfile.TemporaryDirectory(prefix="blox_multihost_") as tmp:
@@ -112,14 +128,16 @@ def launch(steps: int) -> int:
           proc.wait()
       for log in logs.values():
         log.close()
+    port_taken = False
     for name in procs:
       text = (out / f"{name}.log").read_text().strip().splitlines()
+      port_taken |= failed and any(PORT_TAKEN.search(line) for line in text)
       shown = text if failed else [line for line in text if line.startswith("step") or "loss" in line]
       for line in shown[-40:]:
         print(f"[{name}] {line}")
     if failed:
-      return 1
-    return compare(out)
+      return 1, port_taken
+    return compare(out), False
 
 
 def compare(out: Path) -> int:

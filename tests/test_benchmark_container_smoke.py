@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-_ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import run_script
 
 
 def test_container_benchmark_smoke_run_prints_its_table() -> None:
-  result = subprocess.run(
-      [sys.executable, "benchmarks/container.py", "--smoke"],
-      cwd=_ROOT,
-      check=True,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  lines = result.stdout.splitlines()
+  lines = run_script("benchmarks/container.py", "--smoke", timeout=300)
   header = next(line for line in lines if line.startswith("op "))
   for column in ("params", "tuple", "dict", "params/tuple", "params/dict", "target"):
     assert column in header.split()

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import run_script
 
 
 def test_benchmark_runner_prints_one_table() -> None:
-  result = subprocess.run(
-      [sys.executable, "benchmarks/run.py", "--smoke"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-  )
-  assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-  lines = result.stdout.splitlines()
+  lines = run_script("benchmarks/run.py", "--smoke")
   assert any(line.startswith("machine: ") and "jax " in line for line in lines)
   table = [line for line in lines if line.startswith("|")]
   assert table[0].split("|")[1].strip() == "benchmark"

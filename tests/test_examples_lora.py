@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.scripts import run_script
 
 
 def test_lora_example_runs_in_fast_mode() -> None:
-  result = subprocess.run(
-      [sys.executable, "examples/lora_finetune.py", "--fast"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-  )
-  assert result.returncode == 0, result.stdout + result.stderr
-  out = result.stdout
+  out = "\n".join(run_script("examples/lora_finetune.py", "--fast", timeout=300))
   assert "adapted model starts equal to the base: True" in out
   assert "base weights unchanged (bitwise): True" in out
   assert re.search(r"^lora step +0  loss \d", out, re.MULTILINE)

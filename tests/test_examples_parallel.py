@@ -7,13 +7,12 @@ waiting on each other's processes), and each test waits for its own.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import start_script
+
 EXAMPLES = ("data_parallel.py", "multihost_data_parallel.py")
 TIMEOUT_S = 300
 
@@ -21,11 +20,7 @@ TIMEOUT_S = 300
 @pytest.fixture(scope="module")
 def running() -> Iterator[dict[str, subprocess.Popen[str]]]:
   procs = {
-      name: subprocess.Popen(
-          [sys.executable, f"examples/{name}", "--fast"],
-          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      )
-      for name in EXAMPLES
+      name: start_script(f"examples/{name}", "--fast") for name in EXAMPLES
   }
   try:
     yield procs

@@ -20,20 +20,12 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import ROOT, run_script
 
 
 def run_example(name: str, *args: str) -> list[str]:
   """Runs `examples/<name>.py --fast`; returns its stdout lines, failing on a non-zero exit."""
-  result = subprocess.run(
-      [sys.executable, f"examples/{name}.py", "--fast", *args],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-  )
-  assert result.returncode == 0, (
-      f"examples/{name}.py exited with {result.returncode}\n"
-      f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-  )
-  return result.stdout.splitlines()
+  return run_script(f"examples/{name}.py", "--fast", *args)
 
 
 def test_digits_mlp_trains_and_round_trips_a_checkpoint() -> None:
@@ -109,7 +101,7 @@ def test_sharp_bits_script_prints_the_spec_numbers() -> None:
   assert "value set to 100: [11.0, 12.0, 13.0]  <- stale: still adds 10" in lines
   assert "adder(100): [101.0, 102.0, 103.0]" in lines
   assert "same params, same outputs: True" in lines
-  assert "kernel (4, 8) laid out as P(None, 'model') over" in text
+  assert "kernel (4, 8) laid out as P(None, 'model') over 8 device(s)" in text
   assert "ERROR" not in text
 
 

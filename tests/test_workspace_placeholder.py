@@ -1,1 +1,0 @@
-"""Workspace-wide tests."""
