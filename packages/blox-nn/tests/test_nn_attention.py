@@ -408,3 +408,41 @@ def test_nn_attention_constructor_validation() -> None:
     MultiHeadAttention(graph.child("b"), 1, rng, dropout_rate=1.0)
   with pytest.raises(ValueError, match="net/c.*out_features"):
     MultiHeadAttention(graph.child("c"), 1, rng, out_features=0)
+  with pytest.raises(ValueError, match="net/d.*num_heads must be a positive int, got True"):
+    MultiHeadAttention(graph.child("d"), True, rng)
+  with pytest.raises(ValueError, match="net/e.*qkv_features.*positive int, got 4.0"):
+    MultiHeadAttention(graph.child("e"), 2, rng, qkv_features=4.0)  # type: ignore[arg-type]  # the misuse under test
+
+
+def test_nn_attention_prefill_past_the_end_under_jit_keeps_the_tokens_that_fit() -> None:
+  # max_length=4: a prefill of 3, then 2 more under jit. Token 3 fits and
+  # must match the reference; only token 4 overflows. A clamped
+  # dynamic_update_slice would shift the block back over token 2.
+  mha, rng = _build()
+  x = _inputs(2, 5, FEATURES)
+  _, params = _init(mha, rng, x)
+  (reference, _), _ = mha.apply(params, x)
+  cache, _ = mha.initial_state(params, x[:, 0], max_length=4)
+  (_, cache), _ = mha.apply(params, x[:, :3], prev_state=cache)
+  stored = np.asarray(cache.key[:, :3])
+  (y, cache), _ = jax.jit(lambda p, xs, c: mha.apply(p, xs, prev_state=c))(
+      params, x[:, 3:], cache
+  )
+  np.testing.assert_allclose(y[:, 0], reference[:, 3], rtol=1e-5, atol=1e-5)
+  assert bool(jnp.all(jnp.isnan(y[:, 1])))
+  # The earlier entries are untouched and position counts every token.
+  np.testing.assert_array_equal(cache.key[:, :3], stored)
+  assert cache.position.tolist() == [5, 5]
+
+
+def test_nn_attention_traced_is_training_is_reported() -> None:
+  mha, rng = _build(dropout_rate=0.5)
+  x = _inputs(1, 3, FEATURES)
+  _, params = _init(mha, rng, x)
+  message = r"MultiHeadAttention 'net/mha': is_training must be a Python bool.*static"
+  with pytest.raises(TypeError, match=message):
+    jax.jit(lambda p, t: mha(p, x, is_training=t))(params, True)
+  with pytest.raises(TypeError, match=message):
+    jax.jit(lambda p, t: mha.apply(p, x, is_training=t))(params, True)
+  with pytest.raises(TypeError, match=message):
+    mha(params, x, is_training=1)  # type: ignore[call-overload]  # the misuse under test

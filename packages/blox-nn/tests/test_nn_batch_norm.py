@@ -186,3 +186,23 @@ def test_batch_norm_under_jit_grad_vmap(is_training: bool) -> None:
     )(params, jnp.stack([x, -x]))
     np.testing.assert_allclose(ys[0], y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ys[1], bn(params, -x, is_training=False)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_axis_name_outside_its_transform_names_the_module_and_axis() -> None:
+  bn = _make(axis_name="batch")
+  x = _data((4, 3))
+  # Evaluation reads the running averages: no axis needed.
+  _, params = bn(Params(), x, is_training=False)
+  message = r"BatchNorm \('bn\d+', 'bn'\): axis_name='batch' is not bound.*jax.vmap.*jax.shard_map"
+  with pytest.raises(NameError, match=message):
+    bn(params, x, is_training=True)
+  with pytest.raises(NameError, match=message):
+    jax.jit(lambda p, v: bn(p, v, is_training=True))(params, x)
+
+
+def test_traced_is_training_is_reported() -> None:
+  bn = _make()
+  x = _data((4, 3))
+  _, params = bn(Params(), x, is_training=False)
+  with pytest.raises(TypeError, match=r"BatchNorm \('bn\d+', 'bn'\): is_training must be a Python bool, got a traced value"):
+    jax.jit(lambda p, t: bn(p, x, is_training=t))(params, True)

@@ -250,6 +250,10 @@ def test_conv_errors_name_the_module() -> None:
     two_d(params, jnp.ones((5, 3)))
   with pytest.raises(ValueError, match=r"ConvTranspose.*conv_err.*padding"):
     ConvTranspose(graph.child("i"), kernel_size=(3,), output_channels=2, rng=rng, padding="CIRCULAR")
+  with pytest.raises(ValueError, match=r"conv_err', 'j'.*output_channels must be a positive int, got True"):
+    Conv(graph.child("j"), kernel_size=(3,), output_channels=True, rng=rng)
+  with pytest.raises(ValueError, match=r"conv_err', 'k'.*feature_group_count must be a positive int, got 1.0"):
+    Conv(graph.child("k"), kernel_size=(3,), output_channels=2, rng=rng, feature_group_count=1.0)  # type: ignore[arg-type]  # the misuse under test
 
 
 @pytest.mark.parametrize("kernel_size,shape", [((3,), (2, 5, 3)), ((4, 3), (2, 4, 5, 2)),

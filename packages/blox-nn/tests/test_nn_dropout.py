@@ -64,3 +64,36 @@ def test_under_jit_advances_the_counter() -> None:
   y2, params2 = run(params1, jnp.ones(32))
   assert int(rng.get_counter(params2)) == 4
   assert not np.array_equal(y1, y2)
+
+
+def test_integer_inputs_are_refused_naming_the_module() -> None:
+  _, dropout, params = _setup(0.5)
+  message = r"Dropout \('net', 'dropout'\): dropout needs floating-point inputs, got dtype int32"
+  with pytest.raises(TypeError, match=message):
+    dropout(params, jnp.ones(4, jnp.int32))
+  # Also in evaluation, so the mistake shows before training does.
+  with pytest.raises(TypeError, match=message):
+    dropout(params, jnp.ones(4, jnp.int32), is_training=False)
+
+
+def test_bfloat16_is_scaled_by_the_exact_factor() -> None:
+  # bfloat16(1 - 0.3) is 0.69921875: dividing by it would be off by 0.1%,
+  # enough to round many products to a neighbouring bfloat16.
+  rate = 0.3
+  _, dropout, params = _setup(rate)
+  x = jnp.linspace(1.0, 2.0, 256).astype(jnp.bfloat16)
+  y, _ = dropout(params, x)
+  key = jax.random.fold_in(jax.random.key(4), 2)
+  keep = np.asarray(jax.random.bernoulli(key, 1.0 - rate, x.shape))
+  exact = (np.asarray(x, np.float32) / np.float32(1.0 - rate)).astype(jnp.bfloat16)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(y)[keep], exact[keep])
+  assert bool(np.all(np.asarray(y, np.float32)[~keep] == 0.0))
+
+
+def test_traced_is_training_is_reported() -> None:
+  _, dropout, params = _setup(0.5)
+  with pytest.raises(TypeError, match=r"Dropout \('net', 'dropout'\): is_training must be a Python bool.*static_argnames"):
+    jax.jit(lambda p, t: dropout(p, jnp.ones(3), is_training=t))(params, True)
+  y, _ = jax.jit(dropout, static_argnames="is_training")(params, jnp.ones(3), is_training=False)
+  np.testing.assert_array_equal(y, jnp.ones(3))

@@ -85,6 +85,8 @@ def test_embed_errors() -> None:
     embed.attend(params, jnp.ones((2, 4)))
   with pytest.raises(ValueError, match=r"Embed \('bad', 'e'\): num_embeddings must be a positive int"):
     Embed(Graph("bad").child("e"), num_embeddings=0, embedding_size=2, rng=Rng(Graph("r").child("r")))
+  with pytest.raises(ValueError, match=r"Embed \('bad', 'f'\): embedding_size must be a positive int, got True"):
+    Embed(Graph("bad").child("f"), num_embeddings=3, embedding_size=True, rng=Rng(Graph("r").child("r")))
 
 
 @pytest.mark.parametrize("method", ["lookup", "attend"])

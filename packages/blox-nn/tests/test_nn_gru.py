@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,7 +116,8 @@ def test_sequence_shape_errors() -> None:
     gru.apply(params, _inputs(), is_reset=jnp.zeros((2, 6), bool))
 
 
-def test_hidden_size_must_be_positive() -> None:
+@pytest.mark.parametrize("size", [0, -1, True, 2.5])
+def test_hidden_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("model")
-  with pytest.raises(ValueError, match=r"GRU 'model/gru': hidden_size must be positive"):
-    GRU(graph.child("gru"), -1, Rng(graph.child("rng")))
+  with pytest.raises(ValueError, match=rf"GRU 'model/gru': hidden_size must be a positive int, got {size!r}"):
+    GRU(graph.child("gru"), size, Rng(graph.child("rng")))

@@ -83,10 +83,12 @@ def test_scalar_input_raises() -> None:
     linear(params, jnp.ones(()))
 
 
-def test_output_size_must_be_positive() -> None:
+@pytest.mark.parametrize("size", [0, -2, True, 2.5, "3"])
+def test_output_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("lin_bad")
-  with pytest.raises(ValueError, match="output_size must be positive"):
-    Linear(graph.child("linear"), 0, Rng(graph.child("rng")))
+  message = rf"Linear \('lin_bad', 'linear'\): output_size must be a positive int, got {size!r}"
+  with pytest.raises(ValueError, match=message):
+    Linear(graph.child("linear"), size, Rng(graph.child("rng")))
 
 
 def test_metadata_hooks_reach_the_params() -> None:

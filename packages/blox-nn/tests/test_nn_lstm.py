@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,10 +125,11 @@ def test_sequence_shape_errors() -> None:
     lstm.apply(params, _inputs(), is_reset=jnp.zeros((2, 4), bool))
 
 
-def test_hidden_size_must_be_positive() -> None:
+@pytest.mark.parametrize("size", [0, -1, True, 2.5])
+def test_hidden_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("model")
-  with pytest.raises(ValueError, match=r"LSTM 'model/lstm': hidden_size must be positive"):
-    LSTM(graph.child("lstm"), 0, Rng(graph.child("rng")))
+  with pytest.raises(ValueError, match=rf"LSTM 'model/lstm': hidden_size must be a positive int, got {size!r}"):
+    LSTM(graph.child("lstm"), size, Rng(graph.child("rng")))
 
 
 def test_repr() -> None:

@@ -163,3 +163,10 @@ def test_norms_under_jit_grad_vmap(make: Callable[[], Any]) -> None:
   ys, _ = jax.vmap(norm, in_axes=(None, 0), out_axes=(0, None))(params, xs)
   np.testing.assert_allclose(ys[0], y, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ys[1], norm(params, 3 * x + 1)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
+def test_axis_name_outside_its_transform_names_the_module_and_axis(cls: type[Any]) -> None:
+  norm = _make(cls, axis_name="features")
+  with pytest.raises(NameError, match=rf"{cls.__name__} \('norm\d+', 'norm'\): axis_name='features' is not bound.*vmap"):
+    norm(Params(), jnp.ones((2, 3)))

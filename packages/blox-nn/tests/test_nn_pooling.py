@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -129,3 +130,47 @@ def test_pool_under_jit_grad_vmap(pool: Callable[..., jax.Array]) -> None:
   ys = jax.vmap(apply)(jnp.stack([x, -x]))
   np.testing.assert_allclose(ys[0], y, rtol=1e-6)
   np.testing.assert_allclose(ys[1], apply(-x), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [max_pool, min_pool, avg_pool, functools.partial(avg_pool, count_include_pad=False)],
+    ids=["max", "min", "avg", "avg_exclude_pad"],
+)
+def test_pool_jit_of_grad(pool: Callable[..., jax.Array]) -> None:
+  # Under jit the init value must stay a constant, or reduce_window loses its
+  # derivative ("Linearization failed").
+  x = _random((1, 4, 4, 2))
+
+  def loss(inputs: jax.Array) -> jax.Array:
+    return jnp.sum(pool(inputs, (2, 2), strides=1, padding="SAME") ** 2)
+
+  np.testing.assert_allclose(jax.jit(jax.grad(loss))(x), jax.grad(loss)(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape,window,strides,padding", [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES]
+)
+def test_avg_pool_without_padding_counts_matches_a_pooled_count(
+    shape: tuple[int, ...], window: tuple[int, ...], strides: Any, padding: Any
+) -> None:
+  x = _random(shape)
+  n = len(window)
+  lead = len(shape) - n - 1
+  steps = window if strides is None else (strides,) * n if isinstance(strides, int) else strides
+  pads = [(0, 0)] * lead + list(_reference_pads(shape, window, steps, padding)) + [(0, 0)]
+  dims, step_dims = _full(window, lead, 1), _full(steps, lead, 1)
+  sums = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, step_dims, pads)
+  counts = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, dims, step_dims, pads)
+  y = avg_pool(x, window, strides, padding, count_include_pad=False)
+  np.testing.assert_allclose(y, sums / counts, rtol=1e-6, atol=1e-6)
+
+
+def test_avg_pool_negative_padding_and_bfloat16() -> None:
+  x = jnp.arange(12.0).reshape(1, 6, 2)
+  # Cropping one position on the left: windows (1, 2), (3, 4) and a partial (5, pad).
+  y = avg_pool(x, (2,), 2, [(-1, 1)], count_include_pad=False)
+  np.testing.assert_allclose(y[0, :, 0], [3.0, 7.0, 10.0], rtol=1e-6)
+  half = avg_pool(x.astype(jnp.bfloat16), (2,), 2, [(-1, 1)], count_include_pad=False)
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(half, np.float32), y, rtol=1e-2)

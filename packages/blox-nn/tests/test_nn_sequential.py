@@ -135,3 +135,25 @@ def test_sequential_under_jit_grad_vmap() -> None:
   )(params, jnp.stack([x, -x]))
   np.testing.assert_allclose(ys[0], y, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ys[1], model(params, -x, is_training=False)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_nested_sequential_gets_only_the_keywords_it_accepts() -> None:
+  graph, rng, params = _graph()
+  linear = Linear(graph.child("linear"), 2, rng)
+  inner = Sequential(graph.child("inner"), [linear])
+  assert inner.accepted_keywords == frozenset({"precision"})  # Linear's keyword
+  outer = Sequential(graph.child("outer"), [Dropout(graph.child("drop"), 0.5, rng), inner])
+  assert outer.accepted_keywords == frozenset({"is_training", "precision"})
+  x = jnp.arange(3.0)
+  y, params = outer(params, x, is_training=False)
+  np.testing.assert_allclose(y, linear(params, x)[0], rtol=1e-6)
+  y_train, _ = outer(params, x, is_training=True)
+  assert y_train.shape == (2,)
+  # Two levels down, and a misspelt keyword is still refused by the outermost.
+  top = Sequential(graph.child("top"), [outer, jnp.tanh])
+  y_top, _ = top(params, x, is_training=False)
+  np.testing.assert_allclose(y_top, jnp.tanh(y), rtol=1e-6)
+  with pytest.raises(TypeError, match=r"'top'\): no layer accepts.*'is_trainig'"):
+    top(params, x, is_trainig=False)
+  # A layer taking **kwargs makes the container accept any keyword.
+  assert Sequential(graph.child("any"), [_Record(graph.child("rec"))]).accepted_keywords is None

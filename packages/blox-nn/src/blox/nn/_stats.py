@@ -18,7 +18,21 @@ __all__ = ["check_epsilon", "compute_dtypes", "pmean"]
 
 # jax.lax.pmean has no annotations; calling it through this typed name keeps
 # mypy's strict untyped-call check on everywhere else.
-pmean: Callable[[jax.Array, Hashable], jax.Array] = jax.lax.pmean
+_pmean: Callable[[jax.Array, Hashable], jax.Array] = jax.lax.pmean
+
+
+def pmean(x: jax.Array, axis_name: Hashable, where: str) -> jax.Array:
+  """`jax.lax.pmean(x, axis_name)`, with an error naming the layer when the
+  axis is not bound (the layer was called outside `vmap`/`shard_map`)."""
+  try:
+    return _pmean(x, axis_name)
+  except NameError as error:
+    raise NameError(
+        f"{where}: axis_name={axis_name!r} is not bound here ({error}). A layer"
+        " with an axis_name averages its statistics across that named axis, so"
+        " call it inside jax.vmap(..., axis_name=...) or jax.shard_map over a"
+        f" mesh with the axis {axis_name!r}; or make it with axis_name=None."
+    ) from error
 
 
 def compute_dtypes(dtype: Any) -> tuple[Any, Any]:

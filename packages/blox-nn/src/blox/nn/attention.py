@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module, SequenceBase
+from blox.nn._checks import check_is_training, check_positive_int
+from blox.nn.dropout import _drop
 from blox.nn.initializers import Initializer, lecun_normal, zeros
 from blox.params import KeySource, Params
 
@@ -158,7 +160,8 @@ class MultiHeadAttention(SequenceBase):
   `prev_state` is given). Decoding token by token gives the same outputs as
   `apply` on the whole sequence. Writing past `max_length` is an error when
   the position is known outside of `jax.jit`; under jit, where it is not
-  known while tracing, the outputs of tokens past the end are NaN.
+  known while tracing, tokens past the end are not written and their
+  outputs are NaN (the tokens that fit are written and attended as usual).
 
   Args:
     graph: the node this layer binds to; it gets the children 'query', 'key',
@@ -193,20 +196,13 @@ class MultiHeadAttention(SequenceBase):
       precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(graph)
-    where = self._where()
-    if not isinstance(num_heads, int) or num_heads < 1:
-      raise ValueError(
-          f"MultiHeadAttention {where}: num_heads must be a positive int, got {num_heads!r}."
-      )
+    where = f"MultiHeadAttention {self._where()}"
+    check_positive_int(num_heads, "num_heads", where)
     for name, size in (("qkv_features", qkv_features), ("out_features", out_features)):
-      if size is not None and (not isinstance(size, int) or size < 1):
-        raise ValueError(
-            f"MultiHeadAttention {where}: {name} must be a positive int or None, got {size!r}."
-        )
+      if size is not None:
+        check_positive_int(size, f"{name} (or None)", where)
     if not 0.0 <= dropout_rate < 1.0:
-      raise ValueError(
-          f"MultiHeadAttention {where}: dropout_rate must be in [0, 1), got {dropout_rate}."
-      )
+      raise ValueError(f"{where}: dropout_rate must be in [0, 1), got {dropout_rate}.")
     self.num_heads = num_heads
     self.rng = rng
     self.qkv_features = qkv_features
@@ -288,9 +284,9 @@ class MultiHeadAttention(SequenceBase):
     weights = jax.nn.softmax(logits, axis=-1)
     if is_training and self.dropout_rate > 0.0:
       dropout_key, params = self.rng(params)
-      keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout_rate, weights.shape)
-      kept = weights / jnp.asarray(1.0 - self.dropout_rate, weights.dtype)
-      weights = jnp.where(keep, kept, jnp.zeros_like(weights))
+      weights = _drop(
+          dropout_key, weights, self.dropout_rate, f"MultiHeadAttention {self._where()}"
+      )
     outputs = jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=self.precision)
     return outputs, params
 
@@ -357,7 +353,9 @@ class MultiHeadAttention(SequenceBase):
 
     A `KVCache` passed in the place of `key`, as in the `SequenceBase` call
     `module(params, inputs, prev_state)`, is taken as `prev_state`.
+    `is_training` must be a Python bool (static under `jax.jit`).
     """
+    check_is_training(is_training, f"MultiHeadAttention {self._where()}")
     if isinstance(key, KVCache):
       if prev_state is not None:
         raise ValueError(
@@ -423,11 +421,7 @@ class MultiHeadAttention(SequenceBase):
       max_length: the number of positions of the cache.
       dtype: the cache dtype; defaults to the dtype of `inputs`.
     """
-    if not isinstance(max_length, int) or max_length < 1:
-      raise ValueError(
-          f"MultiHeadAttention {self._where()}: max_length must be a positive int,"
-          f" got {max_length!r}."
-      )
+    check_positive_int(max_length, "max_length", f"MultiHeadAttention {self._where()}")
     if jnp.ndim(inputs) < 1:
       raise ValueError(
           f"MultiHeadAttention {self._where()}: initial_state needs one step of"
@@ -480,6 +474,7 @@ class MultiHeadAttention(SequenceBase):
     Returns:
       `((outputs [*batch, length, out_features], final_state), params)`.
     """
+    check_is_training(is_training, f"MultiHeadAttention {self._where()}")
     if jnp.ndim(inputs) < 2:
       raise ValueError(
           f"MultiHeadAttention {self._where()}: apply needs inputs of shape"
@@ -514,7 +509,7 @@ class MultiHeadAttention(SequenceBase):
     position = jnp.asarray(cache.position, jnp.int32)
     if not isinstance(position, jax.core.Tracer):
       # Outside of jit the position is known: refuse to write past the end,
-      # where dynamic_update_slice would silently clamp the start.
+      # which under jit only shows as NaN outputs.
       last = int(jnp.max(position, initial=0)) + length
       if last > max_length:
         raise ValueError(
@@ -535,9 +530,10 @@ class MultiHeadAttention(SequenceBase):
     masks: list[Any] = [visible] if mask is None else [visible, mask]
     attended, params = self._attend(params, q, keys, values, masks, is_training)
     outputs, params = self.out_proj(params, attended, out_features)
-    # Under jit the position is not known when tracing, and a write past the
-    # end would silently land on the last slots: make such outputs NaN, so the
-    # mistake shows instead of passing for a result.
+    # Under jit the position is not known when tracing. _write drops the
+    # tokens past the end (the ones that fit are stored where they belong);
+    # make the outputs of the dropped ones NaN, so the mistake shows instead
+    # of passing for a result.
     overflow = q_positions >= max_length
     outputs = jnp.where(overflow[..., None], jnp.nan, outputs)
     return (outputs, KVCache(keys, values, position + length)), params
@@ -569,14 +565,17 @@ class MultiHeadAttention(SequenceBase):
 
 def _write(cache: jax.Array, update: jax.Array, position: jax.Array) -> jax.Array:
   """Writes `update [*batch, length, ...]` into `cache [*batch, max_length, ...]`
-  from `position[b]` on, for every batch element `b`."""
+  from `position[b]` on, for every batch element `b`.
+
+  A scatter, not `dynamic_update_slice`: the latter clamps its start so that
+  the whole block fits, which would shift a block that runs past the end
+  backwards over earlier tokens. Here the slots past `max_length` are
+  dropped and the tokens that fit land at their own positions.
+  """
   tail = cache.shape[-3:]
   flat_cache = jnp.reshape(cache, (-1, *tail))
   flat_update = jnp.reshape(update.astype(cache.dtype), (-1, *update.shape[-3:]))
-  zero = jnp.zeros((), jnp.int32)
-
-  def one(row: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_update_slice(row, new, (start, zero, zero))
-
-  written: jax.Array = jax.vmap(one)(flat_cache, flat_update, jnp.reshape(position, (-1,)))
+  rows = jnp.arange(flat_cache.shape[0])[:, None]
+  cols = jnp.reshape(position, (-1, 1)) + jnp.arange(flat_update.shape[1], dtype=position.dtype)
+  written = flat_cache.at[rows, cols].set(flat_update, mode="drop")
   return jnp.reshape(written, cache.shape)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
+from blox.nn._checks import check_is_training
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import Initializer, ones, zeros
 from blox.params import Params
@@ -60,7 +61,10 @@ class BatchNorm(Module):
   squared deviations from that global mean), so every device or `vmap` lane
   normalises with, and records, the statistics of the whole global batch.
   This assumes equal per-shard batch sizes. Under `jax.vmap(...,
-  axis_name='batch')` each lane may then see a single example.
+  axis_name='batch')` each lane may then see a single example. Training with
+  an `axis_name` must run inside `jax.vmap` or `jax.shard_map` with that axis
+  name bound; elsewhere it raises a `NameError` naming this layer
+  (evaluation reads the running averages and needs no axis).
 
   Args:
     graph: the node this layer binds to.
@@ -110,12 +114,12 @@ class BatchNorm(Module):
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes)
     if self.axis_name is not None:
-      mean = pmean(mean, self.axis_name)
+      mean = pmean(mean, self.axis_name, f"BatchNorm {self.graph.path!r}")
     # The second pass uses the global mean, so averaging the local mean
     # squared deviations gives the global variance exactly.
     var = jnp.mean(jnp.square(x - mean), axis=axes)
     if self.axis_name is not None:
-      var = pmean(var, self.axis_name)
+      var = pmean(var, self.axis_name, f"BatchNorm {self.graph.path!r}")
     return mean, var
 
   def __call__(
@@ -130,11 +134,7 @@ class BatchNorm(Module):
           f"BatchNorm {self.graph.path!r} normalises each feature of the last axis;"
           " it needs inputs with at least one axis, got a scalar."
       )
-    if not isinstance(is_training, bool):
-      raise TypeError(
-          f"BatchNorm {self.graph.path!r}: is_training must be a Python bool, got"
-          f" {type(is_training).__name__}; mark it static under jax.jit."
-      )
+    check_is_training(is_training, f"BatchNorm {self.graph.path!r}")
     compute, output = compute_dtypes(jnp.result_type(inputs))
     x = jnp.asarray(inputs, compute)
     features = (x.shape[-1],)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
+from blox.nn._checks import check_positive_int
 from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
 from blox.nn.initializers import Initializer, lecun_normal, zeros
 from blox.params import KeySource, Params
@@ -75,16 +76,8 @@ class _ConvBase(Module):
     self.kernel_size = as_size_tuple(kernel_size, "kernel_size", where)
     n = len(self.kernel_size)
     self.num_spatial_dims = n
-    if isinstance(output_channels, bool) or not isinstance(output_channels, int) or output_channels < 1:
-      raise ValueError(f"{where}: output_channels must be a positive int, got {output_channels!r}.")
-    if (
-        isinstance(feature_group_count, bool)
-        or not isinstance(feature_group_count, int)
-        or feature_group_count < 1
-    ):
-      raise ValueError(
-          f"{where}: feature_group_count must be a positive int, got {feature_group_count!r}."
-      )
+    check_positive_int(output_channels, "output_channels", where)
+    check_positive_int(feature_group_count, "feature_group_count", where)
     if output_channels % feature_group_count:
       raise ValueError(
           f"{where}: output_channels ({output_channels}) must be divisible by"

@@ -19,16 +19,46 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
+from blox.nn._checks import check_is_training
 from blox.params import KeySource, Params
 
 __all__ = ["Dropout"]
+
+
+def _check_inexact(inputs: jax.Array, where: str) -> jnp.dtype:
+  """The dtype of `inputs`; raises TypeError unless it is floating or complex."""
+  dtype = jnp.result_type(inputs)
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    # 1 / (1 - rate) has no integer value: scaling ints would truncate it to 0.
+    raise TypeError(
+        f"{where}: dropout needs floating-point inputs, got dtype {dtype};"
+        " cast them first, e.g. inputs.astype(jnp.float32)."
+    )
+  return dtype
+
+
+def _drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Array:
+  """`inputs` with each element kept with probability `1 - rate`, else zeroed.
+
+  Kept elements are scaled by `1 / (1 - rate)`. The product is taken in at
+  least float32 and rounded to the input dtype once, so a bfloat16 input is
+  not scaled by a bfloat16-rounded factor. Shared by `Dropout` and the
+  attention-weight dropout of `MultiHeadAttention`.
+  """
+  dtype = _check_inexact(inputs, where)
+  keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(inputs))
+  compute = jnp.promote_types(dtype, jnp.float32)
+  # A Python float is weakly typed: it takes the compute dtype, not float64.
+  kept = (jnp.asarray(inputs, compute) * (1.0 / (1.0 - rate))).astype(dtype)
+  return jnp.where(keep, kept, jnp.zeros_like(kept))
 
 
 class Dropout(Module):
   """Keeps each element with probability `1 - rate`, scaled by `1 / (1 - rate)`.
 
   Draws one key from `rng` per training call with `rate > 0`; otherwise it
-  returns its inputs and params unchanged.
+  returns its inputs and params unchanged. Inputs must be floating point
+  (or complex); `is_training` must be a Python bool (static under jit).
   """
 
   def __init__(self, graph: Graph, rate: float, rng: KeySource) -> None:
@@ -43,9 +73,11 @@ class Dropout(Module):
   def __call__(
       self, params: Params, inputs: jax.Array, is_training: bool = True
   ) -> tuple[jax.Array, Params]:
+    where = f"Dropout {self.graph.path!r}"
+    check_is_training(is_training, where)
+    # Checked in evaluation too, so that the mistake shows before training.
+    _check_inexact(inputs, where)
     if not is_training or self.rate == 0.0:
       return inputs, params
     key, params = self.rng(params)
-    keep = jax.random.bernoulli(key, 1.0 - self.rate, jnp.shape(inputs))
-    kept = inputs / jnp.asarray(1.0 - self.rate, jnp.result_type(inputs))
-    return jnp.where(keep, kept, jnp.zeros_like(inputs)), params
+    return _drop(key, inputs, self.rate, where), params

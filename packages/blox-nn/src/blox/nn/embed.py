@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
+from blox.nn._checks import check_positive_int
 from blox.nn.initializers import Initializer, variance_scaling
 from blox.params import KeySource, Params
 
@@ -67,9 +68,8 @@ class Embed(Module):
       embedding_metadata: Mapping[str, Any] | None = None,
   ) -> None:
     super().__init__(graph)
-    for name, value in (("num_embeddings", num_embeddings), ("embedding_size", embedding_size)):
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Embed {graph.path!r}: {name} must be a positive int, got {value!r}.")
+    check_positive_int(num_embeddings, "num_embeddings", f"Embed {graph.path!r}")
+    check_positive_int(embedding_size, "embedding_size", f"Embed {graph.path!r}")
     self.num_embeddings = num_embeddings
     self.embedding_size = embedding_size
     self.rng = rng

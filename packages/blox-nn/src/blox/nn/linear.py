@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
+from blox.nn._checks import check_positive_int
 from blox.nn.initializers import Initializer, lecun_normal, zeros
 from blox.params import KeySource, Params
 
@@ -53,8 +54,7 @@ class Linear(Module):
       bias_metadata: Mapping[str, Any] | None = None,
   ) -> None:
     super().__init__(graph)
-    if output_size < 1:
-      raise ValueError(f"Linear {graph.path!r}: output_size must be positive, got {output_size}.")
+    check_positive_int(output_size, "output_size", f"Linear {graph.path!r}")
     self.output_size = output_size
     self.rng = rng
     self.use_bias = use_bias

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, RecurrenceBase
+from blox.nn._checks import check_positive_int
 from blox.nn.linear import Linear
 from blox.params import KeySource, Params
 
@@ -59,10 +60,7 @@ class LSTM(RecurrenceBase):
       self, graph: Graph, hidden_size: int, rng: KeySource, is_static: bool = False
   ) -> None:
     super().__init__(graph, is_static=is_static)
-    if hidden_size < 1:
-      raise ValueError(
-          f"LSTM {'/'.join(graph.path)!r}: hidden_size must be positive, got {hidden_size}."
-      )
+    check_positive_int(hidden_size, "hidden_size", f"LSTM {'/'.join(graph.path)!r}")
     self.hidden_size = hidden_size
     self.rng = rng
     self.gates = Linear(graph.child("gates"), 4 * hidden_size, rng)

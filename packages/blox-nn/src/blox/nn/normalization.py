@@ -11,7 +11,8 @@ statistic is averaged across it with `jax.lax.pmean`, so every shard
 normalises with the statistics of the whole feature axis. This assumes every
 shard holds the same number of features, which even sharding guarantees.
 Every call, the first (creating) one included, must then run where that axis
-name is bound.
+name is bound (inside `jax.vmap` or `jax.shard_map`); elsewhere it raises a
+`NameError` naming the layer and the axis.
 
 Example:
   >>> import jax.numpy as jnp
@@ -39,10 +40,10 @@ from blox.params import Params
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
-def _feature_mean(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
+def _feature_mean(x: jax.Array, axis_name: Hashable | None, where: str) -> jax.Array:
   """The mean over the last axis, across all shards of it when `axis_name` is set."""
   mean = jnp.mean(x, axis=-1, keepdims=True)
-  return mean if axis_name is None else pmean(mean, axis_name)
+  return mean if axis_name is None else pmean(mean, axis_name, where)
 
 
 class _FeatureNorm(Module):
@@ -124,12 +125,12 @@ class LayerNorm(_FeatureNorm):
     self._check(inputs)
     compute, output = compute_dtypes(jnp.result_type(inputs))
     x = jnp.asarray(inputs, compute)
-    mean = _feature_mean(x, self.axis_name)
+    mean = _feature_mean(x, self.axis_name, self._where())
     centered = x - mean
     # Variance from the centred values (a second pass), which stays accurate
     # when the mean is large compared with the spread; with axis_name it is
     # still exact, because the mean above is already the global one.
-    var = _feature_mean(jnp.square(centered), self.axis_name)
+    var = _feature_mean(jnp.square(centered), self.axis_name, self._where())
     y = centered * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self._learned(
@@ -183,7 +184,7 @@ class RMSNorm(_FeatureNorm):
     self._check(inputs)
     compute, output = compute_dtypes(jnp.result_type(inputs))
     x = jnp.asarray(inputs, compute)
-    mean_square = _feature_mean(jnp.square(x), self.axis_name)
+    mean_square = _feature_mean(jnp.square(x), self.axis_name, self._where())
     y = x * jax.lax.rsqrt(mean_square + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self._learned(

@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +28,27 @@ from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
 __all__ = ["avg_pool", "max_pool", "min_pool"]
 
 
-def _pool(
+class _Windows(NamedTuple):
+  """Checked pooling arguments, one entry per spatial axis."""
+
+  window: tuple[int, ...]
+  strides: tuple[int, ...]
+  pads: tuple[tuple[int, int], ...]
+  spatial: tuple[int, ...]  # the input sizes
+
+
+def _windows(
     name: str,
-    inputs: jax.Array,
-    init_value: Any,
-    reducer: Callable[[Any, Any], Any],
+    shape: tuple[int, ...],
     window_shape: Sequence[int],
     strides: int | Sequence[int] | None,
     padding: Padding,
-) -> jax.Array:
-  """`jax.lax.reduce_window` over the spatial axes, with checked arguments."""
+) -> _Windows:
+  """Checks the arguments against an input `shape` and resolves the padding."""
   window = as_size_tuple(window_shape, "window_shape", name)
   n = len(window)
   steps = window if strides is None else as_tuple(strides, n, "strides", name)
   mode = normalize_padding(padding, n, name, allowed=("SAME", "VALID"))
-  shape = tuple(jnp.shape(inputs))
   if len(shape) < n + 1:
     raise ValueError(
         f"{name}: a window_shape of length {n} needs inputs shaped (*batch,"
@@ -50,29 +57,52 @@ def _pool(
   spatial = shape[len(shape) - n - 1 : -1]
   pads = (
       jax.lax.padtype_to_pads(spatial, window, steps, mode)
-      if isinstance(mode, str) else list(mode)
+      if isinstance(mode, str) else mode
   )
+  return _Windows(window, steps, tuple((int(lo), int(hi)) for lo, hi in pads), spatial)
+
+
+def _pool(
+    inputs: jax.Array,
+    init_value: np.ndarray,
+    reducer: Callable[[Any, Any], Any],
+    windows: _Windows,
+) -> jax.Array:
+  """`jax.lax.reduce_window` over the spatial axes."""
   # Batch and channel axes get a window of 1, stride 1 and no padding.
-  lead = len(shape) - n - 1
+  lead = jnp.ndim(inputs) - len(windows.window) - 1
   pooled: jax.Array = jax.lax.reduce_window(
       inputs, init_value, reducer,
-      (1,) * lead + window + (1,),
-      (1,) * lead + steps + (1,),
-      [(0, 0)] * lead + list(pads) + [(0, 0)],
+      (1,) * lead + windows.window + (1,),
+      (1,) * lead + windows.strides + (1,),
+      [(0, 0)] * lead + list(windows.pads) + [(0, 0)],
   )
   return pooled
 
 
-def _extreme(dtype: Any, low: bool) -> Any:
+# Init values are NumPy scalars, never jnp arrays: under jax.jit a jnp array
+# is a tracer, and reduce_window can then no longer tell that (max, -inf) is
+# a monoid; its generic form has no derivative, so jit(grad(...)) would fail.
+
+
+def _extreme(dtype: Any, low: bool) -> np.ndarray:
   """The value that never wins a max (`low`) or a min: -inf/+inf, or the int limits."""
   if jnp.issubdtype(dtype, jnp.floating):
-    return jnp.array(-jnp.inf if low else jnp.inf, dtype)
+    return np.array(-np.inf if low else np.inf, dtype)
   if jnp.issubdtype(dtype, jnp.integer):
     info = np.iinfo(np.dtype(dtype))
-    return jnp.array(info.min if low else info.max, dtype)
+    return np.array(info.min if low else info.max, dtype)
   if jnp.issubdtype(dtype, jnp.bool_):
-    return jnp.array(not low, dtype)
+    return np.array(not low, dtype)
   raise TypeError(f"Cannot pool inputs of dtype {dtype}.")
+
+
+def _window_counts(size: int, window: int, stride: int, pad: tuple[int, int]) -> np.ndarray:
+  """How many of the `size` real positions of one axis each window covers."""
+  low, high = pad
+  outputs = max(0, (size + low + high - window) // stride + 1)
+  starts = np.arange(outputs) * stride - low
+  return np.clip(starts + window, 0, size) - np.clip(starts, 0, size)
 
 
 def max_pool(
@@ -93,9 +123,8 @@ def max_pool(
       `ceil(input / stride)`), or one `(low, high)` pair per spatial axis.
       Padded positions never win.
   """
-  dtype = jnp.result_type(inputs)
-  return _pool("max_pool", inputs, _extreme(dtype, low=True), jax.lax.max,
-               window_shape, strides, padding)
+  windows = _windows("max_pool", jnp.shape(inputs), window_shape, strides, padding)
+  return _pool(inputs, _extreme(jnp.result_type(inputs), low=True), jax.lax.max, windows)
 
 
 def min_pool(
@@ -105,9 +134,8 @@ def min_pool(
     padding: Padding = "VALID",
 ) -> jax.Array:
   """The minimum of each window; arguments as for `max_pool`."""
-  dtype = jnp.result_type(inputs)
-  return _pool("min_pool", inputs, _extreme(dtype, low=False), jax.lax.min,
-               window_shape, strides, padding)
+  windows = _windows("min_pool", jnp.shape(inputs), window_shape, strides, padding)
+  return _pool(inputs, _extreme(jnp.result_type(inputs), low=False), jax.lax.min, windows)
 
 
 def avg_pool(
@@ -125,20 +153,18 @@ def avg_pool(
   number of real input positions in its window instead. The two agree for
   `'VALID'`. Integer inputs give float32 outputs.
   """
+  windows = _windows("avg_pool", jnp.shape(inputs), window_shape, strides, padding)
   dtype = jnp.result_type(inputs)
   if not jnp.issubdtype(dtype, jnp.inexact):
     dtype = jnp.promote_types(dtype, jnp.float32)
-  x = jnp.asarray(inputs, dtype)
-  zero = jnp.array(0, dtype)
-  sums = _pool("avg_pool", x, zero, jax.lax.add, window_shape, strides, padding)
+  sums = _pool(jnp.asarray(inputs, dtype), np.array(0, dtype), jax.lax.add, windows)
   if count_include_pad:
-    size = 1
-    for s in as_size_tuple(window_shape, "window_shape", "avg_pool"):
-      size *= s
-    return sums / jnp.array(size, dtype)
-  # Pool a ones array shaped like one example to count the real positions
-  # per window; it broadcasts over the batch axes.
-  n = len(tuple(window_shape))
-  counts = _pool("avg_pool", jnp.ones(x.shape[x.ndim - n - 1 : -1] + (1,), dtype), zero,
-                 jax.lax.add, window_shape, strides, padding)
-  return sums / counts
+    return sums / np.array(math.prod(windows.window), dtype)
+  # The number of real positions per window is known from the shapes alone:
+  # per axis it is the window clipped to the input, and over several axes the
+  # product. Computed here in NumPy, it is a constant of the traced program.
+  counts = np.ones((), np.int64)
+  for size, window, stride, pad in zip(windows.spatial, windows.window, windows.strides, windows.pads):
+    counts = np.multiply.outer(counts, _window_counts(size, window, stride, pad))
+  # A trailing channel axis of 1, and it broadcasts over the batch axes.
+  return sums / counts[..., None].astype(dtype)

@@ -32,6 +32,9 @@ __all__ = ["Sequential"]
 
 def _keywords(module: Module) -> frozenset[str] | None:
   """The keyword arguments `module.__call__` accepts; None means "any" (**kwargs)."""
+  if isinstance(module, Sequential):
+    # Its own signature says **kwargs, but it refuses what none of its layers takes.
+    return module.accepted_keywords
   try:
     signature = inspect.signature(module)
   except (TypeError, ValueError):
@@ -58,8 +61,9 @@ class Sequential(Module):
 
   Keyword arguments given to the call (such as `is_training=False`) go to
   every module whose `__call__` has a parameter of that name, or takes
-  `**kwargs`; other modules and plain functions never see them. Signatures
-  are read once, at construction. A keyword that no layer accepts raises
+  `**kwargs`; other modules and plain functions never see them. A nested
+  `Sequential` gets the ones in its `accepted_keywords`. Signatures are read
+  once, at construction. A keyword that no layer accepts raises
   `TypeError`, so that a misspelt `is_trainig=False` does not pass unnoticed.
 
   The layers are modules bound to graph nodes of their own (anywhere in the
@@ -90,6 +94,16 @@ class Sequential(Module):
     self._accepts: tuple[frozenset[str] | None, ...] = tuple(
         _keywords(layer) if isinstance(layer, Module) else frozenset() for layer in self.layers
     )
+
+  @property
+  def accepted_keywords(self) -> frozenset[str] | None:
+    """The keywords some layer accepts, or None when a layer takes `**kwargs`.
+
+    A `Sequential` nested in another one is given only these.
+    """
+    if any(a is None for a in self._accepts):
+      return None
+    return frozenset().union(*(a for a in self._accepts if a is not None))
 
   def __len__(self) -> int:
     return len(self.layers)

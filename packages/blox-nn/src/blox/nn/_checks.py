@@ -1,0 +1,48 @@
+"""Argument checks shared by the layers of `blox.nn`.
+
+Each check takes `where`, the layer's kind and path (such as
+`"Linear ('net', 'out')"`), so that the error names the module at fault.
+
+Example:
+  >>> check_positive_int(3, "output_size", "Linear 'net/out'")
+  >>> check_positive_int(2.5, "hidden_size", "GRU 'net/gru'")
+  Traceback (most recent call last):
+  ...
+  ValueError: GRU 'net/gru': hidden_size must be a positive int, got 2.5.
+"""
+
+from __future__ import annotations
+
+import jax
+
+__all__ = ["check_is_training", "check_positive_int"]
+
+
+def check_positive_int(value: object, name: str, where: str) -> None:
+  """Raises ValueError unless `value` is an int >= 1 (bools are refused).
+
+  `True` is an int to Python, but `Linear(graph, True, rng)` is surely a
+  mistake, not a request for size 1; a float such as `2.5` would only fail
+  later, deep inside an initializer.
+  """
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{where}: {name} must be a positive int, got {value!r}.")
+
+
+def check_is_training(value: object, where: str) -> None:
+  """Raises TypeError unless `value` is a Python bool.
+
+  `is_training` chooses which computation is traced, so it must be known
+  while tracing; a traced value (a jit argument) would otherwise fail with a
+  bare `TracerBoolConversionError` that names no module.
+  """
+  if isinstance(value, bool):
+    return
+  if isinstance(value, jax.core.Tracer):
+    got = "a traced value (it was passed as a jax.jit argument)"
+  else:
+    got = type(value).__name__
+  raise TypeError(
+      f"{where}: is_training must be a Python bool, got {got}; mark it static"
+      " under jax.jit, e.g. jax.jit(f, static_argnames='is_training')."
+  )
