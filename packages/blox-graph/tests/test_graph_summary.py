@@ -77,14 +77,15 @@ def test_totals_split_trainable_and_non_trainable() -> None:
 
 
 def test_module_lines_carry_subtotals_in_creation_order() -> None:
+  # Paths unique to this test: the order is the process-wide creation order.
   params = Params({
-      ("a", "kernel"): Param(jnp.zeros((2, 3))),
-      ("b", "kernel"): Param(jnp.zeros((3, 3))),
-      ("a", "bias"): Param(jnp.zeros(3)),
+      ("sum_a", "kernel"): Param(jnp.zeros((2, 3))),
+      ("sum_b", "kernel"): Param(jnp.zeros((3, 3))),
+      ("sum_a", "bias"): Param(jnp.zeros(3)),
   })
   lines = summary(params).splitlines()
-  a = next(i for i, line in enumerate(lines) if line.split()[0] == "a")
-  b = next(i for i, line in enumerate(lines) if line.split()[0] == "b")
+  a = next(i for i, line in enumerate(lines) if line.split()[0] == "sum_a")
+  b = next(i for i, line in enumerate(lines) if line.split()[0] == "sum_b")
   assert a < b
   assert lines[a].split()[1:] == ["9", "36"]
   # Both params of module `a` are listed under it, although created apart.
