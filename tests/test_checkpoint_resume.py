@@ -111,3 +111,25 @@ def test_resumed_training_continues_bit_for_bit(tmp_path: pathlib.Path) -> None:
   assert int(model.rng.get_counter(resumed)) > int(model.rng.get_counter(initial))
   kernel = ("resume", "hidden", "kernel")
   assert not np.array_equal(np.asarray(resumed[kernel].value), np.asarray(initial[kernel].value))
+
+
+def test_fine_tuning_keeps_the_frozen_backbone_of_the_code(tmp_path: pathlib.Path) -> None:
+  # A pretrained checkpoint, saved with every weight trainable.
+  model = _Model()
+  pretrained = model.init()
+  assert all(param.trainable for path, param in pretrained.items() if path[1] != "rng")
+  bx.save(tmp_path / "pretrained.npz", pretrained)
+  # The fine-tuning code freezes the hidden layer and changes its metadata.
+  hidden = [path for path in pretrained if path[1] == "hidden"]
+  assert hidden
+  frozen = pretrained
+  for path in hidden:
+    frozen = frozen.set(path, trainable=False, metadata={"note": "frozen"})
+  template = jax.eval_shape(lambda: frozen)
+  loaded = bx.load(tmp_path / "pretrained.npz", like=template)
+  assert _structure(loaded) == _structure(frozen)
+  trainable, rest = loaded.split()
+  assert not set(hidden) & set(trainable) and set(hidden) <= set(rest)
+  for path in hidden:
+    assert loaded[path].metadata["note"] == "frozen"
+    np.testing.assert_array_equal(_bits(loaded[path].value), _bits(pretrained[path].value))

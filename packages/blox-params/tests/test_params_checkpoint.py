@@ -169,7 +169,7 @@ def test_numpy_alone_reads_the_file(tmp_path: pathlib.Path) -> None:
     np.testing.assert_array_equal(archive["v1"], [3, 4])
 
 
-def test_load_with_template_keeps_flags_from_the_file(tmp_path: pathlib.Path) -> None:
+def test_load_with_a_matching_template_round_trips(tmp_path: pathlib.Path) -> None:
   params = Params({
       ("ck_like", "w"): Param(jnp.ones((2, 3)), metadata={"axes": ("a", None)}),
       ("ck_like", "k"): Param(jax.random.key(0), trainable=False),
@@ -178,6 +178,83 @@ def test_load_with_template_keeps_flags_from_the_file(tmp_path: pathlib.Path) ->
   template = jax.eval_shape(lambda: params)
   loaded = load(tmp_path / "ckpt.npz", like=template)
   assert_identical(params, loaded)
+  assert jnp.issubdtype(loaded[("ck_like", "k")].value.dtype, jax.dtypes.prng_key)
+
+
+def _pretrained() -> Params:
+  """A checkpoint's params as saved: everything trainable, old metadata."""
+  return Params({
+      ("ck_tune", "backbone", "w"): Param(jnp.arange(6.0).reshape(2, 3), metadata={"axes": ("a", None)}),
+      ("ck_tune", "backbone", "b"): Param(jnp.arange(3.0)),
+      ("ck_tune", "head", "w"): Param(jnp.full((3, 1), 2.0)),
+      ("ck_tune", "seed"): Param(jax.random.key(3)),
+  })
+
+
+def _fine_tuning() -> Params:
+  """The model's params in code: a frozen backbone with new metadata, locked.
+
+  Its paths are listed in the reverse of the file's order. In one process
+  every public constructor lists paths in creation order, so the private
+  `_from_columns` builds this container; it stands for a template whose
+  order differs from the file's.
+  """
+  entries = {
+      ("ck_tune", "backbone", "w"): Param(
+          jnp.zeros((2, 3)), trainable=False, metadata={"axes": (None, "model"), "frozen": True}
+      ),
+      ("ck_tune", "backbone", "b"): Param(jnp.zeros(3), trainable=False),
+      ("ck_tune", "head", "w"): Param(jnp.zeros((3, 1)), metadata={"axes": ("model", None)}),
+      ("ck_tune", "seed"): Param(jax.random.key(0), trainable=False, metadata={"rng_stream": "seed"}),
+  }
+  paths = list(entries)[::-1]
+  return Params._from_columns(
+      paths,
+      [entries[p].value for p in paths],
+      [entries[p].trainable for p in paths],
+      [entries[p].metadata for p in paths],
+      locked=True,
+  )
+
+
+def test_a_template_gives_its_flags_metadata_and_locked_flag(tmp_path: pathlib.Path) -> None:
+  saved = _pretrained()
+  assert not saved.is_locked
+  save(tmp_path / "pretrained.npz", saved)
+  like = _fine_tuning()
+  loaded = load(tmp_path / "pretrained.npz", like=like)
+  # The structure is the template's: flags, metadata, order, locked flag.
+  assert _structure(loaded) == _structure(like)
+  assert list(loaded) == list(like) == list(saved)[::-1]
+  assert loaded.is_locked
+  for path in like:
+    assert loaded[path].trainable == like[path].trainable, path
+    assert loaded[path].metadata == like[path].metadata, path
+  assert loaded[("ck_tune", "backbone", "w")].trainable is False
+  assert dict(loaded[("ck_tune", "backbone", "w")].metadata) == {
+      "axes": (None, "model"), "frozen": True
+  }
+  # The frozen backbone stays out of the gradient-receiving half.
+  trainable, _ = loaded.split()
+  assert list(trainable) == [("ck_tune", "head", "w")]
+  # The values are the file's, typed keys included.
+  for path in saved:
+    np.testing.assert_array_equal(_bits(loaded[path].value), _bits(saved[path].value))
+  assert jnp.issubdtype(loaded[("ck_tune", "seed")].value.dtype, jax.dtypes.prng_key)
+  # Without a template, everything is the file's.
+  plain = load(tmp_path / "pretrained.npz")
+  assert_identical(saved, plain)
+  assert not plain.is_locked
+  assert plain[("ck_tune", "backbone", "w")].trainable is True
+
+
+def test_an_unlocked_template_gives_unlocked_params(tmp_path: pathlib.Path) -> None:
+  saved = _pretrained().locked()
+  save(tmp_path / "locked.npz", saved)
+  like = jax.eval_shape(lambda: _fine_tuning().unlocked())
+  loaded = load(tmp_path / "locked.npz", like=like)
+  assert not loaded.is_locked
+  assert load(tmp_path / "locked.npz").is_locked
 
 
 def test_paths_new_to_a_process_keep_the_saved_order(tmp_path: pathlib.Path) -> None:

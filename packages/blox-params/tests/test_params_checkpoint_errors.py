@@ -70,23 +70,52 @@ def test_every_mismatch_is_reported_in_one_error(saved: pathlib.Path) -> None:
 
 def test_non_strict_load_keeps_the_matching_params(saved: pathlib.Path) -> None:
   template = Params({
-      # Flags and metadata differ from the file's: the file's win.
+      # Flags and metadata differ from the file's: the template's win.
       ("ck_err", "bias"): Param(jnp.ones(3), trainable=False, metadata={"x": 1}),
       ("ck_err", "kernel"): Param(jnp.ones((3, 2))),
-      ("ck_err", "seed"): Param(jax.random.key(1)),
+      ("ck_err", "seed"): Param(jax.random.key(1), metadata={"y": "z"}),
       ("ck_err", "other"): Param(jnp.ones(1)),
   })
+  assert not template.is_locked
   with pytest.warns(CheckpointWarning) as record:
     loaded = load(saved, like=template, strict=False)
   message = str(record[0].message)
   for path in ("'kernel'", "'other'", "'scale'"):
     assert path in message
-  # Order from the template (bias was created before seed in this process).
+  # The intersection, in the template's order, with its flags and metadata
+  # and its locked flag (the file was saved locked).
   assert list(loaded) == [("ck_err", "bias"), ("ck_err", "seed")]
-  assert loaded.is_locked
-  assert loaded[("ck_err", "bias")].trainable is True
-  assert dict(loaded[("ck_err", "bias")].metadata) == {}
+  assert not loaded.is_locked
+  assert loaded[("ck_err", "bias")].trainable is False
+  assert dict(loaded[("ck_err", "bias")].metadata) == {"x": 1}
+  assert loaded[("ck_err", "seed")].trainable is True
+  assert dict(loaded[("ck_err", "seed")].metadata) == {"y": "z"}
   np.testing.assert_array_equal(loaded[("ck_err", "bias")].value, np.zeros(3))
+  # The key is the file's, still a typed key.
+  seed = loaded[("ck_err", "seed")].value
+  assert jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(_bits(seed), _bits(jax.random.key(0)))
+
+
+def test_typed_keys_and_plain_data_do_not_match(tmp_path: pathlib.Path) -> None:
+  target = tmp_path / "keys.npz"
+  save(target, Params({
+      ("ck_err", "key"): Param(jax.random.key(0)),
+      ("ck_err", "plain"): Param(jnp.zeros((), jnp.uint32)),
+  }))
+  key_dtype = jax.random.key(0).dtype
+  template = Params({
+      ("ck_err", "key"): Param(_abstract((), jnp.uint32)),
+      ("ck_err", "plain"): Param(_abstract((), key_dtype)),
+  })
+  with pytest.raises(ValueError) as caught:
+    load(target, like=template)
+  message = str(caught.value)
+  assert "(2 problems)" in message
+  assert "dtype mismatch at ('ck_err', 'key'): checkpoint key<threefry2x32>, like uint32" in message
+  assert f"dtype mismatch at ('ck_err', 'plain'): checkpoint uint32, like {key_dtype}" in message
+  with pytest.warns(CheckpointWarning):
+    assert len(load(target, like=template, strict=False)) == 0
 
 
 def test_matching_template_gives_no_warning(saved: pathlib.Path, recwarn: Any) -> None:

@@ -4,8 +4,10 @@ A checkpoint keeps every value bit for bit, the trainable flags, the metadata,
 the locked flag and typed PRNG keys (with their implementation), so training
 resumed from it continues the same random streams. Saving is atomic: the file
 at `path` is either the old checkpoint or the complete new one. Loading never
-runs code from the file (no pickle). The layout is described in the package
-README and in `blox.params.checkpoint_format`.
+runs code from the file (no pickle). Loading with a template `like` takes
+only the values from the file and everything else (order, flags, metadata,
+locked flag) from the template, so code wins over an old file. The layout is
+described in the package README and in `blox.params.checkpoint_format`.
 
 Example:
   >>> import os, tempfile
@@ -413,6 +415,21 @@ def _place(entry: Entry, array: np.ndarray, sharding: jax.sharding.Sharding | No
   return placed
 
 
+def _shaped_like(like: Params, values: Mapping[Path, jax.Array]) -> Params:
+  """`values` in the structure of `like`, or of its params that were loaded.
+
+  The structure is `like`'s own (order, flags, metadata, locked flag), so a
+  full match is the same pytree structure and hits the same jit cache.
+  """
+  if len(values) < len(like):
+    # strict=False dropped some params: keep like's entries for the rest.
+    like, _ = like.split(lambda path, _: path in values)
+  # Each value is one leaf, whatever a template value is registered as.
+  structure = jax.tree.structure(like, is_leaf=lambda node: node is not like)
+  loaded: Params = jax.tree.unflatten(structure, [values[path] for path in like])
+  return loaded
+
+
 def load(
     path: str | os.PathLike[str],
     like: Params | None = None,
@@ -422,24 +439,36 @@ def load(
   """Reads params saved by `save`. Never unpickles or runs code from the file.
 
   Values come back as jax arrays with their saved dtypes, typed PRNG keys as
-  typed keys of their saved implementation, with the saved trainable flags,
-  metadata and locked flag. Paths are listed in creation order; paths new to
-  this process are first seen in the file's order, so they keep the saved
-  container's order.
+  typed keys of their saved implementation.
+
+  Without `like`, everything comes from the file: the trainable flags,
+  metadata and locked flag as saved. Paths are listed in creation order;
+  paths new to this process are first seen in the file's order, so they keep
+  the saved container's order.
+
+  With `like`, the file provides only the values: the structure (path order,
+  trainable flags, metadata, locked flag) is `like`'s, so the result has the
+  same pytree structure as `like` and reuses functions compiled for it. Code
+  wins over an old file: a pretrained checkpoint saved with every param
+  trainable loads into a template with a frozen backbone as frozen, and
+  sharding metadata changed since the save is kept.
 
   Args:
     path: the checkpoint file.
     like: optional template (concrete params, or abstract ones from
-      `jax.eval_shape`). Paths missing from the file, unexpected paths, and
-      shape and dtype mismatches are then reported together.
+      `jax.eval_shape`) that gives the result its structure. Paths missing
+      from the file, unexpected paths, and shape and dtype mismatches (a
+      typed PRNG key against plain data counts as a dtype mismatch) are
+      reported together.
     shardings: where to place the values: `Params` whose values are
       `jax.sharding.Sharding`s (e.g. from `blox.parallel.param_shardings`), a
       mapping from path to sharding (or None for the default device), or one
       sharding for all. Each value is put on its devices directly. Entries
       for paths that are not loaded are ignored.
     strict: with `like`, whether a mismatch is an error. With `strict=False`
-      only the params that match `like` are loaded and a `CheckpointWarning`
-      lists the rest.
+      the result holds only the params that are in both and match (with
+      `like`'s flags, metadata, order and locked flag), and a
+      `CheckpointWarning` lists the rest.
 
   Raises:
     CheckpointError: the file is truncated, corrupt, not a blox checkpoint,
@@ -491,6 +520,8 @@ def load(
           )
           for entry in selected
       ]
+  if like is not None:
+    return _shaped_like(like, {entry.path: value for entry, value in zip(selected, values)})
   # Register paths this process has not seen yet in file order, so that the
   # container below lists them as they were saved.
   for entry in header.entries:
