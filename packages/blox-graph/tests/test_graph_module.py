@@ -87,6 +87,18 @@ def test_repr_lists_the_given_arguments() -> None:
   assert repr(wrapper) == "_Wrapper(inner=_Scale@net/s, fn=relu)"
 
 
+def test_where_is_the_type_and_the_slash_joined_path_in_quotes() -> None:
+  root = Graph("net")
+  scale = _Scale(root.child("block").child("s"), 3)
+  assert scale.where() == "_Scale 'net/block/s'"
+
+  class _Louder(_Scale):
+    pass
+
+  # The instance's own type, so a subclass is named as itself.
+  assert _Louder(root.child("loud"), 3).where() == "_Louder 'net/loud'"
+
+
 def test_get_param_creates_then_reuses() -> None:
   scale = _Scale(Graph("net").child("s"), 3)
   y, params = scale(Params(), jnp.full((3,), 2.0))

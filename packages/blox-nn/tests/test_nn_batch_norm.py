@@ -149,14 +149,14 @@ def test_statistics_sync_across_a_vmapped_axis(lane_shape: tuple[int, ...]) -> N
 
 
 def test_batch_norm_errors_name_the_module() -> None:
-  with pytest.raises(ValueError, match=r"BatchNorm \('bad', 'bn'\): momentum"):
+  with pytest.raises(ValueError, match=r"BatchNorm 'bad/bn': momentum"):
     BatchNorm(Graph("bad").child("bn"), momentum=1.5)
-  with pytest.raises(ValueError, match=r"BatchNorm \('bad2', 'bn'\): epsilon"):
+  with pytest.raises(ValueError, match=r"BatchNorm 'bad2/bn': epsilon"):
     BatchNorm(Graph("bad2").child("bn"), epsilon=-1e-5)
   bn = _make()
-  with pytest.raises(ValueError, match=r"BatchNorm \('bn\d+', 'bn'\).*scalar"):
+  with pytest.raises(ValueError, match=r"BatchNorm 'bn\d+/bn'.*scalar"):
     bn(Params(), jnp.asarray(1.0))
-  with pytest.raises(TypeError, match=r"BatchNorm \('bn\d+', 'bn'\): is_training must be a Python bool"):
+  with pytest.raises(TypeError, match=r"BatchNorm 'bn\d+/bn': is_training must be a Python bool"):
     bn(Params(), jnp.ones((2, 3)), is_training=jnp.asarray(True))  # type: ignore[arg-type]  # the misuse under test
 
 
@@ -193,7 +193,7 @@ def test_axis_name_outside_its_transform_names_the_module_and_axis() -> None:
   x = _data((4, 3))
   # Evaluation reads the running averages: no axis needed.
   _, params = bn(Params(), x, is_training=False)
-  message = r"BatchNorm \('bn\d+', 'bn'\): axis_name='batch' is not bound.*jax.vmap.*jax.shard_map"
+  message = r"BatchNorm 'bn\d+/bn': axis_name='batch' is not bound.*jax.vmap.*jax.shard_map"
   with pytest.raises(NameError, match=message):
     bn(params, x, is_training=True)
   with pytest.raises(NameError, match=message):
@@ -204,5 +204,5 @@ def test_traced_is_training_is_reported() -> None:
   bn = _make()
   x = _data((4, 3))
   _, params = bn(Params(), x, is_training=False)
-  with pytest.raises(TypeError, match=r"BatchNorm \('bn\d+', 'bn'\): is_training must be a Python bool, got a traced value"):
+  with pytest.raises(TypeError, match=r"BatchNorm 'bn\d+/bn': is_training must be a Python bool, got a traced value"):
     jax.jit(lambda p, t: bn(p, x, is_training=t))(params, True)

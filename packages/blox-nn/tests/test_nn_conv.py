@@ -243,16 +243,16 @@ def test_conv_errors_name_the_module() -> None:
     Conv(graph.child("f"), kernel_size=(3,), output_channels=2, rng=rng, padding="circular",
          input_dilation=2)
   grouped = Conv(graph.child("g"), kernel_size=(3,), output_channels=4, rng=rng, feature_group_count=2)
-  with pytest.raises(ValueError, match=r"conv_err', 'g'.*input channels \(3\).*divisible"):
+  with pytest.raises(ValueError, match=r"^Conv 'conv_err/g'.*input channels \(3\).*divisible"):
     grouped(params, jnp.ones((1, 5, 3)))
   two_d = Conv(graph.child("h"), kernel_size=(3, 3), output_channels=2, rng=rng)
-  with pytest.raises(ValueError, match=r"conv_err', 'h'.*at least 3 axes"):
+  with pytest.raises(ValueError, match=r"^Conv 'conv_err/h'.*at least 3 axes"):
     two_d(params, jnp.ones((5, 3)))
-  with pytest.raises(ValueError, match=r"ConvTranspose.*conv_err.*padding"):
+  with pytest.raises(ValueError, match=r"^ConvTranspose 'conv_err/i'.*padding"):
     ConvTranspose(graph.child("i"), kernel_size=(3,), output_channels=2, rng=rng, padding="CIRCULAR")
-  with pytest.raises(ValueError, match=r"conv_err', 'j'.*output_channels must be a positive int, got True"):
+  with pytest.raises(ValueError, match=r"^Conv 'conv_err/j'.*output_channels must be a positive int, got True"):
     Conv(graph.child("j"), kernel_size=(3,), output_channels=True, rng=rng)
-  with pytest.raises(ValueError, match=r"conv_err', 'k'.*feature_group_count must be a positive int, got 1.0"):
+  with pytest.raises(ValueError, match=r"^Conv 'conv_err/k'.*feature_group_count must be a positive int, got 1.0"):
     Conv(graph.child("k"), kernel_size=(3,), output_channels=2, rng=rng, feature_group_count=1.0)  # type: ignore[arg-type]  # the misuse under test
 
 

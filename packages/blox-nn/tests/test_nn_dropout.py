@@ -22,7 +22,7 @@ def _setup(rate: float) -> tuple[Rng, Dropout, Params]:
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, float("nan")])
 def test_rate_outside_unit_interval_raises(rate: float) -> None:
   graph = Graph("net")
-  with pytest.raises(ValueError, match=r"Dropout \('net', 'dropout'\): rate must be in \[0, 1\)"):
+  with pytest.raises(ValueError, match=r"Dropout 'net/dropout': rate must be in \[0, 1\)"):
     Dropout(graph.child("dropout"), rate=rate, rng=Rng(graph.child("rng")))
 
 
@@ -68,7 +68,7 @@ def test_under_jit_advances_the_counter() -> None:
 
 def test_integer_inputs_are_refused_naming_the_module() -> None:
   _, dropout, params = _setup(0.5)
-  message = r"Dropout \('net', 'dropout'\): dropout needs floating-point inputs, got dtype int32"
+  message = r"Dropout 'net/dropout': dropout needs floating-point inputs, got dtype int32"
   with pytest.raises(TypeError, match=message):
     dropout(params, jnp.ones(4, jnp.int32))
   # Also in evaluation, so the mistake shows before training does.
@@ -93,7 +93,7 @@ def test_bfloat16_is_scaled_by_the_exact_factor() -> None:
 
 def test_traced_is_training_is_reported() -> None:
   _, dropout, params = _setup(0.5)
-  with pytest.raises(TypeError, match=r"Dropout \('net', 'dropout'\): is_training must be a Python bool.*static_argnames"):
+  with pytest.raises(TypeError, match=r"Dropout 'net/dropout': is_training must be a Python bool.*static_argnames"):
     jax.jit(lambda p, t: dropout(p, jnp.ones(3), is_training=t))(params, True)
   y, _ = jax.jit(dropout, static_argnames="is_training")(params, jnp.ones(3), is_training=False)
   np.testing.assert_array_equal(y, jnp.ones(3))

@@ -77,15 +77,15 @@ def test_out_of_range_ids_give_nan_rows() -> None:
 
 def test_embed_errors() -> None:
   embed, params = _make()
-  with pytest.raises(TypeError, match=r"Embed \('embed\d+', 'embed'\) looks up integer ids, got dtype float32"):
+  with pytest.raises(TypeError, match=r"Embed 'embed\d+/embed' looks up integer ids, got dtype float32"):
     embed(params, jnp.array([1.0, 2.0]))
   with pytest.raises(TypeError, match="integer ids, got dtype bool"):
     embed(params, jnp.array([True]))
   with pytest.raises(ValueError, match=r"attend needs inputs whose last axis is embedding_size=3"):
     embed.attend(params, jnp.ones((2, 4)))
-  with pytest.raises(ValueError, match=r"Embed \('bad', 'e'\): num_embeddings must be a positive int"):
+  with pytest.raises(ValueError, match=r"Embed 'bad/e': num_embeddings must be a positive int"):
     Embed(Graph("bad").child("e"), num_embeddings=0, embedding_size=2, rng=Rng(Graph("r").child("r")))
-  with pytest.raises(ValueError, match=r"Embed \('bad', 'f'\): embedding_size must be a positive int, got True"):
+  with pytest.raises(ValueError, match=r"Embed 'bad/f': embedding_size must be a positive int, got True"):
     Embed(Graph("bad").child("f"), num_embeddings=3, embedding_size=True, rng=Rng(Graph("r").child("r")))
 
 

@@ -79,14 +79,14 @@ def test_custom_initializers() -> None:
 
 def test_scalar_input_raises() -> None:
   _, linear, params = _setup("lin_scalar", output_size=2)
-  with pytest.raises(ValueError, match=r"Linear \('lin_scalar', 'linear'\).*scalar"):
+  with pytest.raises(ValueError, match=r"Linear 'lin_scalar/linear'.*scalar"):
     linear(params, jnp.ones(()))
 
 
 @pytest.mark.parametrize("size", [0, -2, True, 2.5, "3"])
 def test_output_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("lin_bad")
-  message = rf"Linear \('lin_bad', 'linear'\): output_size must be a positive int, got {size!r}"
+  message = rf"Linear 'lin_bad/linear': output_size must be a positive int, got {size!r}"
   with pytest.raises(ValueError, match=message):
     Linear(graph.child("linear"), size, Rng(graph.child("rng")))
 

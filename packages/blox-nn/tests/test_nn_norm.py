@@ -129,10 +129,10 @@ def test_norms_sync_statistics_across_sharded_features(cls: type[Any]) -> None:
 
 
 def test_norm_errors_name_the_module() -> None:
-  with pytest.raises(ValueError, match=r"LayerNorm \('bad_eps', 'norm'\): epsilon"):
+  with pytest.raises(ValueError, match=r"LayerNorm 'bad_eps/norm': epsilon"):
     LayerNorm(Graph("bad_eps").child("norm"), epsilon=-1.0)
   norm = _make(RMSNorm)
-  with pytest.raises(ValueError, match=r"RMSNorm \('norm\d+', 'norm'\).*scalar"):
+  with pytest.raises(ValueError, match=r"RMSNorm 'norm\d+/norm'.*scalar"):
     norm(Params(), jnp.asarray(1.0))
   _, params = norm(Params(), jnp.ones((2, 3)))
   with pytest.raises(ValueError, match=r"'norm\d+', 'norm', 'scale'"):
@@ -168,5 +168,5 @@ def test_norms_under_jit_grad_vmap(make: Callable[[], Any]) -> None:
 @pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
 def test_axis_name_outside_its_transform_names_the_module_and_axis(cls: type[Any]) -> None:
   norm = _make(cls, axis_name="features")
-  with pytest.raises(NameError, match=rf"{cls.__name__} \('norm\d+', 'norm'\): axis_name='features' is not bound.*vmap"):
+  with pytest.raises(NameError, match=rf"{cls.__name__} 'norm\d+/norm': axis_name='features' is not bound.*vmap"):
     norm(Params(), jnp.ones((2, 3)))

@@ -17,6 +17,8 @@ Example:
   >>> y, params = scale(Params(), jnp.ones(3))
   >>> scale.param_path('scale')
   ('net', 'scale', 'scale')
+  >>> scale.where()  # how error messages name the module
+  "Scale 'net/scale'"
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ class Module(metaclass=_ModuleMeta):
   """Base class of everything that owns params under a graph node.
 
   Subclasses call `super().__init__(graph)` and implement
-  `__call__(params, ...) -> (output, params)`.
+  `__call__(params, ...) -> (output, params)`. Their error messages start
+  with `self.where()`, e.g. `Linear 'net/out': ...`, so that every error names
+  the module at fault in the same way.
   """
 
   def __init__(self, graph: Graph) -> None:
@@ -107,6 +111,17 @@ class Module(metaclass=_ModuleMeta):
     """The constructor arguments as given (without the graph), read-only."""
     config: Mapping[str, Any] = self.__dict__.get("_config", MappingProxyType({}))
     return config
+
+  def where(self) -> str:
+    """How errors name this module: its type and slash-joined path in quotes.
+
+    For a `Linear` bound to `Graph('net').child('out')` this is
+    `Linear 'net/out'`. It is also what blox passes on as the `where`
+    argument of its helpers (`static_scan`, `dynamic_scan`, ...), so their
+    errors name the module the same way. Usable once `Module.__init__` has
+    bound the graph node, i.e. right after `super().__init__(graph)`.
+    """
+    return f"{type(self).__name__} '{'/'.join(self._graph.path)}'"
 
   def param_path(self, name: str) -> tuple[str, ...]:
     """The full path of this module's param `name`."""

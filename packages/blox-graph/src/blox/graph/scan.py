@@ -44,7 +44,7 @@ def time_length(inputs: Any, where: str = "scan") -> int:
 
   Args:
     inputs: a pytree of arrays shaped `[batch, time, ...]`.
-    where: who is asking, named in error messages (e.g. a module path).
+    where: who is asking, named in error messages (e.g. `module.where()`).
 
   Raises:
     ValueError: no leaves, a leaf of rank < 2, or leaves whose time lengths
@@ -97,7 +97,7 @@ def static_scan(
     params: threaded through every step (e.g. Rng counters advance).
     inputs: a pytree of arrays shaped `[batch, time, ...]`.
     state: the state before the first step; any pytree.
-    where: who is scanning, named in error messages (e.g. a module path).
+    where: who is scanning, named in error messages (e.g. `module.where()`).
 
   Returns:
     `((outputs, final_state), params)`, outputs stacked on axis 1.
@@ -143,7 +143,7 @@ def dynamic_scan(
     inputs: a pytree of arrays shaped `[batch, time, ...]`.
     state: the state before the first step; any pytree.
     unroll: passed to `jax.lax.scan`.
-    where: who is scanning, named in error messages (e.g. a module path).
+    where: who is scanning, named in error messages (e.g. `module.where()`).
 
   Returns:
     `((outputs, final_state), params)`, outputs stacked on axis 1.

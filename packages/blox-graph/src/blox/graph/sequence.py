@@ -143,9 +143,6 @@ class RecurrenceBase(SequenceBase):
     super().__init__(graph)
     self.is_static = is_static
 
-  def _where(self) -> str:
-    return f"{type(self).__name__} {'/'.join(self.graph.path)!r}"
-
   def apply(
       self,
       params: Params,
@@ -178,13 +175,13 @@ class RecurrenceBase(SequenceBase):
         returns a state of other dtypes or shapes than it received, or
         creates a param after the first step.
     """
-    length = time_length(inputs, self._where())
+    length = time_length(inputs, self.where())
     if is_reset is not None:
       is_reset = jnp.asarray(is_reset)
       batch = jnp.shape(jax.tree.leaves(inputs)[0])[0]
       if is_reset.shape != (batch, length):
         raise ValueError(
-            f"{self._where()}: is_reset must have shape [batch, time] ="
+            f"{self.where()}: is_reset must have shape [batch, time] ="
             f" {(batch, length)} to match the inputs, got {is_reset.shape}."
         )
     if prev_state is None or is_reset is not None:
@@ -204,5 +201,5 @@ class RecurrenceBase(SequenceBase):
 
     scan_inputs = inputs if is_reset is None else (inputs, is_reset)
     if self.is_static:
-      return static_scan(step, params, scan_inputs, prev_state, where=self._where())
-    return dynamic_scan(step, params, scan_inputs, prev_state, where=self._where())
+      return static_scan(step, params, scan_inputs, prev_state, where=self.where())
+    return dynamic_scan(step, params, scan_inputs, prev_state, where=self.where())

@@ -1,7 +1,7 @@
 """Argument checks shared by the layers of `blox.nn`.
 
-Each check takes `where`, the layer's kind and path (such as
-`"Linear ('net', 'out')"`), so that the error names the module at fault.
+Each check takes `where`, the layer's `Module.where()` (such as
+`"Linear 'net/out'"`), so that the error names the module at fault.
 
 Example:
   >>> check_positive_int(3, "output_size", "Linear 'net/out'")

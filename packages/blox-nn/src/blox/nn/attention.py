@@ -196,7 +196,7 @@ class MultiHeadAttention(SequenceBase):
       precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(graph)
-    where = f"MultiHeadAttention {self._where()}"
+    where = self.where()
     check_positive_int(num_heads, "num_heads", where)
     for name, size in (("qkv_features", qkv_features), ("out_features", out_features)):
       if size is not None:
@@ -221,13 +221,10 @@ class MultiHeadAttention(SequenceBase):
     self.value_proj = _SplitHeads(graph.child("value"), self)
     self.out_proj = _MergeHeads(graph.child("out"), self)
 
-  def _where(self) -> str:
-    return repr("/".join(self.graph.path))
-
   def _head_dim(self, qkv_features: int) -> int:
     if qkv_features % self.num_heads:
       raise ValueError(
-          f"MultiHeadAttention {self._where()}: qkv_features={qkv_features} is not"
+          f"{self.where()}: qkv_features={qkv_features} is not"
           f" divisible by num_heads={self.num_heads}; pick qkv_features as a multiple"
           " of num_heads (it defaults to the query's last axis)."
       )
@@ -245,7 +242,7 @@ class MultiHeadAttention(SequenceBase):
     array = jnp.asarray(mask)
     if array.dtype != jnp.bool_:
       raise TypeError(
-          f"MultiHeadAttention {self._where()}: the mask must be boolean (True ="
+          f"{self.where()}: the mask must be boolean (True ="
           f" attend), got dtype {array.dtype}; convert it with mask.astype(bool)."
       )
     try:
@@ -254,7 +251,7 @@ class MultiHeadAttention(SequenceBase):
       shape = ()
     if shape != logits_shape:
       raise ValueError(
-          f"MultiHeadAttention {self._where()}: the mask of shape {array.shape} does"
+          f"{self.where()}: the mask of shape {array.shape} does"
           f" not broadcast to [*batch, heads, q_length, kv_length] = {logits_shape}."
       )
     return array
@@ -284,9 +281,7 @@ class MultiHeadAttention(SequenceBase):
     weights = jax.nn.softmax(logits, axis=-1)
     if is_training and self.dropout_rate > 0.0:
       dropout_key, params = self.rng(params)
-      weights = _drop(
-          dropout_key, weights, self.dropout_rate, f"MultiHeadAttention {self._where()}"
-      )
+      weights = _drop(dropout_key, weights, self.dropout_rate, self.where())
     outputs = jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=self.precision)
     return outputs, params
 
@@ -355,23 +350,23 @@ class MultiHeadAttention(SequenceBase):
     `module(params, inputs, prev_state)`, is taken as `prev_state`.
     `is_training` must be a Python bool (static under `jax.jit`).
     """
-    check_is_training(is_training, f"MultiHeadAttention {self._where()}")
+    check_is_training(is_training, self.where())
     if isinstance(key, KVCache):
       if prev_state is not None:
         raise ValueError(
-            f"MultiHeadAttention {self._where()}: got a KVCache both as key and"
+            f"{self.where()}: got a KVCache both as key and"
             " as prev_state; pass it once, as prev_state."
         )
       key, prev_state = None, key
     if prev_state is not None:
       if key is not None or value is not None:
         raise ValueError(
-            f"MultiHeadAttention {self._where()}: decoding with prev_state is"
+            f"{self.where()}: decoding with prev_state is"
             " self-attention over the cache; do not pass key or value."
         )
       if jnp.ndim(query) < 1:
         raise ValueError(
-            f"MultiHeadAttention {self._where()}: a decoding step needs a query of"
+            f"{self.where()}: a decoding step needs a query of"
             " shape [*batch, features]; got a scalar."
         )
       (outputs, cache), params = self._decode(
@@ -385,13 +380,13 @@ class MultiHeadAttention(SequenceBase):
     for name, array in (("query", query), ("key", key), ("value", value)):
       if jnp.ndim(array) < 2:
         raise ValueError(
-            f"MultiHeadAttention {self._where()}: {name} needs shape [*batch,"
+            f"{self.where()}: {name} needs shape [*batch,"
             f" length, features]; got shape {jnp.shape(array)}. For one decoding"
             " step, pass prev_state=cache."
         )
     if key.shape[:-1] != value.shape[:-1]:
       raise ValueError(
-          f"MultiHeadAttention {self._where()}: key {key.shape} and value"
+          f"{self.where()}: key {key.shape} and value"
           f" {value.shape} must agree on every axis but the last."
       )
     head_dim, out_features = self._sizes(query)
@@ -421,10 +416,10 @@ class MultiHeadAttention(SequenceBase):
       max_length: the number of positions of the cache.
       dtype: the cache dtype; defaults to the dtype of `inputs`.
     """
-    check_positive_int(max_length, "max_length", f"MultiHeadAttention {self._where()}")
+    check_positive_int(max_length, "max_length", self.where())
     if jnp.ndim(inputs) < 1:
       raise ValueError(
-          f"MultiHeadAttention {self._where()}: initial_state needs one step of"
+          f"{self.where()}: initial_state needs one step of"
           " shape [*batch, features]; got a scalar."
       )
     head_dim, _ = self._sizes(inputs)
@@ -474,10 +469,10 @@ class MultiHeadAttention(SequenceBase):
     Returns:
       `((outputs [*batch, length, out_features], final_state), params)`.
     """
-    check_is_training(is_training, f"MultiHeadAttention {self._where()}")
+    check_is_training(is_training, self.where())
     if jnp.ndim(inputs) < 2:
       raise ValueError(
-          f"MultiHeadAttention {self._where()}: apply needs inputs of shape"
+          f"{self.where()}: apply needs inputs of shape"
           f" [*batch, length, features]; got shape {jnp.shape(inputs)}."
       )
     if prev_state is not None:
@@ -513,7 +508,7 @@ class MultiHeadAttention(SequenceBase):
       last = int(jnp.max(position, initial=0)) + length
       if last > max_length:
         raise ValueError(
-            f"MultiHeadAttention {self._where()}: the cache is full: writing"
+            f"{self.where()}: the cache is full: writing"
             f" {length} token(s) reaches position {last}, past its"
             f" max_length={max_length}. Make a longer cache with initial_state."
         )
@@ -542,7 +537,7 @@ class MultiHeadAttention(SequenceBase):
     """Checks `cache` against the inputs and returns its `max_length`."""
     if not isinstance(cache, KVCache):
       raise TypeError(
-          f"MultiHeadAttention {self._where()}: prev_state must be the KVCache"
+          f"{self.where()}: prev_state must be the KVCache"
           f" from initial_state, got {type(cache).__name__}."
       )
     shape = tuple(cache.key.shape)
@@ -554,7 +549,7 @@ class MultiHeadAttention(SequenceBase):
         or tuple(jnp.shape(cache.position)) != batch
     ):
       raise ValueError(
-          f"MultiHeadAttention {self._where()}: the cache holds keys {shape},"
+          f"{self.where()}: the cache holds keys {shape},"
           f" values {tuple(cache.value.shape)} and position"
           f" {tuple(jnp.shape(cache.position))}, but inputs with batch axes {batch}"
           f" need keys and values [*batch, max_length, {self.num_heads},"

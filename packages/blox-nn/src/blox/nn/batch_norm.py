@@ -93,7 +93,7 @@ class BatchNorm(Module):
       axis_name: Hashable | None = None,
   ) -> None:
     super().__init__(graph)
-    where = f"BatchNorm {graph.path!r}"
+    where = self.where()
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
       raise ValueError(f"{where}: momentum must be a number in [0, 1], got {momentum!r}.")
     check_epsilon(epsilon, where)
@@ -114,12 +114,12 @@ class BatchNorm(Module):
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes)
     if self.axis_name is not None:
-      mean = pmean(mean, self.axis_name, f"BatchNorm {self.graph.path!r}")
+      mean = pmean(mean, self.axis_name, self.where())
     # The second pass uses the global mean, so averaging the local mean
     # squared deviations gives the global variance exactly.
     var = jnp.mean(jnp.square(x - mean), axis=axes)
     if self.axis_name is not None:
-      var = pmean(var, self.axis_name, f"BatchNorm {self.graph.path!r}")
+      var = pmean(var, self.axis_name, self.where())
     return mean, var
 
   def __call__(
@@ -131,10 +131,10 @@ class BatchNorm(Module):
     """
     if jnp.ndim(inputs) < 1:
       raise ValueError(
-          f"BatchNorm {self.graph.path!r} normalises each feature of the last axis;"
+          f"{self.where()} normalises each feature of the last axis;"
           " it needs inputs with at least one axis, got a scalar."
       )
-    check_is_training(is_training, f"BatchNorm {self.graph.path!r}")
+    check_is_training(is_training, self.where())
     compute, output = compute_dtypes(jnp.result_type(inputs))
     x = jnp.asarray(inputs, compute)
     features = (x.shape[-1],)

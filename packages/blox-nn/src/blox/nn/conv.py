@@ -52,8 +52,6 @@ def _dimension_numbers(n: int) -> jax.lax.ConvDimensionNumbers:
 class _ConvBase(Module):
   """What `Conv` and `ConvTranspose` share: arguments, params and batch axes."""
 
-  _kind = "Conv"
-
   def __init__(
       self,
       graph: Graph,
@@ -72,7 +70,7 @@ class _ConvBase(Module):
       paddings_allowed: tuple[str, ...],
   ) -> None:
     super().__init__(graph)
-    where = self._where()
+    where = self.where()
     self.kernel_size = as_size_tuple(kernel_size, "kernel_size", where)
     n = len(self.kernel_size)
     self.num_spatial_dims = n
@@ -94,9 +92,6 @@ class _ConvBase(Module):
     self.bias_init = bias_init
     self.kernel_metadata = kernel_metadata
     self.bias_metadata = bias_metadata
-
-  def _where(self) -> str:
-    return f"{self._kind} {self.graph.path!r}"
 
   def _dilated_kernel_size(self) -> tuple[int, ...]:
     """The extent of each kernel axis once the kernel dilation spreads it out."""
@@ -120,7 +115,7 @@ class _ConvBase(Module):
     shape = tuple(jnp.shape(inputs))
     if len(shape) < n + 1:
       raise ValueError(
-          f"{self._where()}: a kernel_size of length {n} needs inputs shaped"
+          f"{self.where()}: a kernel_size of length {n} needs inputs shaped"
           f" (*batch, {n} spatial axes, channels), i.e. at least {n + 1} axes;"
           f" got shape {shape}."
       )
@@ -128,7 +123,7 @@ class _ConvBase(Module):
     groups = self.feature_group_count
     if channels % groups:
       raise ValueError(
-          f"{self._where()}: the input channels ({channels}) must be divisible by"
+          f"{self.where()}: the input channels ({channels}) must be divisible by"
           f" feature_group_count ({groups})."
       )
     kernel, params = self.get_param(
@@ -202,11 +197,11 @@ class Conv(_ConvBase):
         bias_metadata, paddings_allowed=("SAME", "VALID", "CIRCULAR"),
     )
     self.input_dilation = as_tuple(
-        input_dilation, self.num_spatial_dims, "input_dilation", self._where()
+        input_dilation, self.num_spatial_dims, "input_dilation", self.where()
     )
     if self.padding == "CIRCULAR" and any(d != 1 for d in self.input_dilation):
       raise ValueError(
-          f"{self._where()}: padding='CIRCULAR' cannot be combined with"
+          f"{self.where()}: padding='CIRCULAR' cannot be combined with"
           f" input_dilation={input_dilation!r}; use 'SAME', 'VALID' or explicit pairs."
       )
 
@@ -263,8 +258,6 @@ class ConvTranspose(_ConvBase):
     use_bias, kernel_init, bias_init, kernel_metadata, bias_metadata: as for
       `Conv`.
   """
-
-  _kind = "ConvTranspose"
 
   def __init__(
       self,

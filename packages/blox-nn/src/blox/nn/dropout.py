@@ -65,7 +65,7 @@ class Dropout(Module):
     super().__init__(graph)
     if not 0.0 <= rate < 1.0:
       raise ValueError(
-          f"Dropout {graph.path!r}: rate must be in [0, 1), got {rate}."
+          f"{self.where()}: rate must be in [0, 1), got {rate}."
       )
     self.rate = rate
     self.rng = rng
@@ -73,7 +73,7 @@ class Dropout(Module):
   def __call__(
       self, params: Params, inputs: jax.Array, is_training: bool = True
   ) -> tuple[jax.Array, Params]:
-    where = f"Dropout {self.graph.path!r}"
+    where = self.where()
     check_is_training(is_training, where)
     # Checked in evaluation too, so that the mistake shows before training.
     _check_inexact(inputs, where)

@@ -68,8 +68,8 @@ class Embed(Module):
       embedding_metadata: Mapping[str, Any] | None = None,
   ) -> None:
     super().__init__(graph)
-    check_positive_int(num_embeddings, "num_embeddings", f"Embed {graph.path!r}")
-    check_positive_int(embedding_size, "embedding_size", f"Embed {graph.path!r}")
+    check_positive_int(num_embeddings, "num_embeddings", self.where())
+    check_positive_int(embedding_size, "embedding_size", self.where())
     self.num_embeddings = num_embeddings
     self.embedding_size = embedding_size
     self.rng = rng
@@ -94,7 +94,7 @@ class Embed(Module):
     dtype = jnp.result_type(ids)
     if not jnp.issubdtype(dtype, jnp.integer):
       raise TypeError(
-          f"Embed {self.graph.path!r} looks up integer ids, got dtype {dtype}; cast"
+          f"{self.where()} looks up integer ids, got dtype {dtype}; cast"
           " them with ids.astype(jnp.int32)."
       )
     table, params = self.table(params)
@@ -110,7 +110,7 @@ class Embed(Module):
     shape = tuple(jnp.shape(inputs))
     if not shape or shape[-1] != self.embedding_size:
       raise ValueError(
-          f"Embed {self.graph.path!r}: attend needs inputs whose last axis is"
+          f"{self.where()}: attend needs inputs whose last axis is"
           f" embedding_size={self.embedding_size}; got shape {shape}."
       )
     table, params = self.table(params)

@@ -54,7 +54,7 @@ class Linear(Module):
       bias_metadata: Mapping[str, Any] | None = None,
   ) -> None:
     super().__init__(graph)
-    check_positive_int(output_size, "output_size", f"Linear {graph.path!r}")
+    check_positive_int(output_size, "output_size", self.where())
     self.output_size = output_size
     self.rng = rng
     self.use_bias = use_bias
@@ -69,7 +69,7 @@ class Linear(Module):
     """Applies the layer to `inputs` of shape `(..., in)`."""
     if jnp.ndim(inputs) < 1:
       raise ValueError(
-          f"Linear {self.graph.path!r} needs inputs with a feature axis; got a scalar."
+          f"{self.where()} needs inputs with a feature axis; got a scalar."
       )
     kernel, params = self.get_param(
         params, "kernel", (inputs.shape[-1], self.output_size), self.kernel_init,

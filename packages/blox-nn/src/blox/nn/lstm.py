@@ -60,7 +60,7 @@ class LSTM(RecurrenceBase):
       self, graph: Graph, hidden_size: int, rng: KeySource, is_static: bool = False
   ) -> None:
     super().__init__(graph, is_static=is_static)
-    check_positive_int(hidden_size, "hidden_size", f"LSTM {'/'.join(graph.path)!r}")
+    check_positive_int(hidden_size, "hidden_size", self.where())
     self.hidden_size = hidden_size
     self.rng = rng
     self.gates = Linear(graph.child("gates"), 4 * hidden_size, rng)
@@ -89,7 +89,7 @@ class LSTM(RecurrenceBase):
     """
     if jnp.ndim(inputs) < 1:
       raise ValueError(
-          f"LSTM {'/'.join(self.graph.path)!r}: one step of inputs needs a"
+          f"{self.where()}: one step of inputs needs a"
           " feature axis, [batch, features]; got a scalar."
       )
     # concatenate promotes dtypes, like the kernel product that follows.

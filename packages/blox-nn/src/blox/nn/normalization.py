@@ -49,15 +49,10 @@ def _feature_mean(x: jax.Array, axis_name: Hashable | None, where: str) -> jax.A
 class _FeatureNorm(Module):
   """What both norms share: the input check and how learned params are read."""
 
-  _kind = ""
-
-  def _where(self) -> str:
-    return f"{self._kind} {self.graph.path!r}"
-
   def _check(self, inputs: jax.Array) -> None:
     if jnp.ndim(inputs) < 1:
       raise ValueError(
-          f"{self._where()} normalises over the last axis; it needs inputs with"
+          f"{self.where()} normalises over the last axis; it needs inputs with"
           " at least one axis, got a scalar."
       )
 
@@ -95,8 +90,6 @@ class LayerNorm(_FeatureNorm):
     axis_name: the named axis the features are sharded over, or None.
   """
 
-  _kind = "LayerNorm"
-
   def __init__(
       self,
       graph: Graph,
@@ -110,7 +103,7 @@ class LayerNorm(_FeatureNorm):
       axis_name: Hashable | None = None,
   ) -> None:
     super().__init__(graph)
-    check_epsilon(epsilon, self._where())
+    check_epsilon(epsilon, self.where())
     self.epsilon = epsilon
     self.use_scale = use_scale
     self.use_bias = use_bias
@@ -125,12 +118,12 @@ class LayerNorm(_FeatureNorm):
     self._check(inputs)
     compute, output = compute_dtypes(jnp.result_type(inputs))
     x = jnp.asarray(inputs, compute)
-    mean = _feature_mean(x, self.axis_name, self._where())
+    mean = _feature_mean(x, self.axis_name, self.where())
     centered = x - mean
     # Variance from the centred values (a second pass), which stays accurate
     # when the mean is large compared with the spread; with axis_name it is
     # still exact, because the mean above is already the global one.
-    var = _feature_mean(jnp.square(centered), self.axis_name, self._where())
+    var = _feature_mean(jnp.square(centered), self.axis_name, self.where())
     y = centered * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self._learned(
@@ -160,8 +153,6 @@ class RMSNorm(_FeatureNorm):
     axis_name: the named axis the features are sharded over, or None.
   """
 
-  _kind = "RMSNorm"
-
   def __init__(
       self,
       graph: Graph,
@@ -172,7 +163,7 @@ class RMSNorm(_FeatureNorm):
       axis_name: Hashable | None = None,
   ) -> None:
     super().__init__(graph)
-    check_epsilon(epsilon, self._where())
+    check_epsilon(epsilon, self.where())
     self.epsilon = epsilon
     self.use_scale = use_scale
     self.scale_init = scale_init
@@ -184,7 +175,7 @@ class RMSNorm(_FeatureNorm):
     self._check(inputs)
     compute, output = compute_dtypes(jnp.result_type(inputs))
     x = jnp.asarray(inputs, compute)
-    mean_square = _feature_mean(jnp.square(x), self.axis_name, self._where())
+    mean_square = _feature_mean(jnp.square(x), self.axis_name, self.where())
     y = x * jax.lax.rsqrt(mean_square + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self._learned(

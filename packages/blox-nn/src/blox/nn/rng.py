@@ -55,7 +55,7 @@ class Rng(Module):
     """
     if seed is None and counter is None:
       raise ValueError(
-          f"Rng {self._where()}: give seed=..., counter=... or both."
+          f"{self.where()}: give seed=..., counter=... or both."
       )
     seed_key = None if seed is None else _as_key(seed)
     counter_value = None if counter is None else jnp.asarray(counter, jnp.uint32)
@@ -63,7 +63,7 @@ class Rng(Module):
     if seed_path not in params:
       if seed_key is None:
         raise ValueError(
-            f"Rng {self._where()} has no stream yet; create it with"
+            f"{self.where()} has no stream yet; create it with"
             " rng.seed(params, seed=...)."
         )
       params = self._create(params, "seed", seed_key, RNG_SEED)
@@ -82,14 +82,11 @@ class Rng(Module):
     )
     return params
 
-  def _where(self) -> str:
-    return repr("/".join(self.graph.path))
-
   def _read(self, params: Params, name: str) -> Any:
     path = self.param_path(name)
     if path not in params:
       raise KeyError(
-          f"Rng {self._where()} is not seeded (no param {path!r}); call"
+          f"{self.where()} is not seeded (no param {path!r}); call"
           " rng.seed(params, seed=...) first."
       )
     return params[path].value

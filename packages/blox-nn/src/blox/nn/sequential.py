@@ -79,17 +79,17 @@ class Sequential(Module):
     super().__init__(graph)
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
       raise TypeError(
-          f"Sequential {graph.path!r}: layers must be a list of modules and"
+          f"{self.where()}: layers must be a list of modules and"
           f" functions, got {type(layers).__name__}."
       )
     for i, layer in enumerate(layers):
       if not callable(layer):
         raise TypeError(
-            f"Sequential {graph.path!r}: layer {i} is a {type(layer).__name__},"
+            f"{self.where()}: layer {i} is a {type(layer).__name__},"
             " which is neither a Module nor a callable."
         )
       if layer is self:
-        raise ValueError(f"Sequential {graph.path!r}: layer {i} is the Sequential itself.")
+        raise ValueError(f"{self.where()}: layer {i} is the Sequential itself.")
     self.layers: tuple[Module | Callable[[Any], Any], ...] = tuple(layers)
     self._accepts: tuple[frozenset[str] | None, ...] = tuple(
         _keywords(layer) if isinstance(layer, Module) else frozenset() for layer in self.layers
@@ -117,7 +117,7 @@ class Sequential(Module):
       )
       if unused:
         raise TypeError(
-            f"Sequential {self.graph.path!r}: no layer accepts the keyword"
+            f"{self.where()}: no layer accepts the keyword"
             f" argument(s) {unused}; remove them or check the spelling."
         )
     x = inputs
@@ -129,9 +129,8 @@ class Sequential(Module):
       result = layer(params, x, **extra)
       if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)):
         raise TypeError(
-            f"Sequential {self.graph.path!r}: layer {i} ({type(layer).__name__} at"
-            f" {'/'.join(layer.graph.path)!r}) must return (outputs, params), got"
-            f" {type(result).__name__}."
+            f"{self.where()}: layer {i} ({layer.where()}) must return (outputs,"
+            f" params), got {type(result).__name__}."
         )
       x, params = result
     return x, params
