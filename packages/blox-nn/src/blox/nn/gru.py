@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, RecurrenceBase
 from blox.nn._checks import check_positive_int
+from blox.nn._recurrent import check_step_inputs, zero_hidden
 from blox.nn.linear import Linear
 from blox.params import KeySource, Params
 
@@ -71,9 +72,7 @@ class GRU(RecurrenceBase):
       self, params: Params, inputs: jax.Array, **kwargs: Any
   ) -> tuple[GRUState, Params]:
     """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
-    shape = jnp.shape(inputs)[:-1] + (self.hidden_size,)
-    # The kernels are float32, so a step's outputs promote to at least that.
-    return GRUState(hidden=jnp.zeros(shape, jnp.result_type(inputs, jnp.float32))), params
+    return GRUState(hidden=zero_hidden(inputs, self.hidden_size)), params
 
   def __call__(
       self,
@@ -87,11 +86,7 @@ class GRU(RecurrenceBase):
     Returns:
       `((hidden, GRUState(hidden)), params)`.
     """
-    if jnp.ndim(inputs) < 1:
-      raise ValueError(
-          f"{self.where()}: one step of inputs needs a"
-          " feature axis, [batch, features]; got a scalar."
-      )
+    check_step_inputs(inputs, self.where())
     h = prev_state.hidden
     gates, params = self.gates(params, jnp.concatenate([inputs, h], axis=-1))
     r, z = jnp.split(jax.nn.sigmoid(gates), 2, axis=-1)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, RecurrenceBase
 from blox.nn._checks import check_positive_int
+from blox.nn._recurrent import check_step_inputs, zero_hidden
 from blox.nn.linear import Linear
 from blox.params import KeySource, Params
 
@@ -69,10 +70,7 @@ class LSTM(RecurrenceBase):
       self, params: Params, inputs: jax.Array, **kwargs: Any
   ) -> tuple[LSTMState, Params]:
     """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
-    shape = jnp.shape(inputs)[:-1] + (self.hidden_size,)
-    # The gate kernel is float32, so a step's outputs promote to at least that.
-    dtype = jnp.result_type(inputs, jnp.float32)
-    zeros = jnp.zeros(shape, dtype)
+    zeros = zero_hidden(inputs, self.hidden_size)
     return LSTMState(hidden=zeros, cell=zeros), params
 
   def __call__(
@@ -87,11 +85,7 @@ class LSTM(RecurrenceBase):
     Returns:
       `((hidden, LSTMState(hidden, cell)), params)`.
     """
-    if jnp.ndim(inputs) < 1:
-      raise ValueError(
-          f"{self.where()}: one step of inputs needs a"
-          " feature axis, [batch, features]; got a scalar."
-      )
+    check_step_inputs(inputs, self.where())
     # concatenate promotes dtypes, like the kernel product that follows.
     joined = jnp.concatenate([inputs, prev_state.hidden], axis=-1)
     gates, params = self.gates(params, joined)
