@@ -1,0 +1,45 @@
+"""Dependencies point one way: importing a package loads none of its dependents.
+
+In the workspace every package is installed, so an import of a dependent
+would go unnoticed by the package's own tests; CI's per-package runs catch
+an undeclared import, and these catch a forbidden one in the workspace run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# What each portion must never import, even indirectly.
+FORBIDDEN = {
+    "blox.params": ("blox.graph", "blox.nn", "blox.parallel", "optax"),
+    "blox.graph": ("blox.nn", "blox.parallel", "optax"),
+    "blox.nn": ("blox.parallel", "optax"),
+    "blox.parallel": ("blox.graph", "blox.nn", "optax"),
+}
+
+# The umbrella's blox/__init__.py imports every portion, so the probe stands
+# in for it with a bare namespace package over all installed portions: this
+# is how `blox` looks when a portion is installed without the umbrella.
+_PROBE = """
+import os, sys, types
+namespace = types.ModuleType('blox')
+namespace.__path__ = [os.path.join(entry, 'blox') for entry in sys.path
+                      if os.path.isdir(os.path.join(entry or '.', 'blox'))]
+sys.modules['blox'] = namespace
+import {package}
+print('\\n'.join(sorted(m for m in sys.modules if m.startswith(('blox.', 'optax')))))
+"""
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_package_imports_without_its_dependents(package: str) -> None:
+  result = subprocess.run(
+      [sys.executable, "-c", _PROBE.format(package=package)],
+      capture_output=True, text=True, timeout=120, check=True,
+  )
+  loaded = set(result.stdout.split())
+  assert package in loaded
+  assert not loaded & set(FORBIDDEN[package]), sorted(loaded & set(FORBIDDEN[package]))
