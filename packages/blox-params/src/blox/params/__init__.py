@@ -10,6 +10,8 @@ Example:
   Array([2., 2., 2.], dtype=float32)
 """
 
+from blox.params._arrays import Initializer, is_array, is_prng_key
+from blox.params._paths import SHARDING, path_text
 from blox.params.checkpoint import CheckpointWarning, load, save
 from blox.params.checkpoint_format import CheckpointError
 from blox.params.key_source import RNG_COUNTER, RNG_SEED, RNG_STREAM, KeySource
@@ -20,6 +22,7 @@ from blox.params.training import param_mask, value_and_grad
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
+    "Initializer",
     "KeySource",
     "Metadata",
     "Param",
@@ -28,8 +31,12 @@ __all__ = [
     "RNG_COUNTER",
     "RNG_SEED",
     "RNG_STREAM",
+    "SHARDING",
+    "is_array",
+    "is_prng_key",
     "load",
     "param_mask",
+    "path_text",
     "save",
     "value_and_grad",
 ]

@@ -377,6 +377,32 @@ class Params:
         )
     }
 
+  def map(self, fn: Callable[[Path, Param], Any]) -> Params:
+    """A `Params`-shaped pytree whose leaf at each path is `fn(path, param)`.
+
+    The one way to build a tree of something else that lines up with these
+    params: masks (`param_mask`), shardings (`blox.parallel.param_shardings`),
+    checkpoint templates. The result has the same pytree structure as these
+    params (paths, order, flags, metadata, locked flag), so it can be passed
+    wherever JAX wants a tree matching them (`in_shardings`, optax masks).
+    Its leaves may be anything, and are not checked: it is a tree, not a
+    container of params to run a model on.
+
+    Example:
+      >>> params = Params({('w',): Param(jnp.ones(2)), ('b',): Param(jnp.ones(3))})
+      >>> sizes = params.map(lambda path, param: param.value.size)
+      >>> [sizes[path].value for path in sizes]
+      [2, 3]
+    """
+    s = self._structure
+    leaves = tuple(
+        fn(path, Param(value, trainable, metadata))
+        for path, value, trainable, metadata in zip(
+            s.paths, self._values, s.trainable, s.metadata
+        )
+    )
+    return Params._make(leaves, s)
+
   # Splitting and merging.
 
   def split(self, predicate: Predicate | None = None) -> tuple[Params, Params]:

@@ -1,0 +1,106 @@
+"""What counts as an array, a PRNG key, and a dtype, in one place for all of blox.
+
+Every package of blox asks the same few questions of a value: is it an array,
+is it a typed PRNG key, which dtype does JAX really make of a requested one.
+They are answered here once; the other packages import the answers from
+`blox.params`.
+
+Example:
+  >>> import jax, numpy as np
+  >>> is_array(np.ones(3)), is_array(3.0), is_array(jax.ShapeDtypeStruct((2,), 'float32'))
+  (True, False, False)
+  >>> is_prng_key(jax.random.key(0)), is_prng_key(np.uint32(0))
+  (True, False)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Initializer",
+    "canonical_dtype",
+    "describe_value",
+    "dtype_text",
+    "is_array",
+    "is_prng_key",
+    "is_value",
+    "same_dtype",
+]
+
+
+class Initializer(Protocol):
+  """`init(key, shape, dtype) -> array`, the contract of `jax.nn.initializers`.
+
+  `key` is None when the param is created without a key source.
+  """
+
+  def __call__(self, key: Any, shape: Any, dtype: Any = ..., /) -> Any: ...
+
+
+def is_array(value: object) -> bool:
+  """Whether `value` is a concrete array: a jax or numpy array or numpy scalar.
+
+  Python numbers, lists and abstract `jax.ShapeDtypeStruct`s are not.
+  """
+  return isinstance(value, (jax.Array, np.ndarray, np.generic))
+
+
+def is_value(value: object) -> bool:
+  """Whether `value` can be one param's value: a concrete array (see
+  `is_array`) or an abstract `jax.ShapeDtypeStruct` (from `jax.eval_shape`)."""
+  return is_array(value) or isinstance(value, jax.ShapeDtypeStruct)
+
+
+def is_prng_key(value: Any) -> bool:
+  """Whether `value` (an array, or a dtype) is a typed PRNG key (`key<fry>`).
+
+  Legacy raw `uint32[2]` keys are plain integer arrays and are not.
+  """
+  dtype = getattr(value, "dtype", value)
+  try:
+    return bool(jnp.issubdtype(dtype, jax.dtypes.prng_key))
+  except TypeError:
+    return False
+
+
+def canonical_dtype(dtype: Any) -> Any:
+  """The dtype JAX actually creates for `dtype` (float32 for float64 while
+  64-bit mode is off); typed PRNG key dtypes are returned as they are."""
+  if is_prng_key(dtype):
+    return dtype
+  return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def dtype_text(dtype: Any) -> str:
+  """`float32` for any spelling of a dtype (`jnp.float32`, 'float32', ...)."""
+  try:
+    return str(jnp.dtype(dtype))
+  except TypeError:
+    return str(dtype)
+
+
+def same_dtype(existing: Any, requested: Any) -> bool:
+  """Whether two dtypes agree; also for typed PRNG key dtypes (`key<fry>`).
+
+  `jnp.dtype` cannot interpret key dtypes, so they are compared as they are.
+  """
+  if existing == requested:
+    return True
+  try:
+    return bool(jnp.dtype(existing) == jnp.dtype(requested))
+  except TypeError:
+    return False
+
+
+def describe_value(value: Any) -> str:
+  """Shape and dtype of an array-like (`float32[3, 4]`), never its contents."""
+  shape = getattr(value, "shape", None)
+  dtype = getattr(value, "dtype", None)
+  if shape is None or dtype is None:
+    return type(value).__name__
+  return f"{dtype}{list(shape)}"

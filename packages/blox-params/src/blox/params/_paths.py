@@ -1,0 +1,53 @@
+"""Param paths: what a path is, and the one way errors write one.
+
+A path is a non-empty tuple of strings, such as `('net', 'mlp', 'kernel')`.
+Every error message in blox writes a param path as that tuple (`path_text`),
+which is exactly what a user types to index `Params`. Modules are named
+differently, by type and graph node (`Linear 'net/out'`, see
+`blox.graph.Module.where`), because a node is not a key of `Params`.
+
+Example:
+  >>> path_text(('net', 'kernel'))
+  "('net', 'kernel')"
+  >>> check_path(['net'])
+  Traceback (most recent call last):
+  ...
+  TypeError: A param path is a non-empty tuple of strings, like ('net', 'kernel'); got ['net'].
+"""
+
+from __future__ import annotations
+
+from typing import TypeGuard
+
+__all__ = ["Path", "SHARDING", "check_path", "is_path", "path_text"]
+
+Path = tuple[str, ...]
+
+# The metadata key under which a param says how it is laid out over a device
+# mesh: one entry per dimension (a mesh or logical axis name, a tuple of
+# names, or None). Layers write it, blox.parallel reads it.
+SHARDING = "sharding"
+
+
+def is_path(path: object) -> TypeGuard[Path]:
+  """Whether `path` is a non-empty tuple of strings."""
+  return (
+      isinstance(path, tuple)
+      and bool(path)
+      and all(isinstance(part, str) for part in path)
+  )
+
+
+def check_path(path: object) -> Path:
+  """Returns `path` unchanged, or raises TypeError unless it is a valid path."""
+  if not is_path(path):
+    raise TypeError(
+        f"A param path is a non-empty tuple of strings, like ('net', 'kernel');"
+        f" got {path!r}."
+    )
+  return path
+
+
+def path_text(path: tuple[object, ...]) -> str:
+  """How every blox error writes a param path: the tuple, as it is typed."""
+  return repr(tuple(path))
