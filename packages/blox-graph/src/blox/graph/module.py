@@ -123,14 +123,21 @@ class Module(metaclass=_ModuleMeta):
     """
     return f"{type(self).__name__} '{'/'.join(self._graph.path)}'"
 
-  def param_path(self, name: str) -> tuple[str, ...]:
-    """The full path of this module's param `name`."""
+  def param_path(self, name: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The full path of this module's param `name`.
+
+    `name` is one name, or a tuple of names for a param nested below the
+    module's node: a module that owns several groups of params without
+    child modules (attention's `('query', 'kernel')`, ...) names them so.
+    """
+    if isinstance(name, tuple):
+      return self._graph.path + name
     return self._graph.path + (name,)
 
   def get_param(
       self,
       params: Params,
-      name: str,
+      name: str | tuple[str, ...],
       shape: Sequence[int] | None = None,
       init: Callable[..., Any] | None = None,
       dtype: Any = None,
@@ -158,7 +165,7 @@ class Module(metaclass=_ModuleMeta):
   def set_param(
       self,
       params: Params,
-      name: str,
+      name: str | tuple[str, ...],
       value: Any = None,
       trainable: bool | None = None,
       metadata: Mapping[str, Any] | None = None,

@@ -48,8 +48,8 @@ def kernel_and_bias(
     use_bias: bool = True,
     kernel_metadata: Mapping[str, Any] | None = None,
     bias_metadata: Mapping[str, Any] | None = None,
-    kernel_name: str = "kernel",
-    bias_name: str = "bias",
+    kernel_name: str | tuple[str, ...] = "kernel",
+    bias_name: str | tuple[str, ...] = "bias",
     param_dtype: Any = None,
 ) -> tuple[jax.Array, jax.Array | None, Params]:
   """Gets (creating on first use) `module`'s kernel and, with `use_bias`, its bias.
