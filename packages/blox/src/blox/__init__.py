@@ -130,6 +130,7 @@ if TYPE_CHECKING:
   from blox.params import param_mask as param_mask
   from blox.params import save as save
   from blox.params import value_and_grad as value_and_grad
+  # `unused_params` joins this block once blox.params exports it.
 else:
   # Hidden from type checkers, so that a misspelt `bx.Lineer` stays a type
   # error instead of becoming `Any`.

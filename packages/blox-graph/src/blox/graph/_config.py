@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-__all__ = ["init_config"]
+__all__ = ["init_config", "is_default"]
 
 _MISSING = object()
 _SKIPPED = ("self", "graph")
