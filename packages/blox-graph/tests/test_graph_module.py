@@ -52,7 +52,7 @@ def test_binding_to_an_already_bound_node_raises() -> None:
 
 
 def test_graph_argument_must_be_a_graph() -> None:
-  with pytest.raises(TypeError, match="needs a Graph node"):
+  with pytest.raises(TypeError, match=r"_Scale needs a Graph node.*got str; pass a node such as Graph\(.net.\).child"):
     _Scale("net/s", 3)  # type: ignore[arg-type]  # the misuse under test
 
 

@@ -89,7 +89,8 @@ class Module(metaclass=_ModuleMeta):
     if not isinstance(graph, Graph):
       raise TypeError(
           f"{type(self).__name__} needs a Graph node as its first argument, got"
-          f" {type(graph).__name__}."
+          f" {type(graph).__name__}; pass a node such as"
+          f" Graph('net').child('{type(self).__name__.lower()}')."
       )
     graph._bind(self)
     self._graph = graph
