@@ -20,15 +20,11 @@ FORBIDDEN = {
     "blox.parallel": ("blox.graph", "blox.nn", "optax"),
 }
 
-# The umbrella's blox/__init__.py imports every portion, so the probe stands
-# in for it with a bare namespace package over all installed portions: this
-# is how `blox` looks when a portion is installed without the umbrella.
+# The umbrella's blox/__init__.py is lazy (it imports a portion only when one
+# of its names is used), so importing a portion directly loads exactly what
+# that portion imports.
 _PROBE = """
-import os, sys, types
-namespace = types.ModuleType('blox')
-namespace.__path__ = [os.path.join(entry, 'blox') for entry in sys.path
-                      if os.path.isdir(os.path.join(entry or '.', 'blox'))]
-sys.modules['blox'] = namespace
+import sys
 import {package}
 print('\\n'.join(sorted(m for m in sys.modules if m.startswith(('blox.', 'optax')))))
 """

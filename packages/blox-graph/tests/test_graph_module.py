@@ -52,7 +52,7 @@ def test_binding_to_an_already_bound_node_raises() -> None:
 
 
 def test_graph_argument_must_be_a_graph() -> None:
-  with pytest.raises(TypeError, match="needs a Graph node"):
+  with pytest.raises(TypeError, match=r"_Scale needs a Graph node.*got str; pass a node such as Graph\(.net.\).child"):
     _Scale("net/s", 3)  # type: ignore[arg-type]  # the misuse under test
 
 
@@ -136,3 +136,99 @@ def test_creating_while_locked_raises() -> None:
   scale = _Scale(Graph("net").child("s"), 3)
   with pytest.raises(RuntimeError, match=r"locked.*\('net', 's', 'scale'\)"):
     scale(Params().locked(), jnp.ones(3))
+
+
+class AddConstant(Module):
+  """The spec's user module: stores its one argument under its own name."""
+
+  def __init__(self, graph: Graph, value: float) -> None:
+    super().__init__(graph)
+    self.value = value
+
+  def __call__(self, params: Params, x: Any) -> tuple[Any, Params]:
+    return x + self.value, params
+
+
+def test_repr_and_config_follow_a_changed_attribute() -> None:
+  adder = AddConstant(Graph("cache").child("add"), value=10.0)
+  assert repr(adder) == "AddConstant(value=10.0)"
+  adder.value = 100.0
+  assert repr(adder) == "AddConstant(value=100.0)"
+  assert dict(adder.config) == {"value": 100.0}
+  y, _ = adder(Params(), jnp.zeros(2))
+  np.testing.assert_allclose(y, 100.0)
+
+
+def test_config_shows_non_defaults_and_skips_unstored_parameters() -> None:
+  class _Partly(Module):
+    def __init__(
+        self, graph: Graph, size: int, rate: float = 0.5, kept: str = "a", *args: Any,
+        **kwargs: Any,
+    ) -> None:
+      super().__init__(graph)
+      self.size = size
+      self.kept = kept  # `rate` is used, not stored
+
+    def __call__(self, params: Params) -> tuple[None, Params]:
+      return None, params
+
+  root = Graph("net")
+  partly = _Partly(root.child("p"), 3, rate=0.1, kept="a")
+  assert dict(partly.config) == {"size": 3}
+  assert repr(partly) == "_Partly(size=3)"
+  partly.kept = "b"
+  assert repr(partly) == "_Partly(size=3, kept='b')"
+  # A default given explicitly is not shown; a changed one is, at once.
+  scale = _Scale(root.child("s"), 4, label="scale")
+  assert repr(scale) == "_Scale(size=4)"
+  scale.label = "z"
+  assert dict(scale.config) == {"size": 4, "label": "z"}
+
+
+def test_config_never_compares_arrays_elementwise() -> None:
+  class _Offset(Module):
+    def __init__(self, graph: Graph, offset: Any = None, table: Any = (1, 2)) -> None:
+      super().__init__(graph)
+      self.offset = offset
+      self.table = table
+
+    def __call__(self, params: Params) -> tuple[None, Params]:
+      return None, params
+
+  root = Graph("net")
+  assert repr(_Offset(root.child("none"))) == "_Offset()"
+  offset = _Offset(root.child("o"), offset=jnp.ones(2), table=np.ones(2))
+  assert set(offset.config) == {"offset", "table"}
+  assert "offset=Array([1., 1.], dtype=float32)" in repr(offset)
+  # A tuple holding arrays, whose == raises on its truth value, is shown too.
+  odd = _Offset(root.child("odd"), table=(np.ones(2), np.ones(2)))
+  assert set(odd.config) == {"table"}
+
+
+def test_a_subclass_reads_its_own_signature() -> None:
+  class _Named(_Scale):
+    def __init__(self, graph: Graph, name: str, size: int = 2) -> None:
+      super().__init__(graph, size)
+      self.name = name
+
+  named = _Named(Graph("net").child("n"), "x")
+  # `label` is not a parameter of _Named.__init__, so it is not shown.
+  assert repr(named) == "_Named(name='x')"
+
+
+def test_a_failed_constructor_frees_its_node() -> None:
+  class _Picky(Module):
+    def __init__(self, graph: Graph, size: int) -> None:
+      super().__init__(graph)
+      if size <= 0:
+        raise ValueError(f"{self.where()}: size must be positive, got {size}; pass size >= 1.")
+      self.size = size
+
+    def __call__(self, params: Params) -> tuple[None, Params]:
+      return None, params
+
+  node = Graph("net").child("p")
+  with pytest.raises(ValueError, match="_Picky 'net/p': size must be positive"):
+    _Picky(node, 0)
+  assert node.module is None
+  assert _Picky(node, 1).graph is node

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blox.graph import dynamic_scan, static_scan
-from blox.graph.scan import time_length
+from blox.graph import dynamic_scan, static_scan, time_length
 from blox.params import Param, Params
 
 _W = ("scan", "w")

@@ -181,3 +181,61 @@ def test_rejects_non_params() -> None:
     summary({"w": jnp.ones(2)})  # type: ignore[arg-type]  # the misuse under test
   with pytest.raises(TypeError, match="graph must be a Graph"):
     summary(Params(), "net")  # type: ignore[arg-type]  # the misuse under test
+
+
+class _Attention(Module):
+  """A module whose params nest below its node, like multi-head attention's."""
+
+  def __init__(self, graph: Graph, features: int) -> None:
+    super().__init__(graph)
+    self.features = features
+
+  def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    for name in ("query", "value"):
+      w, params = self.get_param(
+          params, (name, "kernel"), (x.shape[-1], self.features), jax.nn.initializers.ones
+      )
+      x = x @ w
+    b, params = self.get_param(params, "bias", (self.features,), jax.nn.initializers.zeros)
+    return x + b, params
+
+
+def test_nested_params_group_under_the_module_that_owns_them() -> None:
+  graph = Graph("net")
+  mha = _Attention(graph.child("mha"), features=2)
+  head = Dense(graph.child("head"), features=3)
+  y, params = mha(Params(), jnp.ones((1, 2)))
+  _, params = head(params, y)
+  # A param no module owns still groups by path[:-1].
+  params = Params({
+      **{path: params[path] for path in params},
+      ("net", "stats", "mean"): Param(jnp.zeros(3), trainable=False),
+  })
+  lines = summary(params, graph).splitlines()
+  assert lines[0] == "6 params in 3 modules, unlocked"
+  mha_line = next(i for i, line in enumerate(lines) if line.startswith("net/mha"))
+  assert "_Attention(features=2)" in lines[mha_line]
+  # The module line shows the subtotal of all its params: 4 + 4 + 2.
+  assert lines[mha_line].split()[-2:] == ["10", "40"]
+  names = [line.split()[0] for line in lines[mha_line + 1 : mha_line + 4]]
+  assert names == ["query/kernel", "value/kernel", "bias"]
+  head_line = next(i for i, line in enumerate(lines) if line.startswith("net/head"))
+  assert [line.split()[0] for line in lines[head_line + 1 : head_line + 3]] == ["kernel", "bias"]
+  stats_line = next(i for i, line in enumerate(lines) if line.startswith("net/stats"))
+  assert lines[stats_line].split() == ["net/stats", "3", "12"]
+  assert lines[stats_line + 1].split()[0] == "mean"
+  # Without a graph the same params group by path[:-1].
+  plain = summary(params).splitlines()
+  assert plain[0] == "6 params in 5 modules, unlocked"
+  query_line = next(i for i, line in enumerate(plain) if line.startswith("net/mha/query"))
+  assert plain[query_line + 1].split()[0] == "kernel"
+
+
+def test_graph_below_the_root_owns_only_its_subtree() -> None:
+  graph = Graph("net")
+  mha = _Attention(graph.child("block").child("mha"), features=2)
+  _, params = mha(Params(), jnp.ones((1, 2)))
+  # Given the block node, the walk still finds the module at its full path.
+  table = summary(params, graph.children["block"])
+  assert "net/block/mha  _Attention(features=2)" in table
+  assert "query/kernel" in table

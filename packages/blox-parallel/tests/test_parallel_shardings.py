@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Param, Params
+from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, SHARDING, Param, Params
 from blox.parallel import init_sharded, make_mesh, param_shardings, partition_spec, shard_batch
 
 # PartitionSpec's constructor has no annotations (strict mypy).
@@ -44,11 +44,11 @@ def init(seed: int) -> Params:
   })
   normal = jax.nn.initializers.normal(1.0)
   _, params = params.get_or_create(
-      KERNEL, (6, 8), normal, metadata={"sharding": (None, "model")}, key_source=draw)
+      KERNEL, (6, 8), normal, metadata={SHARDING: (None, "model")}, key_source=draw)
   _, params = params.get_or_create(
-      BIAS, (8,), normal, metadata={"sharding": ("model",)}, key_source=draw)
+      BIAS, (8,), normal, metadata={SHARDING: ("model",)}, key_source=draw)
   _, params = params.get_or_create(
-      EMBED, (16, 6), normal, metadata={"sharding": (("data", "model"),)}, key_source=draw)
+      EMBED, (16, 6), normal, metadata={SHARDING: (("data", "model"),)}, key_source=draw)
   _, params = params.get_or_create(SCALE, (6,), jax.nn.initializers.ones)
   return params.locked()
 
@@ -128,7 +128,7 @@ def test_init_sharded_traces_arrays_and_replicates_other_outputs() -> None:
   mesh = mesh_4x2()
 
   def init_with_state(x: jax.Array, scale: float) -> tuple[Params, jax.Array]:
-    params = Params({KERNEL: Param(x * scale, metadata={"sharding": ("data",)})})
+    params = Params({KERNEL: Param(x * scale, metadata={SHARDING: ("data",)})})
     return params, jnp.sum(x)
 
   params, total = init_sharded(init_with_state, mesh, np.ones((4, 2)), 2.0)
@@ -139,7 +139,7 @@ def test_init_sharded_traces_arrays_and_replicates_other_outputs() -> None:
 
 
 def test_shorter_tuple_pads_with_none() -> None:
-  params = Params({KERNEL: Param(jnp.ones((4, 6, 2)), metadata={"sharding": ("data",)})})
+  params = Params({KERNEL: Param(jnp.ones((4, 6, 2)), metadata={SHARDING: ("data",)})})
   spec = param_shardings(params, mesh_4x2())[KERNEL].value.spec
   placed = jax.device_put(params, param_shardings(params, mesh_4x2()))
   assert spec == P("data")
@@ -149,26 +149,26 @@ def test_shorter_tuple_pads_with_none() -> None:
 @pytest.mark.parametrize(
     ("shape", "sharding", "message"),
     [
-        ((4, 6), (None, "tensor"), r"'net/dense/kernel'.*'tensor'.*\('data', 'model'\)"),
-        ((4,), ("data", None), r"'net/dense/kernel'.*rank 1"),
-        ((6, 4), ("data", None), r"'net/dense/kernel'.*dimension 0.*'data'.*4 equal parts"),
-        ((12, 4), (("data", "model"), None), r"'net/dense/kernel'.*dimension 0 \(size 12\).*8 equal"),
-        ((4, 4), ("data", "data"), r"'net/dense/kernel'.*'data' twice"),
+        ((4, 6), (None, "tensor"), r"\('net', 'dense', 'kernel'\).*'tensor'.*\('data', 'model'\)"),
+        ((4,), ("data", None), r"\('net', 'dense', 'kernel'\).*rank 1"),
+        ((6, 4), ("data", None), r"\('net', 'dense', 'kernel'\).*dimension 0.*'data'.*4 equal parts"),
+        ((12, 4), (("data", "model"), None), r"\('net', 'dense', 'kernel'\).*dimension 0 \(size 12\).*8 equal"),
+        ((4, 4), ("data", "data"), r"\('net', 'dense', 'kernel'\).*'data' twice"),
     ],
 )
 def test_bad_sharding_metadata_raises(
     shape: tuple[int, ...], sharding: tuple[Any, ...], message: str
 ) -> None:
-  params = Params({KERNEL: Param(jnp.ones(shape), metadata={"sharding": sharding})})
+  params = Params({KERNEL: Param(jnp.ones(shape), metadata={SHARDING: sharding})})
   with pytest.raises(ValueError, match=message):
     param_shardings(params, mesh_4x2())
 
 
 def test_partition_spec_metadata_rejects_a_partition_spec() -> None:
-  params = Params({KERNEL: Param(jnp.ones((4, 6)), metadata={"sharding": P(None, "model")})})
+  params = Params({KERNEL: Param(jnp.ones((4, 6)), metadata={SHARDING: P(None, "model")})})
   with pytest.raises(
       TypeError,
-      match=r"'net/dense/kernel'.*PartitionSpec; use a tuple like \(None, 'model'\), not a PartitionSpec",
+      match=r"\('net', 'dense', 'kernel'\).*PartitionSpec; use a tuple like \(None, 'model'\), not a PartitionSpec",
   ):
     param_shardings(params, mesh_4x2())
 
@@ -177,11 +177,11 @@ def test_partition_spec_metadata_rejects_a_partition_spec() -> None:
     ("metadata", "expected"),
     [
         ({}, ()),
-        ({"sharding": None}, ()),
-        ({"sharding": ()}, ()),
-        ({"sharding": "data"}, ("data",)),
-        ({"sharding": ("data", "model")}, ("data", "model")),
-        ({"sharding": (("data", "model"),)}, (("data", "model"),)),
+        ({SHARDING: None}, ()),
+        ({SHARDING: ()}, ()),
+        ({SHARDING: "data"}, ("data",)),
+        ({SHARDING: ("data", "model")}, ("data", "model")),
+        ({SHARDING: (("data", "model"),)}, (("data", "model"),)),
     ],
 )
 def test_partition_spec_reads_metadata_like_param_sharding(
@@ -189,7 +189,7 @@ def test_partition_spec_reads_metadata_like_param_sharding(
 ) -> None:
   param = Param(jnp.ones((8, 2)), metadata=metadata)
   assert partition_spec(KERNEL, param, mesh_4x2()) == P(*expected)
-  if metadata.get("sharding") is not None:
+  if metadata.get(SHARDING) is not None:
     # The same entries that Param.sharding reports.
     assert partition_spec(KERNEL, param, mesh_4x2()) == P(*param.sharding)
 

@@ -3,6 +3,10 @@
 `outputs, params = module(params, inputs)`: all state lives in an immutable
 `Params` container that is passed in and returned.
 
+`import blox as bx` loads no portion yet: each name imports the portion that
+defines it (blox.params, blox.graph, blox.nn, blox.parallel) on first use, so
+`import blox.params` alone never loads the layers.
+
 Example:
   >>> import blox as bx
   >>> import jax.numpy as jnp
@@ -22,92 +26,128 @@ from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)
 
-from blox.graph import (  # noqa: E402
-    Graph,
-    Module,
-    RecurrenceBase,
-    SequenceBase,
-    dynamic_scan,
-    maybe_reset_state,
-    static_scan,
-    summary,
-)
-from blox.nn import (  # noqa: E402
-    GRU,
-    LSTM,
-    BatchNorm,
-    Conv,
-    ConvTranspose,
-    Dropout,
-    Embed,
-    GRUState,
-    KVCache,
-    LayerNorm,
-    Linear,
-    LSTMState,
-    MultiHeadAttention,
-    RMSNorm,
-    Rng,
-    Sequential,
-    avg_pool,
-    initializers,
-    max_pool,
-    min_pool,
-)
-from blox import parallel  # noqa: E402
-from blox.params import (  # noqa: E402
-    CheckpointError,
-    CheckpointWarning,
-    KeySource,
-    Metadata,
-    Param,
-    Params,
-    Path,
-    load,
-    param_mask,
-    save,
-    value_and_grad,
-)
+import importlib as _importlib  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-__all__ = [
-    "BatchNorm",
-    "CheckpointError",
-    "CheckpointWarning",
-    "Conv",
-    "ConvTranspose",
-    "Dropout",
-    "Embed",
-    "GRU",
-    "GRUState",
-    "Graph",
-    "KVCache",
-    "KeySource",
-    "LSTM",
-    "LSTMState",
-    "LayerNorm",
-    "Linear",
-    "Metadata",
-    "Module",
-    "MultiHeadAttention",
-    "Param",
-    "Params",
-    "Path",
-    "RMSNorm",
-    "RecurrenceBase",
-    "Rng",
-    "SequenceBase",
-    "Sequential",
-    "avg_pool",
-    "dynamic_scan",
-    "initializers",
-    "load",
-    "max_pool",
-    "maybe_reset_state",
-    "min_pool",
-    "parallel",
-    "param_mask",
-    "save",
-    "static_scan",
-    "summary",
-    "value_and_grad",
-]
+from blox._version import __version__ as __version__  # noqa: E402
+
+# Each public name and the portion that defines it; a name that is itself a
+# portion (`parallel`) stands for that portion.
+_EXPORTS: dict[str, str] = {
+    # blox.params
+    "CheckpointError": "blox.params",
+    "CheckpointWarning": "blox.params",
+    "Initializer": "blox.params",
+    "KeySource": "blox.params",
+    "Metadata": "blox.params",
+    "Param": "blox.params",
+    "Params": "blox.params",
+    "Path": "blox.params",
+    "SHARDING": "blox.params",
+    "load": "blox.params",
+    "param_mask": "blox.params",
+    "save": "blox.params",
+    "unused_params": "blox.params",
+    "value_and_grad": "blox.params",
+    # blox.graph
+    "Graph": "blox.graph",
+    "Module": "blox.graph",
+    "RecurrenceBase": "blox.graph",
+    "SequenceBase": "blox.graph",
+    "dynamic_scan": "blox.graph",
+    "maybe_reset_state": "blox.graph",
+    "static_scan": "blox.graph",
+    "summary": "blox.graph",
+    # blox.nn
+    "BatchNorm": "blox.nn",
+    "Conv": "blox.nn",
+    "ConvTranspose": "blox.nn",
+    "Dropout": "blox.nn",
+    "Embed": "blox.nn",
+    "GRU": "blox.nn",
+    "GRUState": "blox.nn",
+    "KVCache": "blox.nn",
+    "LSTM": "blox.nn",
+    "LSTMState": "blox.nn",
+    "LayerNorm": "blox.nn",
+    "Linear": "blox.nn",
+    "MultiHeadAttention": "blox.nn",
+    "RMSNorm": "blox.nn",
+    "Rng": "blox.nn",
+    "Sequential": "blox.nn",
+    "avg_pool": "blox.nn",
+    "initializers": "blox.nn",
+    "max_pool": "blox.nn",
+    "min_pool": "blox.nn",
+    # blox.parallel, as a whole
+    "parallel": "blox.parallel",
+}
+
+__all__ = sorted(["__version__", *_EXPORTS])
+
+if TYPE_CHECKING:
+  # What the lazy names are, for type checkers and IDEs; at runtime
+  # `__getattr__` below imports them on first use.
+  from blox import parallel as parallel
+  from blox.graph import Graph as Graph
+  from blox.graph import Module as Module
+  from blox.graph import RecurrenceBase as RecurrenceBase
+  from blox.graph import SequenceBase as SequenceBase
+  from blox.graph import dynamic_scan as dynamic_scan
+  from blox.graph import maybe_reset_state as maybe_reset_state
+  from blox.graph import static_scan as static_scan
+  from blox.graph import summary as summary
+  from blox.nn import GRU as GRU
+  from blox.nn import LSTM as LSTM
+  from blox.nn import BatchNorm as BatchNorm
+  from blox.nn import Conv as Conv
+  from blox.nn import ConvTranspose as ConvTranspose
+  from blox.nn import Dropout as Dropout
+  from blox.nn import Embed as Embed
+  from blox.nn import GRUState as GRUState
+  from blox.nn import KVCache as KVCache
+  from blox.nn import LayerNorm as LayerNorm
+  from blox.nn import Linear as Linear
+  from blox.nn import LSTMState as LSTMState
+  from blox.nn import MultiHeadAttention as MultiHeadAttention
+  from blox.nn import RMSNorm as RMSNorm
+  from blox.nn import Rng as Rng
+  from blox.nn import Sequential as Sequential
+  from blox.nn import avg_pool as avg_pool
+  from blox.nn import initializers as initializers
+  from blox.nn import max_pool as max_pool
+  from blox.nn import min_pool as min_pool
+  from blox.params import SHARDING as SHARDING
+  from blox.params import CheckpointError as CheckpointError
+  from blox.params import CheckpointWarning as CheckpointWarning
+  from blox.params import Initializer as Initializer
+  from blox.params import KeySource as KeySource
+  from blox.params import Metadata as Metadata
+  from blox.params import Param as Param
+  from blox.params import Params as Params
+  from blox.params import Path as Path
+  from blox.params import load as load
+  from blox.params import param_mask as param_mask
+  from blox.params import save as save
+  from blox.params import value_and_grad as value_and_grad
+  # `unused_params` joins this block once blox.params exports it.
+else:
+  # Hidden from type checkers, so that a misspelt `bx.Lineer` stays a type
+  # error instead of becoming `Any`.
+
+  def __getattr__(name: str) -> object:
+    """Imports the portion that defines `name` on first use (PEP 562)."""
+    portion = _EXPORTS.get(name)
+    if portion is None:
+      raise AttributeError(
+          f"module 'blox' has no attribute {name!r}; the public names are listed"
+          " in blox.__all__ (or import the portion directly, e.g. blox.nn)."
+      )
+    module = _importlib.import_module(portion)
+    value = module if portion == f"{__name__}.{name}" else getattr(module, name)
+    # Later lookups find the name directly, without calling this again.
+    globals()[name] = value
+    return value
+
+  def __dir__() -> list[str]:
+    return list(__all__)

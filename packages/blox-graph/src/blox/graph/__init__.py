@@ -6,19 +6,28 @@ Example:
   ('net', 'mlp')
 """
 
-from blox.graph.graph import Graph
-from blox.graph.module import Module
-from blox.graph.scan import dynamic_scan, static_scan
-from blox.graph.sequence import RecurrenceBase, SequenceBase, maybe_reset_state
-from blox.graph.summary import summary
+from blox.graph._graph import Graph as Graph
+from blox.graph._module import Module as Module
+from blox.graph._scan import Step as Step
+from blox.graph._scan import dynamic_scan as dynamic_scan
+from blox.graph._scan import static_scan as static_scan
+from blox.graph._scan import time_length as time_length
+from blox.graph._sequence import RecurrenceBase as RecurrenceBase
+from blox.graph._sequence import SequenceBase as SequenceBase
+from blox.graph._sequence import maybe_reset_state as maybe_reset_state
+from blox.graph._summary import summary as summary
+from blox.graph._version import __version__ as __version__
 
 __all__ = [
     "Graph",
     "Module",
     "RecurrenceBase",
     "SequenceBase",
+    "Step",
+    "__version__",
     "dynamic_scan",
     "maybe_reset_state",
     "static_scan",
     "summary",
+    "time_length",
 ]

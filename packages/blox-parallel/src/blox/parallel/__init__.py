@@ -5,8 +5,8 @@ Depends on jax and blox-params only.
 - `make_mesh(shape, names)`: a mesh with automatically partitioned axes.
 - `per_lane_rng(fn, axis_name)`: each lane of `vmap` / `shard_map` draws
   its own keys at runtime; initialisation stays identical in every lane.
-- `param_shardings(params, mesh)`: `NamedSharding`s from `'sharding'`
-  metadata, for `jax.jit(in_shardings=..., out_shardings=...)`.
+- `param_shardings(params, mesh)`: `NamedSharding`s from sharding
+  (`blox.params.SHARDING`) metadata, for `jax.jit(in_shardings=..., out_shardings=...)`.
 - `init_sharded(init_fn, mesh, *args)`: params born on their devices.
 - `shard_batch(batch, mesh, axis='data')`: a batch split over a mesh axis,
   across processes too.
@@ -15,23 +15,29 @@ Depends on jax and blox-params only.
 
 Example:
   >>> import jax, numpy as np
-  >>> from blox.params import Param, Params
+  >>> from blox.params import SHARDING, Param, Params
   >>> import blox.parallel as bp
   >>> mesh = bp.make_mesh((1,), ('data',))
   >>> def init():
-  ...   return Params({('w',): Param(np.ones((2, 2)), metadata={'sharding': ('data',)})})
+  ...   return Params({('w',): Param(np.ones((2, 2)), metadata={SHARDING: ('data',)})})
   >>> params = bp.init_sharded(init, mesh)
   >>> params[('w',)].value.sharding == bp.param_shardings(params, mesh)[('w',)].value
   True
 """
 
-from blox.parallel.lanes import LaneAxisError, per_lane_rng, seed_paths
-from blox.parallel.mesh import make_mesh
-from blox.parallel.placement import shard_batch
-from blox.parallel.shardings import init_sharded, param_shardings, partition_spec
+from blox.parallel._lanes import LaneAxisError as LaneAxisError
+from blox.parallel._lanes import per_lane_rng as per_lane_rng
+from blox.parallel._lanes import seed_paths as seed_paths
+from blox.parallel._mesh import make_mesh as make_mesh
+from blox.parallel._placement import shard_batch as shard_batch
+from blox.parallel._shardings import init_sharded as init_sharded
+from blox.parallel._shardings import param_shardings as param_shardings
+from blox.parallel._shardings import partition_spec as partition_spec
+from blox.parallel._version import __version__ as __version__
 
 __all__ = [
     "LaneAxisError",
+    "__version__",
     "init_sharded",
     "make_mesh",
     "param_shardings",

@@ -1,4 +1,4 @@
-"""Small helpers shared by the modules of blox.parallel (private).
+"""Small helpers shared by the modules of blox.parallel: axis names, a typed `PartitionSpec`.
 
 Example:
   >>> axis_names(('data', 'model'))
@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import numpy as np
 from jax.sharding import PartitionSpec
 
-__all__ = ["axis_names", "is_array", "spec"]
+__all__ = ["axis_names", "spec"]
 
 # PartitionSpec's constructor has no annotations; calling it through this
 # typed name keeps mypy's strict untyped-call check on everywhere else.
@@ -39,7 +37,3 @@ def axis_names(axis: Any) -> tuple[str, ...] | None:
     return None
   return names
 
-
-def is_array(value: object) -> bool:
-  """Whether `value` is a concrete array (jax or numpy), as opposed to e.g. a Python number."""
-  return isinstance(value, (jax.Array, np.ndarray))

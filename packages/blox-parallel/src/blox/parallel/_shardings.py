@@ -1,6 +1,7 @@
 """Shardings from param metadata, and initialisation straight onto devices.
 
-A param says how it is laid out with a `'sharding'` metadata entry: one
+A param says how it is laid out with a `blox.params.SHARDING` (`'sharding'`)
+metadata entry: one
 entry per dimension, each a mesh axis name, a tuple of names, or None
 (not sharded); a single name `v` means `(v,)`. Missing entries at the end
 mean None; no entry at all means replicated. Write a tuple, not a
@@ -11,9 +12,9 @@ devices.
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from blox.params import Param, Params
+  >>> from blox.params import SHARDING, Param, Params
   >>> mesh = jax.make_mesh((1,), ('model',))
-  >>> params = Params({('w',): Param(jnp.ones((2, 4)), metadata={'sharding': (None, 'model')})})
+  >>> params = Params({('w',): Param(jnp.ones((2, 4)), metadata={SHARDING: (None, 'model')})})
   >>> param_shardings(params, mesh)[('w',)].value.spec
   P(None, 'model')
 """
@@ -28,20 +29,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from blox.params import Param, Params, Path
-from blox.parallel._util import is_array, spec
+from blox.params import SHARDING, Param, Params, Path, is_array, path_text
+from blox.parallel._util import spec
 
 __all__ = ["init_sharded", "param_shardings", "partition_spec"]
 
 T = TypeVar("T")
 
 
-def _where(path: Path) -> str:
-  return repr("/".join(path))
-
-
 def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
-  """The `PartitionSpec` that `param`'s `'sharding'` metadata asks for.
+  """The `PartitionSpec` that `param`'s `SHARDING` metadata asks for.
 
   The metadata is read as `Param.sharding` reads it: a tuple gives one entry
   per dimension, any other value `v` means `(v,)`, and no entry (or None)
@@ -58,12 +55,12 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
       has more entries than the value has dimensions, or splits a dimension
       into a number of parts that does not divide it.
   """
-  raw = param.metadata.get("sharding")
+  raw = param.metadata.get(SHARDING)
   if raw is None:
     return spec()
   if isinstance(raw, PartitionSpec):
     raise TypeError(
-        f"Param {_where(path)} has sharding metadata {raw!r}, a PartitionSpec;"
+        f"Param {path_text(path)} has sharding metadata {raw!r}, a PartitionSpec;"
         f" use a tuple like {tuple(raw)!r}, not a PartitionSpec (partition_spec"
         " builds the PartitionSpec from it)."
     )
@@ -72,7 +69,7 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
   shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
   if len(entries) > len(shape):
     raise ValueError(
-        f"Param {_where(path)} has sharding metadata {raw!r} with {len(entries)}"
+        f"Param {path_text(path)} has sharding metadata {raw!r} with {len(entries)}"
         f" entries, but its value has rank {len(shape)} (shape {shape}); give at"
         " most one mesh axis (or None) per dimension."
     )
@@ -85,20 +82,20 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
     for name in names:
       if not isinstance(name, str) or name not in sizes:
         raise ValueError(
-            f"Param {_where(path)} has sharding metadata {raw!r} naming the mesh"
+            f"Param {path_text(path)} has sharding metadata {raw!r} naming the mesh"
             f" axis {name!r}, but the mesh has axes {tuple(mesh.axis_names)}."
             " Rename the axis in the metadata or build the mesh with that axis."
         )
       if name in used:
         raise ValueError(
-            f"Param {_where(path)} has sharding metadata {raw!r} that uses the"
+            f"Param {path_text(path)} has sharding metadata {raw!r} that uses the"
             f" mesh axis {name!r} twice; each mesh axis may shard one dimension."
         )
       used.add(name)
     parts = math.prod(sizes[name] for name in names)
     if shape[dim] % parts:
       raise ValueError(
-          f"Param {_where(path)} has shape {shape}: dimension {dim} (size"
+          f"Param {path_text(path)} has shape {shape}: dimension {dim} (size"
           f" {shape[dim]}) cannot be split over mesh axis {entry!r} into {parts}"
           " equal parts. Change the size, the mesh or the sharding metadata."
       )
@@ -128,15 +125,7 @@ def param_shardings(params: Params, mesh: Mesh) -> Params:
         f"param_shardings takes a blox Params, got {type(params).__name__}; for"
         " other pytrees build NamedShardings with jax.sharding directly."
     )
-  shardings = [
-      NamedSharding(mesh, partition_spec(path, param, mesh))
-      for path, param in params.items()
-  ]
-  # Every value counts as one leaf here, whatever its type, so the list of
-  # shardings lines up with the paths.
-  structure = jax.tree.structure(params, is_leaf=lambda node: node is not params)
-  result: Params = jax.tree.unflatten(structure, shardings)
-  return result
+  return params.map(lambda path, param: NamedSharding(mesh, partition_spec(path, param, mesh)))
 
 
 def _tree_shardings(tree: Any, mesh: Mesh) -> Any:
@@ -164,10 +153,10 @@ def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any) -> T:
   same arguments, like any other jitted function.
 
   Example:
-    >>> from blox.params import Param, Params
+    >>> from blox.params import SHARDING, Param, Params
     >>> mesh = jax.make_mesh((1,), ('model',))
     >>> def init(x):
-    ...   return Params({('w',): Param(x * 2, metadata={'sharding': ('model',)})})
+    ...   return Params({('w',): Param(x * 2, metadata={SHARDING: ('model',)})})
     >>> init_sharded(init, mesh, np.ones(4))[('w',)].value.sharding.spec
     P('model',)
   """

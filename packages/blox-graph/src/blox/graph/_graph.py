@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-  from blox.graph.module import Module
+  from blox.graph._module import Module
 
 __all__ = ["Graph"]
 

@@ -34,9 +34,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
-import jax.numpy as jnp
 
-from blox.params import RNG_SEED, RNG_STREAM, Params, Path
+from blox.params import RNG_SEED, RNG_STREAM, Params, Path, is_prng_key
 from blox.parallel._util import axis_names
 
 __all__ = ["LaneAxisError", "per_lane_rng", "seed_paths"]
@@ -84,7 +83,7 @@ def _lane_index(name: str) -> jax.Array:
 
 def _fold(seed: jax.Array, index: jax.Array) -> jax.Array:
   """`fold_in` for a single key or, elementwise, for an array of typed keys."""
-  if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) and seed.ndim > 0:
+  if is_prng_key(seed) and seed.ndim > 0:
     flat = jax.vmap(lambda key: jax.random.fold_in(key, index))(seed.reshape(-1))
     return flat.reshape(seed.shape)
   return jax.random.fold_in(seed, index)

@@ -37,9 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.graph.graph import Graph
-from blox.graph.module import Module
-from blox.graph.scan import dynamic_scan, static_scan, time_length
+from blox.graph._graph import Graph
+from blox.graph._module import Module
+from blox.graph._scan import dynamic_scan, static_scan, time_length
 from blox.params import Params
 
 __all__ = ["RecurrenceBase", "SequenceBase", "maybe_reset_state"]

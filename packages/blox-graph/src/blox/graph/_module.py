@@ -1,8 +1,9 @@
 """`Module`: a computation bound to one graph node, with lazily created params.
 
-A module stores configuration only. Its params live in a `Params` container
-under the node's path and are created on the first forward pass, when the
-input shapes are known.
+A module stores configuration only, each constructor argument as an
+attribute of the same name (its `config` and `repr` are read from those). Its
+params live in a `Params` container under the node's path and are created on
+the first forward pass, when the input shapes are known.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -24,25 +25,23 @@ Example:
 from __future__ import annotations
 
 import abc
-import functools
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from blox.graph.graph import Graph
+from blox.graph._config import init_config
+from blox.graph._graph import Graph
 from blox.params import KeySource, Params
 
 __all__ = ["Module"]
 
 
-@functools.cache
-def _init_signature(cls: type) -> inspect.Signature:
-  return inspect.signature(cls.__init__)  # type: ignore[misc]  # reads the unbound initialiser
-
-
 class _ModuleMeta(abc.ABCMeta):
-  """Checks that `Module.__init__` ran and records the constructor arguments."""
+  """Checks that `Module.__init__` ran, and frees the node of a failed constructor.
+
+  Both need to see the whole construction, from before the first line of the
+  outermost `__init__` to after its last, which only the metaclass does.
+  """
 
   def __call__(cls, *args: Any, **kwargs: Any) -> Any:
     graph = args[0] if args else kwargs.get("graph")
@@ -60,19 +59,11 @@ class _ModuleMeta(abc.ABCMeta):
           f"{cls.__name__}.__init__ did not call super().__init__(graph); every"
           " Module must, so that it is bound to its graph node."
       )
-    try:
-      bound = _init_signature(cls).bind(module, *args, **kwargs)
-    except TypeError:
-      arguments: dict[str, Any] = {}
-    else:
-      arguments = dict(list(bound.arguments.items())[1:])
-      arguments.pop("graph", None)
-    module.__dict__["_config"] = MappingProxyType(arguments)
     return module
 
 
 def _short(value: Any) -> str:
-  """A compact repr for constructor arguments: modules by path, functions by name."""
+  """A compact repr for configuration values: modules by path, functions by name."""
   if isinstance(value, Module):
     return f"{type(value).__name__}@{'/'.join(value.graph.path)}"
   if isinstance(value, (list, tuple)) and any(isinstance(v, Module) for v in value):
@@ -86,7 +77,9 @@ def _short(value: Any) -> str:
 class Module(metaclass=_ModuleMeta):
   """Base class of everything that owns params under a graph node.
 
-  Subclasses call `super().__init__(graph)` and implement
+  Subclasses call `super().__init__(graph)`, store each constructor argument
+  they keep under its own name (`self.value = value`: `config`, `repr` and
+  `summary` read those attributes), and implement
   `__call__(params, ...) -> (output, params)`. Their error messages start
   with `self.where()`, e.g. `Linear 'net/out': ...`, so that every error names
   the module at fault in the same way.
@@ -96,7 +89,8 @@ class Module(metaclass=_ModuleMeta):
     if not isinstance(graph, Graph):
       raise TypeError(
           f"{type(self).__name__} needs a Graph node as its first argument, got"
-          f" {type(graph).__name__}."
+          f" {type(graph).__name__}; pass a node such as"
+          f" Graph('net').child('{type(self).__name__.lower()}')."
       )
     graph._bind(self)
     self._graph = graph
@@ -108,9 +102,28 @@ class Module(metaclass=_ModuleMeta):
 
   @property
   def config(self) -> Mapping[str, Any]:
-    """The constructor arguments as given (without the graph), read-only."""
-    config: Mapping[str, Any] = self.__dict__.get("_config", MappingProxyType({}))
-    return config
+    """The module's configuration, read from its attributes, read-only.
+
+    For each parameter of the class's `__init__` after `graph`, the attribute
+    of the same name, unless the module stores none or it equals the
+    parameter's default. Read afresh on every access, so it always agrees
+    with what the module computes with; `repr` and `summary` show the same.
+
+    Example:
+      >>> class AddConstant(Module):
+      ...   def __init__(self, graph, value, scale=1.0):
+      ...     super().__init__(graph)
+      ...     self.value, self.scale = value, scale
+      ...   def __call__(self, params, x):
+      ...     return x * self.scale + self.value, params
+      >>> adder = AddConstant(Graph('net').child('add'), value=10.0)
+      >>> dict(adder.config), adder
+      ({'value': 10.0}, AddConstant(value=10.0))
+      >>> adder.value = 100.0
+      >>> adder
+      AddConstant(value=100.0)
+    """
+    return MappingProxyType(init_config(self))
 
   def where(self) -> str:
     """How errors name this module: its type and slash-joined path in quotes.

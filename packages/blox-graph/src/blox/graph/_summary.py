@@ -1,0 +1,83 @@
+"""`summary`: a table of a model's params, grouped by module, with totals.
+
+One row per param (name, shape, dtype, trainable or not, element count,
+bytes) under a line per module: the module path, and with a graph the module's
+type and configuration, plus the module's subtotals. Totals for the
+trainable and the non-trainable state close the table. It reads shapes and
+dtypes only, so abstract params (from `jax.eval_shape`) work too.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.params import Param, Params
+  >>> params = Params({
+  ...     ('net', 'dense', 'kernel'): Param(jnp.zeros((3, 4))),
+  ...     ('net', 'dense', 'bias'): Param(jnp.zeros(4)),
+  ...     ('net', 'norm', 'mean'): Param(jnp.zeros(4), trainable=False),
+  ... })
+  >>> print(summary(params))  # doctest: +NORMALIZE_WHITESPACE
+  3 params in 2 modules, unlocked
+  module / param  shape   dtype    train  count  bytes
+  ----------------------------------------------------
+  net/dense                                  16     64
+    kernel        [3, 4]  float32  yes       12     48
+    bias          [4]     float32  yes        4     16
+  net/norm                                    4     16
+    mean          [4]     float32  no         4     16
+  ----------------------------------------------------
+  trainable                                  16     64
+  non-trainable                               4     16
+  total                                      20     80
+  size: 80 B (trainable 64 B, non-trainable 16 B)
+"""
+
+from __future__ import annotations
+
+from blox.graph._graph import Graph
+from blox.graph._summary_rows import collect_groups
+from blox.graph._table import render_table
+from blox.params import Params
+
+__all__ = ["summary"]
+
+
+def summary(params: Params, graph: Graph | None = None, *, width: int = 100) -> str:
+  """A table of `params`: one row per param, grouped by module, with totals.
+
+  Without `graph`, rows are grouped by `path[:-1]`. With `graph`, each param
+  belongs to the module bound at the longest graph path (from `graph.walk()`)
+  that is a prefix of its path, and its row is named by the rest of its path
+  joined by '/' (attention's `('net', 'mha', 'query', 'kernel')` is row
+  `query/kernel` of the module at `('net', 'mha')`); params that no module
+  owns group by `path[:-1]`. Groups come in the params' creation order. Each
+  module line shows the module path and the subtotals (element count and
+  bytes) of all its params; with `graph` it also shows the module's `repr`
+  (type and configuration). Counts use thousands separators. Typed PRNG keys
+  are counted by their key data (e.g. 2 uint32 words per threefry key). Long
+  paths, shapes and arguments are cut with `...` so that lines fit in
+  `width` (numbers are never cut, so a very small `width` can still be
+  exceeded).
+
+  Args:
+    params: concrete or abstract params (e.g. `jax.eval_shape` output).
+    graph: a graph node (usually the root) whose modules own and label the
+      groups.
+    width: the longest line allowed, in characters.
+
+  Returns:
+    The table as one string, without a trailing newline.
+
+  Raises:
+    TypeError: `params` is not a `Params`, or `graph` is not a `Graph`.
+  """
+  if not isinstance(params, Params):
+    raise TypeError(
+        f"summary() takes Params, got {type(params).__name__}; wrap the arrays in"
+        " a blox Params first."
+    )
+  if graph is not None and not isinstance(graph, Graph):
+    raise TypeError(
+        f"summary(params, graph): graph must be a Graph node, got"
+        f" {type(graph).__name__}; pass the root Graph the modules were built on."
+    )
+  groups = collect_groups(params, graph)
+  return render_table(groups, width, is_locked=params.is_locked)

@@ -1,0 +1,123 @@
+"""The rows of a params summary: each param measured, grouped under its module.
+
+`collect_groups` turns params (and optionally the graph that made them) into
+`ModuleGroup`s, one per module in the params' creation order, each holding a
+`ParamRow` per param. With a graph, a param belongs to the module bound at the
+longest graph path that is a prefix of its path, and its row is named by the
+rest of its path (`'query/kernel'` under an attention module); otherwise, and
+for params no module owns, a param belongs to `path[:-1]` and its row is named
+`path[-1]`. Rendering the groups as a table is `blox.graph._table`'s job.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.params import Param, Params
+  >>> params = Params({('net', 'mha', 'query', 'kernel'): Param(jnp.zeros((3, 4)))})
+  >>> [(g.path, [r.name for r in g.members]) for g in collect_groups(params)]
+  [(('net', 'mha', 'query'), ['kernel'])]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from blox.graph._graph import Graph
+from blox.graph._module import Module
+from blox.params import Params, Path, is_prng_key
+
+__all__ = ["ModuleGroup", "ParamRow", "collect_groups", "total"]
+
+
+@dataclass(frozen=True)
+class ParamRow:
+  """What the table shows of one param; `name` is its path below its module."""
+
+  name: str
+  shape: str
+  dtype: str
+  trainable: bool
+  count: int
+  nbytes: int
+
+
+@dataclass(frozen=True)
+class ModuleGroup:
+  """A module's line of the table: its path, its label, and its params' rows.
+
+  `label` is the module's `repr` (type and configuration) when a graph binds
+  a module at `path`, else None.
+  """
+
+  path: Path
+  label: str | None
+  members: tuple[ParamRow, ...]
+
+
+def total(rows: Iterable[ParamRow]) -> tuple[int, int]:
+  """`(element count, bytes)` summed over `rows`."""
+  count = nbytes = 0
+  for row in rows:
+    count += row.count
+    nbytes += row.nbytes
+  return count, nbytes
+
+
+def _measure(value: Any) -> tuple[tuple[int, ...], Any, int, int]:
+  """`(shape, dtype, element count, bytes)` of an array or abstract array.
+
+  A typed PRNG key array counts its key data: a threefry key is one key but
+  two uint32 words, and the words are what occupies memory.
+  """
+  shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(value).dtype
+  if is_prng_key(dtype):
+    # Key arrays always carry shape and dtype, and eval_shape takes concrete
+    # and abstract ones alike.
+    data = jax.eval_shape(jax.random.key_data, value)
+    count = math.prod(data.shape)
+    return shape, dtype, count, count * np.dtype(data.dtype).itemsize
+  count = math.prod(shape)
+  return shape, dtype, count, count * np.dtype(dtype).itemsize
+
+
+def _owner(path: Path, modules: dict[Path, Module]) -> Path | None:
+  """The longest proper prefix of `path` at which a module is bound, or None."""
+  for end in range(len(path) - 1, 0, -1):
+    if path[:end] in modules:
+      return path[:end]
+  return None
+
+
+def collect_groups(params: Params, graph: Graph | None = None) -> list[ModuleGroup]:
+  """One `ModuleGroup` per module of `params`, in the params' creation order.
+
+  Args:
+    params: concrete or abstract params (e.g. `jax.eval_shape` output).
+    graph: a graph node (usually the root) whose modules (`graph.walk()`)
+      own and label the groups; None groups by `path[:-1]`.
+  """
+  modules = dict(graph.walk()) if graph is not None else {}
+  members: dict[Path, list[ParamRow]] = {}
+  for path, param in params.items():
+    owner = _owner(path, modules)
+    group = path[:-1] if owner is None else owner
+    shape, dtype, count, nbytes = _measure(param.value)
+    members.setdefault(group, []).append(ParamRow(
+        name="/".join(path[len(group):]),
+        shape=f"[{', '.join(map(str, shape))}]",
+        dtype=str(dtype),
+        trainable=param.trainable,
+        count=count,
+        nbytes=nbytes,
+    ))
+  return [
+      ModuleGroup(group, repr(modules[group]) if group in modules else None, tuple(rows))
+      for group, rows in members.items()
+  ]

@@ -1,0 +1,172 @@
+"""Rendering a params summary: module groups as a fixed-width text table.
+
+`render_table` lays out the `ModuleGroup`s of `blox.graph._summary_rows`: a
+heading, a line per module (path, label, subtotals) with its param rows
+indented below, and the trainable, non-trainable and overall totals. Text
+columns are cut with `...` to fit the width; numbers never are.
+
+Example:
+  >>> from blox.graph._summary_rows import ModuleGroup, ParamRow
+  >>> rows = (ParamRow('w', '[2]', 'float32', True, 2, 8),)
+  >>> print(render_table([ModuleGroup(('net',), None, rows)], 60, is_locked=True))
+  ... # doctest: +NORMALIZE_WHITESPACE
+  1 params in 1 modules, locked
+  module / param  shape  dtype    train  count  bytes
+  ---------------------------------------------------
+  net                                        2      8
+    w             [2]    float32  yes        2      8
+  ---------------------------------------------------
+  trainable                                  2      8
+  non-trainable                              0      0
+  total                                      2      8
+  size: 8 B (trainable 8 B, non-trainable 0 B)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from blox.graph._summary_rows import ModuleGroup, ParamRow, total
+from blox.params import Path
+
+__all__ = ["render_table"]
+
+_GAP = "  "  # between columns
+_INDENT = "  "  # param rows under their module line
+_ELLIPSIS = "..."
+_HEADINGS = ("module / param", "shape", "dtype", "train", "count", "bytes")
+# The narrowest the name, shape and dtype columns get when cut to the width.
+_FLOORS = (12, 8, 7)
+
+
+def _clip(text: str, width: int) -> str:
+  """`text`, cut at the end to `width` characters with a visible ellipsis."""
+  if len(text) <= width:
+    return text
+  if width <= len(_ELLIPSIS):
+    return text[:width]
+  return text[: width - len(_ELLIPSIS)] + _ELLIPSIS
+
+
+def _clip_left(text: str, width: int) -> str:
+  """`text`, cut at the start: the end of a path says most about it."""
+  if len(text) <= width:
+    return text
+  if width <= len(_ELLIPSIS):
+    return text[len(text) - width :]
+  return _ELLIPSIS + text[len(text) - width + len(_ELLIPSIS) :]
+
+
+def _human(nbytes: int) -> str:
+  """Bytes in binary units, e.g. `4.0 MiB`."""
+  size = float(nbytes)
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if size < 1024 or unit == "TiB":
+      return f"{nbytes} B" if unit == "B" else f"{size:.1f} {unit}"
+    size /= 1024
+  raise AssertionError("unreachable")
+
+
+def _module_text(path: Path, label: str | None, width: int | None = None) -> str:
+  """`path  Type(arguments)`, cut to `width`: the path first, then the label."""
+  where = "/".join(path) if path else "(top level)"
+  if width is None:
+    return where if label is None else f"{where}{_GAP}{label}"
+  where = _clip_left(where, width)
+  room = width - len(where) - len(_GAP)
+  if label is None or room <= len(_ELLIPSIS):
+    return where
+  return f"{where}{_GAP}{_clip(label, room)}"
+
+
+def _fit(widths: list[int], width: int) -> list[int]:
+  """Shrinks the name, then the shape, then the dtype column to fit `width`.
+
+  The numeric columns are never cut: a clipped count would be a wrong count.
+  """
+  widths = list(widths)
+  excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
+  for column, floor in enumerate(_FLOORS):
+    if excess <= 0:
+      break
+    cut = min(excess, max(widths[column] - floor, 0))
+    widths[column] -= cut
+    excess -= cut
+  return widths
+
+
+def _column_widths(
+    groups: Sequence[ModuleGroup], totals: dict[str, tuple[int, int]], width: int
+) -> list[int]:
+  """The width of each column, the name column grown to give module lines room."""
+  rows = [row for group in groups for row in group.members]
+  counts = [r.count for r in rows] + [count for count, _ in totals.values()]
+  sizes = [r.nbytes for r in rows] + [nbytes for _, nbytes in totals.values()]
+  widths = [
+      max([len(h) for h in (_HEADINGS[0], *totals)] + [len(_INDENT + r.name) for r in rows]),
+      max([len(_HEADINGS[1])] + [len(r.shape) for r in rows]),
+      max([len(_HEADINGS[2])] + [len(r.dtype) for r in rows]),
+      len(_HEADINGS[3]),
+      max(len(_HEADINGS[4]), *(len(f"{n:,}") for n in counts)),
+      max(len(_HEADINGS[5]), *(len(f"{n:,}") for n in sizes)),
+  ]
+  # A module line spans the text columns (name to train), then the numbers.
+  spanned = sum(widths[1:4]) + 3 * len(_GAP)
+  wanted = max((len(_module_text(g.path, g.label)) for g in groups), default=0)
+  widths[0] = max(widths[0], wanted - spanned)
+  return _fit(widths, width)
+
+
+def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) -> str:
+  """The summary table of `groups`, lines at most `width` long where the
+  numbers allow, without a trailing newline.
+
+  Args:
+    groups: the module groups, in the order to show them.
+    width: the longest line allowed, in characters.
+    is_locked: whether the params are locked, said in the first line.
+  """
+  rows = [row for group in groups for row in group.members]
+  totals = {
+      "trainable": total(r for r in rows if r.trainable),
+      "non-trainable": total(r for r in rows if not r.trainable),
+      "total": total(rows),
+  }
+  widths = _column_widths(groups, totals, width)
+  label_width = sum(widths[:4]) + 3 * len(_GAP)
+
+  def numbers(count: int, nbytes: int) -> str:
+    return f"{count:>{widths[4]},}{_GAP}{nbytes:>{widths[5]},}"
+
+  def line(cells: Sequence[str]) -> str:
+    left = [f"{cell:<{w}}" for cell, w in zip(cells[:4], widths[:4])]
+    right = [f"{cell:>{w}}" for cell, w in zip(cells[4:], widths[4:])]
+    return _GAP.join(left + right)
+
+  def param_line(row: ParamRow) -> str:
+    return line([
+        _clip(_INDENT + row.name, widths[0]), _clip(row.shape, widths[1]),
+        _clip(row.dtype, widths[2]), "yes" if row.trainable else "no",
+        f"{row.count:,}", f"{row.nbytes:,}",
+    ])
+
+  rule = "-" * (sum(widths) + len(_GAP) * (len(widths) - 1))
+  state = "locked" if is_locked else "unlocked"
+  lines = [
+      _clip(f"{len(rows):,} params in {len(groups):,} modules, {state}", width),
+      line(_HEADINGS),
+      rule,
+  ]
+  for group in groups:
+    text = _module_text(group.path, group.label, label_width)
+    lines.append(f"{text:<{label_width}}{_GAP}{numbers(*total(group.members))}")
+    lines.extend(param_line(row) for row in group.members)
+  lines.append(rule)
+  for name, (count, nbytes) in totals.items():
+    lines.append(f"{name:<{label_width}}{_GAP}{numbers(count, nbytes)}")
+  lines.append(_clip(
+      f"size: {_human(totals['total'][1])} (trainable {_human(totals['trainable'][1])},"
+      f" non-trainable {_human(totals['non-trainable'][1])})",
+      width,
+  ))
+  return "\n".join(l.rstrip() for l in lines)
