@@ -1,0 +1,510 @@
+"""`MultiHeadAttention`: scaled dot-product attention over several heads.
+
+The layer is a plain attention layer (`mha(params, query, key, value)`) and a
+causal sequence model for autoregressive decoding: `initial_state` allocates
+a `KVCache`, `decode_step` decodes one token into it, and `apply` runs a
+whole sequence with a causal mask (a prefill when given a cache).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> mha = MultiHeadAttention(graph.child('mha'), num_heads=2, rng=rng)
+  >>> x = jnp.ones((1, 5, 8))  # [batch, length, features]
+  >>> y, params = mha(rng.seed(Params(), seed=0), x)
+  >>> y.shape
+  (1, 5, 8)
+  >>> cache, params = mha.initial_state(params, x[:, 0], max_length=5)
+  >>> (y0, cache), params = mha.decode_step(params, x[:, 0], cache)
+  >>> y0.shape, cache.position.tolist()
+  ((1, 8), [1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, overload
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn._attention_heads import merge_heads, project_to_heads
+from blox.nn._checks import check_float_inputs, check_is_training, check_positive_int
+from blox.nn._dot_product_attention import _attend
+from blox.nn._kv_cache import (
+    KVCache,
+    _allocate,
+    _check_cache,
+    _check_room,
+    _overflow,
+    _query_positions,
+    _visible,
+    _write,
+)
+from blox.nn._masks import causal_mask
+from blox.nn.initializers import lecun_normal, zeros
+from blox.params import SHARDING, Initializer, KeySource, Params
+
+__all__ = ["MultiHeadAttention"]
+
+_PROJECTIONS = ("query", "key", "value", "out")
+
+
+class MultiHeadAttention(Module):
+  """Multi-head scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`.
+
+  Params. The module owns its params itself (no child modules), with a
+  per-head layout:
+
+    query/kernel  [q_features, num_heads, head_dim]   query/bias [num_heads, head_dim]
+    key/kernel    [kv_features, num_heads, head_dim]  key/bias   [num_heads, head_dim]
+    value/kernel  [kv_features, num_heads, head_dim]  value/bias [num_heads, head_dim]
+    out/kernel    [num_heads, head_dim, out_features] out/bias   [out_features]
+
+  where `head_dim = qkv_features // num_heads`. The heads get their own axis,
+  so a sharding over heads is one metadata entry per projection, e.g.
+  `kernel_metadata={'query': {SHARDING: (None, 'model', None)}, ...,
+  'out': {SHARDING: ('model', None, None)}}`. Initializers are called with
+  the flat 2-D shape `(fan_in, fan_out)` and the result is reshaped, so
+  fan-based initializers scale as they would for a `Linear` of the same size.
+
+  Shapes. Inputs always carry at least one batch axis: `__call__` and
+  `apply` take `[*batch, length, features]`, `decode_step` and
+  `initial_state` one token `[*batch, features]`. A rank-2 array is refused
+  by `__call__` and `apply`, because `[length, features]` (one unbatched
+  sequence) and `[batch, features]` (one token per example, which would
+  silently attend across the batch) look alike. For a single sequence add a
+  batch axis (`x[None]`, also under `jax.vmap`); for one token use
+  `decode_step`.
+
+  Masks are boolean (True = attend) and broadcast to
+  `[*batch, num_heads, q_length, kv_length]` (see `causal_mask`,
+  `padding_mask`, `combine_masks`). A query row whose keys are all masked out
+  attends uniformly to every key. The math is `dot_product_attention`.
+
+  Dropout acts on the attention weights: one key is drawn from `rng` per call
+  with `is_training=True` and `dropout_rate > 0`, none otherwise.
+
+  Decoding. `initial_state(params, token, max_length=n)` allocates a
+  `KVCache`; `decode_step(params, token, cache)` writes the token's key and
+  value at `cache.position`, attends to the positions `<= cache.position`
+  and returns `((output, new_cache), params)`. `apply` runs a whole sequence
+  with a causal mask (into a cache when `prev_state` is given). Decoding
+  token by token gives the same outputs as `apply` on the whole sequence.
+  Writing past `max_length` is an error when the position is known outside
+  of `jax.jit`; under jit tokens past the end are not written and their
+  outputs are NaN (the tokens that fit are written and attended as usual).
+
+  The layer is not a `blox.graph.SequenceBase`: that interface makes
+  `module(params, inputs, prev_state)` the single step, while here
+  `__call__`'s third argument is the attention `key`. The single step is
+  `decode_step`, with the same `((outputs, state), params)` result.
+
+  Args:
+    graph: the node this layer binds to; its children 'query', 'key',
+      'value' and 'out' are reserved for the projection params.
+    num_heads: the number of attention heads.
+    rng: the key source for initialisation and attention dropout.
+    qkv_features: the total size of the query/key/value projections (all
+      heads together); defaults to the last axis of the query. Must be
+      divisible by `num_heads`.
+    out_features: the size of the output's last axis; defaults to the last
+      axis of the query.
+    dropout_rate: the dropout rate on the attention weights, in [0, 1).
+    use_bias: whether the projections add a bias.
+    precision: the matmul precision of the projections and attention.
+    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`,
+      shared by the four projections.
+    kernel_metadata, bias_metadata: metadata per projection, a mapping from
+      any of 'query', 'key', 'value', 'out' to that projection's kernel (or
+      bias) metadata; projections left out get none.
+  """
+
+  def __init__(
+      self,
+      graph: Graph,
+      num_heads: int,
+      *,
+      rng: KeySource,
+      qkv_features: int | None = None,
+      out_features: int | None = None,
+      dropout_rate: float = 0.0,
+      use_bias: bool = True,
+      precision: jax.lax.PrecisionLike = None,
+      kernel_init: Initializer = lecun_normal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Mapping[str, Any]] | None = None,
+      bias_metadata: Mapping[str, Mapping[str, Any]] | None = None,
+  ) -> None:
+    super().__init__(graph)
+    where = self.where()
+    check_positive_int(num_heads, "num_heads", where)
+    for name, size in (("qkv_features", qkv_features), ("out_features", out_features)):
+      if size is not None:
+        check_positive_int(size, f"{name} (or None)", where)
+    if not 0.0 <= dropout_rate < 1.0:
+      raise ValueError(f"{where}: dropout_rate must be in [0, 1), got {dropout_rate}.")
+    self.num_heads = num_heads
+    self.rng = rng
+    self.qkv_features = qkv_features
+    self.out_features = out_features
+    self.dropout_rate = dropout_rate
+    self.use_bias = use_bias
+    self.precision = precision
+    self.kernel_init = kernel_init
+    self.bias_init = bias_init
+    self.kernel_metadata = kernel_metadata
+    self.bias_metadata = bias_metadata
+    self._kernel_metadata = _per_projection(kernel_metadata, "kernel_metadata", where)
+    self._bias_metadata = _per_projection(bias_metadata, "bias_metadata", where)
+    if qkv_features is not None:
+      self._head_dim(qkv_features)
+    # The params live at (*path, 'query', 'kernel') and so on. A module bound
+    # at one of those child nodes would share the paths (and take over their
+    # summary group); creating the nodes, unbound, makes graph.child('query')
+    # raise for anyone else.
+    for name in _PROJECTIONS:
+      graph.child(name)
+
+  def _head_dim(self, qkv_features: int) -> int:
+    if qkv_features % self.num_heads:
+      raise ValueError(
+          f"{self.where()}: qkv_features={qkv_features} is not divisible by"
+          f" num_heads={self.num_heads}; pick qkv_features as a multiple of"
+          " num_heads (it defaults to the query's last axis)."
+      )
+    return qkv_features // self.num_heads
+
+  def _sizes(self, query: jax.Array) -> tuple[int, int]:
+    """`(head_dim, out_features)` for this query."""
+    features = query.shape[-1]
+    return self._head_dim(self.qkv_features or features), self.out_features or features
+
+  # The steps shared by every entry point.
+
+  def _project(
+      self, params: Params, name: str, inputs: jax.Array, head_dim: int
+  ) -> tuple[jax.Array, Params]:
+    return project_to_heads(
+        self, params, name, inputs, num_heads=self.num_heads, head_dim=head_dim,
+        kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
+        use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get(name),
+        bias_metadata=self._bias_metadata.get(name), precision=self.precision,
+    )
+
+  def _merge(
+      self, params: Params, attended: jax.Array, out_features: int
+  ) -> tuple[jax.Array, Params]:
+    return merge_heads(
+        self, params, "out", attended, out_features=out_features,
+        kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
+        use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get("out"),
+        bias_metadata=self._bias_metadata.get("out"), precision=self.precision,
+    )
+
+  def _attention(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: jax.Array,
+      value: jax.Array,
+      masks: list[Any],
+      is_training: bool,
+  ) -> tuple[jax.Array, Params]:
+    """Projects, attends and merges; the dropout key (if any) is drawn after
+    the value projection and before the out projection."""
+    head_dim, out_features = self._sizes(query)
+    q, params = self._project(params, "query", query, head_dim)
+    k, params = self._project(params, "key", key, head_dim)
+    v, params = self._project(params, "value", value, head_dim)
+    attended, params = self._attend(params, q, k, v, masks, is_training)
+    return self._merge(params, attended, out_features)
+
+  def _attend(
+      self,
+      params: Params,
+      q: jax.Array,
+      k: jax.Array,
+      v: jax.Array,
+      masks: list[Any],
+      is_training: bool,
+  ) -> tuple[jax.Array, Params]:
+    dropout_key = None
+    if is_training and self.dropout_rate > 0.0:
+      dropout_key, params = self.rng(params)
+    attended = _attend(
+        q, k, v, masks, self.where(), dropout_rate=self.dropout_rate,
+        dropout_key=dropout_key, precision=self.precision,
+    )
+    return attended, params
+
+  def _check_sequence(self, array: Any, name: str) -> None:
+    where = self.where()
+    check_float_inputs(array, where, name)
+    if jnp.ndim(array) < 3:
+      raise ValueError(
+          f"{where}: {name} needs shape [*batch, length, features] with at least"
+          f" one batch axis; got shape {jnp.shape(array)}. For one decoding step"
+          " use decode_step(params, token, cache); for a single unbatched"
+          f" sequence add a batch axis, e.g. {name}[None]."
+      )
+
+  # Attention over whole sequences.
+
+  def __call__(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: jax.Array | None = None,
+      value: jax.Array | None = None,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[jax.Array, Params]:
+    """Attends from `query` to `key`/`value`.
+
+    Args:
+      params: the params (created on first use).
+      query: `[*batch, q_length, q_features]`, at least one batch axis.
+      key: `[*batch, kv_length, kv_features]`; defaults to `query`
+        (self-attention).
+      value: `[*batch, kv_length, kv_features]`; defaults to `key`.
+      mask: booleans (True = attend) broadcasting to
+        `[*batch, num_heads, q_length, kv_length]`.
+      is_training: whether dropout applies; a Python bool (static under jit).
+
+    Returns:
+      `(outputs [*batch, q_length, out_features], params)`.
+    """
+    where = self.where()
+    check_is_training(is_training, where)
+    for name, array in (("key", key), ("value", value)):
+      _refuse_misplaced(array, name, where)
+    key = query if key is None else key
+    value = key if value is None else value
+    for name, array in (("query", query), ("key", key), ("value", value)):
+      self._check_sequence(array, name)
+    if query.shape[:-2] != key.shape[:-2]:
+      raise ValueError(
+          f"{where}: query {query.shape} and key {key.shape} must have the same"
+          " batch axes ([*batch, length, features] both); broadcast or reshape"
+          " them to one batch shape."
+      )
+    if key.shape[:-1] != value.shape[:-1]:
+      raise ValueError(
+          f"{where}: key {key.shape} and value {value.shape} must agree on every"
+          " axis but the last."
+      )
+    return self._attention(params, query, key, value, [] if mask is None else [mask], is_training)
+
+  # The sequence-model interface.
+
+  def initial_state(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      *,
+      max_length: int,
+      dtype: Any = None,
+  ) -> tuple[KVCache, Params]:
+    """An empty `KVCache` for decoding up to `max_length` tokens.
+
+    Args:
+      params: returned unchanged (the cache holds no params).
+      inputs: one token `[*batch, features]`, at least one batch axis; gives
+        the batch shape, the default `qkv_features` and the default dtype.
+      max_length: the number of positions of the cache.
+      dtype: the cache dtype; defaults to the dtype of `inputs`.
+    """
+    where = self.where()
+    check_positive_int(max_length, "max_length", where)
+    check_float_inputs(inputs, where)
+    if jnp.ndim(inputs) < 2:
+      raise ValueError(
+          f"{where}: initial_state needs one token of shape [*batch, features] with"
+          f" at least one batch axis; got shape {jnp.shape(inputs)}. Add a batch"
+          " axis, e.g. inputs[None]."
+      )
+    head_dim, _ = self._sizes(inputs)
+    cache = _allocate(
+        tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self.num_heads,
+        head_dim=head_dim, dtype=inputs.dtype if dtype is None else dtype,
+    )
+    return cache, params
+
+  def decode_step(
+      self,
+      params: Params,
+      token: jax.Array,
+      cache: KVCache,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = False,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]:
+    """Decodes one token of self-attention over the cache.
+
+    Args:
+      params: the params (created on first use).
+      token: `[*batch, features]`, the batch axes of the cache.
+      cache: the `KVCache` from `initial_state` or an earlier step.
+      mask: booleans broadcasting to `[*batch, num_heads, 1, max_length]`,
+        combined with the cache's own mask (positions written so far).
+      is_training: whether dropout applies; False unless passed explicitly.
+
+    Returns:
+      `((outputs [*batch, out_features], new_cache), params)`.
+    """
+    where = self.where()
+    check_is_training(is_training, where)
+    check_float_inputs(token, where, "token")
+    if jnp.ndim(token) < 2:
+      raise ValueError(
+          f"{where}: decode_step needs one token of shape [*batch, features] with"
+          f" at least one batch axis; got shape {jnp.shape(token)}. Add a batch"
+          " axis, e.g. token[None], and make the cache from such a token."
+      )
+    if isinstance(cache, KVCache) and jnp.ndim(token) == jnp.ndim(cache.key) - 1:
+      raise ValueError(
+          f"{where}: decode_step takes one token [*batch, features], but got shape"
+          f" {jnp.shape(token)}, a sequence for this cache; run a sequence (a"
+          " prefill) with apply(params, inputs, cache)."
+      )
+    (outputs, cache), params = self._decode(
+        params, token[..., None, :], cache, mask, is_training
+    )
+    return (outputs[..., 0, :], cache), params
+
+  @overload
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: None = None,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, None], Params]: ...
+
+  @overload
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: KVCache,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
+
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: KVCache | None = None,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
+    """Causal self-attention over a whole sequence `[*batch, length, features]`.
+
+    Without `prev_state`, position `i` attends to positions `<= i` of `inputs`
+    and the final state is None. With a `KVCache`, the sequence is written to
+    the cache from `prev_state.position` on (a prefill) and each position also
+    attends to the earlier cache entries; the final state is the new cache.
+    `mask`, if given, is combined with the causal mask (its kv axis is the
+    sequence length, or `max_length` with a cache).
+
+    Returns:
+      `((outputs [*batch, length, out_features], final_state), params)`.
+    """
+    check_is_training(is_training, self.where())
+    self._check_sequence(inputs, "inputs")
+    if prev_state is not None:
+      return self._decode(params, inputs, prev_state, mask, is_training)
+    masks: list[Any] = [causal_mask(inputs.shape[-2])]
+    if mask is not None:
+      masks.append(mask)
+    outputs, params = self._attention(params, inputs, inputs, inputs, masks, is_training)
+    return (outputs, None), params
+
+  def _decode(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      cache: KVCache,
+      mask: jax.Array | None,
+      is_training: bool,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]:
+    """Writes `inputs [*batch, length, features]` into the cache and attends."""
+    where = self.where()
+    head_dim, out_features = self._sizes(inputs)
+    length = inputs.shape[-2]
+    max_length = _check_cache(
+        cache, tuple(inputs.shape[:-2]), num_heads=self.num_heads,
+        head_dim=head_dim, where=where,
+    )
+    position = jnp.asarray(cache.position, jnp.int32)
+    _check_room(position, length, max_length, where)
+    q, params = self._project(params, "query", inputs, head_dim)
+    k, params = self._project(params, "key", inputs, head_dim)
+    v, params = self._project(params, "value", inputs, head_dim)
+    keys = _write(cache.key, k, position)
+    values = _write(cache.value, v, position)
+    q_positions = _query_positions(position, length)
+    masks: list[Any] = [_visible(q_positions, max_length)]
+    if mask is not None:
+      masks.append(mask)
+    attended, params = self._attend(params, q, keys, values, masks, is_training)
+    outputs, params = self._merge(params, attended, out_features)
+    outputs = _overflow(outputs, q_positions, max_length)
+    return (outputs, KVCache(keys, values, position + length)), params
+
+
+def _refuse_misplaced(array: Any, name: str, where: str) -> None:
+  """Raises TypeError for a cache or a mask given where `key`/`value` go."""
+  if isinstance(array, KVCache):
+    raise TypeError(
+        f"{where}: got a KVCache as {name}; __call__ attends over whole sequences."
+        " For one decoding step use decode_step(params, token, cache); for a"
+        " prefill use apply(params, inputs, cache)."
+    )
+  if array is not None and jnp.result_type(array) == jnp.bool_:
+    raise TypeError(
+        f"{where}: got a boolean array as {name}; did you mean mask=...? Masks are"
+        " passed by keyword: mha(params, query, key, mask=mask)."
+    )
+
+
+def _per_projection(
+    metadata: Any, name: str, where: str
+) -> dict[str, Mapping[str, Any] | None]:
+  """`metadata` checked to map projection names to metadata mappings."""
+  if metadata is None:
+    return {}
+  example = (
+      f"e.g. {name}={{'query': {{{SHARDING!r}: (None, 'model', None)}},"
+      f" 'out': {{{SHARDING!r}: ('model', None, None)}}}}"
+  )
+  if not isinstance(metadata, Mapping):
+    raise TypeError(
+        f"{where}: {name} must map projection names {_PROJECTIONS} to metadata,"
+        f" {example}; got {type(metadata).__name__}."
+    )
+  checked: dict[str, Mapping[str, Any] | None] = {}
+  for projection, entry in metadata.items():
+    if projection not in _PROJECTIONS:
+      raise ValueError(
+          f"{where}: {name} maps projection names {_PROJECTIONS} to metadata,"
+          f" {example}; got the key {projection!r}."
+      )
+    if entry is not None and not isinstance(entry, Mapping):
+      raise TypeError(
+          f"{where}: {name}[{projection!r}] must be a metadata mapping (or None),"
+          f" got {type(entry).__name__}."
+      )
+    checked[projection] = entry
+  return checked
