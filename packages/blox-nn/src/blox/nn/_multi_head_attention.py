@@ -33,7 +33,15 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._attention_heads import merge_heads, project_to_heads
-from blox.nn._checks import check_float_inputs, check_is_training, check_positive_int
+from blox.nn._attention_checks import (
+    PROJECTIONS,
+    _check_same_batch,
+    _check_sequence,
+    _check_token,
+    _per_projection,
+    _refuse_misplaced,
+)
+from blox.nn._checks import check_is_training, check_positive_int
 from blox.nn._dot_product_attention import _attend
 from blox.nn._kv_cache import (
     KVCache,
@@ -47,11 +55,9 @@ from blox.nn._kv_cache import (
 )
 from blox.nn._masks import causal_mask
 from blox.nn.initializers import lecun_normal, zeros
-from blox.params import SHARDING, Initializer, KeySource, Params
+from blox.params import Initializer, KeySource, Params
 
 __all__ = ["MultiHeadAttention"]
-
-_PROJECTIONS = ("query", "key", "value", "out")
 
 
 class MultiHeadAttention(Module):
@@ -167,7 +173,7 @@ class MultiHeadAttention(Module):
     # at one of those child nodes would share the paths (and take over their
     # summary group); creating the nodes, unbound, makes graph.child('query')
     # raise for anyone else.
-    for name in _PROJECTIONS:
+    for name in PROJECTIONS:
       graph.child(name)
 
   def _head_dim(self, qkv_features: int) -> int:
@@ -214,44 +220,42 @@ class MultiHeadAttention(Module):
       value: jax.Array,
       masks: list[Any],
       is_training: bool,
-  ) -> tuple[jax.Array, Params]:
-    """Projects, attends and merges; the dropout key (if any) is drawn after
-    the value projection and before the out projection."""
+      cache: KVCache | None = None,
+  ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
+    """Projects, attends (over `cache` too, written first, if given) and merges.
+
+    On first use the RNG draws come in the order query, key and value params,
+    the dropout key (if any), then the out params.
+    """
+    where = self.where()
     head_dim, out_features = self._sizes(query)
+    length = query.shape[-2]
+    if cache is not None:
+      max_length = _check_cache(
+          cache, tuple(query.shape[:-2]), num_heads=self.num_heads,
+          head_dim=head_dim, where=where,
+      )
+      position = jnp.asarray(cache.position, jnp.int32)
+      _check_room(position, length, max_length, where)
     q, params = self._project(params, "query", query, head_dim)
     k, params = self._project(params, "key", key, head_dim)
     v, params = self._project(params, "value", value, head_dim)
-    attended, params = self._attend(params, q, k, v, masks, is_training)
-    return self._merge(params, attended, out_features)
-
-  def _attend(
-      self,
-      params: Params,
-      q: jax.Array,
-      k: jax.Array,
-      v: jax.Array,
-      masks: list[Any],
-      is_training: bool,
-  ) -> tuple[jax.Array, Params]:
+    if cache is not None:
+      k, v = _write(cache.key, k, position), _write(cache.value, v, position)
+      q_positions = _query_positions(position, length)
+      masks = [_visible(q_positions, max_length), *masks]
+      cache = KVCache(k, v, position + length)
     dropout_key = None
     if is_training and self.dropout_rate > 0.0:
       dropout_key, params = self.rng(params)
     attended = _attend(
-        q, k, v, masks, self.where(), dropout_rate=self.dropout_rate,
+        q, k, v, masks, where, dropout_rate=self.dropout_rate,
         dropout_key=dropout_key, precision=self.precision,
     )
-    return attended, params
-
-  def _check_sequence(self, array: Any, name: str) -> None:
-    where = self.where()
-    check_float_inputs(array, where, name)
-    if jnp.ndim(array) < 3:
-      raise ValueError(
-          f"{where}: {name} needs shape [*batch, length, features] with at least"
-          f" one batch axis; got shape {jnp.shape(array)}. For one decoding step"
-          " use decode_step(params, token, cache); for a single unbatched"
-          f" sequence add a batch axis, e.g. {name}[None]."
-      )
+    outputs, params = self._merge(params, attended, out_features)
+    if cache is not None:
+      outputs = _overflow(outputs, q_positions, max_length)
+    return (outputs, cache), params
 
   # Attention over whole sequences.
 
@@ -287,19 +291,11 @@ class MultiHeadAttention(Module):
     key = query if key is None else key
     value = key if value is None else value
     for name, array in (("query", query), ("key", key), ("value", value)):
-      self._check_sequence(array, name)
-    if query.shape[:-2] != key.shape[:-2]:
-      raise ValueError(
-          f"{where}: query {query.shape} and key {key.shape} must have the same"
-          " batch axes ([*batch, length, features] both); broadcast or reshape"
-          " them to one batch shape."
-      )
-    if key.shape[:-1] != value.shape[:-1]:
-      raise ValueError(
-          f"{where}: key {key.shape} and value {value.shape} must agree on every"
-          " axis but the last."
-      )
-    return self._attention(params, query, key, value, [] if mask is None else [mask], is_training)
+      _check_sequence(array, name, where)
+    _check_same_batch(query, key, value, where)
+    masks = [] if mask is None else [mask]
+    (outputs, _), params = self._attention(params, query, key, value, masks, is_training)
+    return outputs, params
 
   # The sequence-model interface.
 
@@ -322,13 +318,7 @@ class MultiHeadAttention(Module):
     """
     where = self.where()
     check_positive_int(max_length, "max_length", where)
-    check_float_inputs(inputs, where)
-    if jnp.ndim(inputs) < 2:
-      raise ValueError(
-          f"{where}: initial_state needs one token of shape [*batch, features] with"
-          f" at least one batch axis; got shape {jnp.shape(inputs)}. Add a batch"
-          " axis, e.g. inputs[None]."
-      )
+    _check_token(inputs, None, where, "inputs")
     head_dim, _ = self._sizes(inputs)
     cache = _allocate(
         tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self.num_heads,
@@ -360,23 +350,14 @@ class MultiHeadAttention(Module):
     """
     where = self.where()
     check_is_training(is_training, where)
-    check_float_inputs(token, where, "token")
-    if jnp.ndim(token) < 2:
-      raise ValueError(
-          f"{where}: decode_step needs one token of shape [*batch, features] with"
-          f" at least one batch axis; got shape {jnp.shape(token)}. Add a batch"
-          " axis, e.g. token[None], and make the cache from such a token."
-      )
-    if isinstance(cache, KVCache) and jnp.ndim(token) == jnp.ndim(cache.key) - 1:
-      raise ValueError(
-          f"{where}: decode_step takes one token [*batch, features], but got shape"
-          f" {jnp.shape(token)}, a sequence for this cache; run a sequence (a"
-          " prefill) with apply(params, inputs, cache)."
-      )
-    (outputs, cache), params = self._decode(
-        params, token[..., None, :], cache, mask, is_training
+    _check_token(token, cache, where)
+    sequence = token[..., None, :]
+    masks = [] if mask is None else [mask]
+    (outputs, new_cache), params = self._attention(
+        params, sequence, sequence, sequence, masks, is_training, cache
     )
-    return (outputs[..., 0, :], cache), params
+    assert new_cache is not None  # given a cache, _attention returns one
+    return (outputs[..., 0, :], new_cache), params
 
   @overload
   def apply(
@@ -422,89 +403,9 @@ class MultiHeadAttention(Module):
       `((outputs [*batch, length, out_features], final_state), params)`.
     """
     check_is_training(is_training, self.where())
-    self._check_sequence(inputs, "inputs")
-    if prev_state is not None:
-      return self._decode(params, inputs, prev_state, mask, is_training)
-    masks: list[Any] = [causal_mask(inputs.shape[-2])]
-    if mask is not None:
-      masks.append(mask)
-    outputs, params = self._attention(params, inputs, inputs, inputs, masks, is_training)
-    return (outputs, None), params
-
-  def _decode(
-      self,
-      params: Params,
-      inputs: jax.Array,
-      cache: KVCache,
-      mask: jax.Array | None,
-      is_training: bool,
-  ) -> tuple[tuple[jax.Array, KVCache], Params]:
-    """Writes `inputs [*batch, length, features]` into the cache and attends."""
-    where = self.where()
-    head_dim, out_features = self._sizes(inputs)
-    length = inputs.shape[-2]
-    max_length = _check_cache(
-        cache, tuple(inputs.shape[:-2]), num_heads=self.num_heads,
-        head_dim=head_dim, where=where,
-    )
-    position = jnp.asarray(cache.position, jnp.int32)
-    _check_room(position, length, max_length, where)
-    q, params = self._project(params, "query", inputs, head_dim)
-    k, params = self._project(params, "key", inputs, head_dim)
-    v, params = self._project(params, "value", inputs, head_dim)
-    keys = _write(cache.key, k, position)
-    values = _write(cache.value, v, position)
-    q_positions = _query_positions(position, length)
-    masks: list[Any] = [_visible(q_positions, max_length)]
-    if mask is not None:
-      masks.append(mask)
-    attended, params = self._attend(params, q, keys, values, masks, is_training)
-    outputs, params = self._merge(params, attended, out_features)
-    outputs = _overflow(outputs, q_positions, max_length)
-    return (outputs, KVCache(keys, values, position + length)), params
-
-
-def _refuse_misplaced(array: Any, name: str, where: str) -> None:
-  """Raises TypeError for a cache or a mask given where `key`/`value` go."""
-  if isinstance(array, KVCache):
-    raise TypeError(
-        f"{where}: got a KVCache as {name}; __call__ attends over whole sequences."
-        " For one decoding step use decode_step(params, token, cache); for a"
-        " prefill use apply(params, inputs, cache)."
-    )
-  if array is not None and jnp.result_type(array) == jnp.bool_:
-    raise TypeError(
-        f"{where}: got a boolean array as {name}; did you mean mask=...? Masks are"
-        " passed by keyword: mha(params, query, key, mask=mask)."
-    )
-
-
-def _per_projection(
-    metadata: Any, name: str, where: str
-) -> dict[str, Mapping[str, Any] | None]:
-  """`metadata` checked to map projection names to metadata mappings."""
-  if metadata is None:
-    return {}
-  example = (
-      f"e.g. {name}={{'query': {{{SHARDING!r}: (None, 'model', None)}},"
-      f" 'out': {{{SHARDING!r}: ('model', None, None)}}}}"
-  )
-  if not isinstance(metadata, Mapping):
-    raise TypeError(
-        f"{where}: {name} must map projection names {_PROJECTIONS} to metadata,"
-        f" {example}; got {type(metadata).__name__}."
-    )
-  checked: dict[str, Mapping[str, Any] | None] = {}
-  for projection, entry in metadata.items():
-    if projection not in _PROJECTIONS:
-      raise ValueError(
-          f"{where}: {name} maps projection names {_PROJECTIONS} to metadata,"
-          f" {example}; got the key {projection!r}."
-      )
-    if entry is not None and not isinstance(entry, Mapping):
-      raise TypeError(
-          f"{where}: {name}[{projection!r}] must be a metadata mapping (or None),"
-          f" got {type(entry).__name__}."
-      )
-    checked[projection] = entry
-  return checked
+    _check_sequence(inputs, "inputs", self.where())
+    masks = [] if mask is None else [mask]
+    if prev_state is None:
+      # With a cache, _attention masks by cache position instead.
+      masks.insert(0, causal_mask(inputs.shape[-2]))
+    return self._attention(params, inputs, inputs, inputs, masks, is_training, prev_state)
