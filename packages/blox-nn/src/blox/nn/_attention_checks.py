@@ -78,19 +78,19 @@ def _check_same_batch(query: Any, key: Any, value: Any, where: str) -> None:
     )
 
 
-def _check_token(token: Any, cache: Any, where: str, name: str = "token") -> None:
-  """Raises unless `token` is one float token `[*batch, features]`.
+def _check_token(token: Any, cache: Any, where: str, method: str, name: str) -> None:
+  """Raises unless `token` (the argument `name` of `method`) is one float
+  token `[*batch, features]`.
 
   With a cache, a token one axis longer than the cache's batch axes plus
   features is a sequence: that is a prefill, `apply`'s job.
   """
   check_float_inputs(token, where, name)
   if jnp.ndim(token) < 2:
-    step = "decode_step" if name == "token" else "initial_state"
     raise ValueError(
-        f"{where}: {step} needs one token of shape [*batch, features] with at"
+        f"{where}: {method} needs one token of shape [*batch, features] with at"
         f" least one batch axis; got shape {jnp.shape(token)}. Add a batch axis,"
-        f" e.g. {name}[None], and make the cache from such a token."
+        f" e.g. {name}[None]."
     )
   if isinstance(cache, KVCache) and jnp.ndim(token) == jnp.ndim(cache.key) - 1:
     raise ValueError(

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
-from blox.nn._attention_heads import merge_heads, project_to_heads
 from blox.nn._attention_checks import (
     PROJECTIONS,
     _check_same_batch,
@@ -41,6 +40,7 @@ from blox.nn._attention_checks import (
     _per_projection,
     _refuse_misplaced,
 )
+from blox.nn._attention_heads import merge_heads, project_to_heads
 from blox.nn._checks import check_is_training, check_positive_int
 from blox.nn._dot_product_attention import _attend
 from blox.nn._kv_cache import (
@@ -143,8 +143,8 @@ class MultiHeadAttention(Module):
       precision: jax.lax.PrecisionLike = None,
       kernel_init: Initializer = lecun_normal(),
       bias_init: Initializer = zeros,
-      kernel_metadata: Mapping[str, Mapping[str, Any]] | None = None,
-      bias_metadata: Mapping[str, Mapping[str, Any]] | None = None,
+      kernel_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+      bias_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
   ) -> None:
     super().__init__(graph)
     where = self.where()
@@ -318,7 +318,7 @@ class MultiHeadAttention(Module):
     """
     where = self.where()
     check_positive_int(max_length, "max_length", where)
-    _check_token(inputs, None, where, "inputs")
+    _check_token(inputs, None, where, "initial_state", "inputs")
     head_dim, _ = self._sizes(inputs)
     cache = _allocate(
         tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self.num_heads,
@@ -350,7 +350,7 @@ class MultiHeadAttention(Module):
     """
     where = self.where()
     check_is_training(is_training, where)
-    _check_token(token, cache, where)
+    _check_token(token, cache, where, "decode_step", "token")
     sequence = token[..., None, :]
     masks = [] if mask is None else [mask]
     (outputs, new_cache), params = self._attention(
