@@ -13,7 +13,10 @@ Example:
 """
 
 from blox.nn import initializers
-from blox.nn.attention import KVCache, MultiHeadAttention
+from blox.nn._dot_product_attention import dot_product_attention
+from blox.nn._kv_cache import KVCache
+from blox.nn._masks import causal_mask, combine_masks, padding_mask
+from blox.nn._multi_head_attention import MultiHeadAttention
 from blox.nn.batch_norm import BatchNorm
 from blox.nn.conv import Conv, ConvTranspose
 from blox.nn.dropout import Dropout
@@ -44,7 +47,11 @@ __all__ = [
     "Rng",
     "Sequential",
     "avg_pool",
+    "causal_mask",
+    "combine_masks",
+    "dot_product_attention",
     "initializers",
     "max_pool",
     "min_pool",
+    "padding_mask",
 ]

@@ -1,0 +1,134 @@
+"""The per-head projections of attention, as functions on the owning module.
+
+`project_to_heads` maps `[..., in]` to `[..., heads, head_dim]` with a kernel
+`[in, heads, head_dim]`; `merge_heads` maps `[..., heads, head_dim]` back to
+`[..., out]` with a kernel `[heads, head_dim, out]`. They are functions, not
+modules: their params are created on the calling module under a tuple name,
+`(name, 'kernel')`, so an attention layer owns all its params itself and
+shows as one module (no helper classes reading their configuration back
+from an owner). Every size and option is an explicit argument.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph, Module
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng, initializers
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> class Heads(Module):
+  ...   def __call__(self, params, x):
+  ...     return project_to_heads(
+  ...         self, params, 'query', x, num_heads=2, head_dim=3,
+  ...         kernel_init=initializers.lecun_normal(), bias_init=initializers.zeros,
+  ...         rng=rng)
+  >>> y, params = Heads(graph.child('heads'))(rng.seed(Params(), seed=0), jnp.ones((5, 4)))
+  >>> y.shape, [path[2:] for path in params][-2:]
+  ((5, 2, 3), [('query', 'kernel'), ('query', 'bias')])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Module
+from blox.nn._dense import kernel_and_bias
+from blox.params import Initializer, KeySource, Params
+
+__all__ = ["merge_heads", "project_to_heads"]
+
+
+def _flat_init(init: Initializer, fan_in_dims: int) -> Initializer:
+  """Runs `init` on the 2-D `(fan_in, fan_out)` shape and reshapes the result.
+
+  Variance-scaling initializers read fan-in and fan-out from the last two axes;
+  on a per-head kernel such as `[in, heads, head_dim]` they would take `heads`
+  as the fan-in. Initialising the flat matrix keeps their scale the one a
+  `Linear` of the same size would get. `fan_in_dims=0` flattens to 1-D (a
+  per-head bias).
+  """
+
+  def flat(key: Any, shape: Any, dtype: Any = jnp.float32) -> Any:
+    fan_in = math.prod(shape[:fan_in_dims])
+    fan_out = math.prod(shape[fan_in_dims:])
+    flat_shape = (fan_in, fan_out) if fan_in_dims else (fan_out,)
+    return jnp.reshape(init(key, flat_shape, dtype), shape)
+
+  return flat
+
+
+def project_to_heads(
+    module: Module,
+    params: Params,
+    name: str,
+    inputs: jax.Array,
+    *,
+    num_heads: int,
+    head_dim: int,
+    kernel_init: Initializer,
+    bias_init: Initializer,
+    rng: KeySource | None,
+    use_bias: bool = True,
+    kernel_metadata: Mapping[str, Any] | None = None,
+    bias_metadata: Mapping[str, Any] | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> tuple[jax.Array, Params]:
+  """`inputs [..., in]` projected to `[..., num_heads, head_dim]`.
+
+  Params `module`'s `(name, 'kernel')` `[in, num_heads, head_dim]` and, with
+  `use_bias`, `(name, 'bias')` `[num_heads, head_dim]`, created in that order
+  (one key each from `rng`) with the flat-shape initializers of `_flat_init`.
+  """
+  kernel, bias, params = kernel_and_bias(
+      module, params,
+      kernel_shape=(inputs.shape[-1], num_heads, head_dim),
+      bias_shape=(num_heads, head_dim),
+      kernel_init=_flat_init(kernel_init, 1), bias_init=_flat_init(bias_init, 0),
+      rng=rng, use_bias=use_bias,
+      kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
+      kernel_name=(name, "kernel"), bias_name=(name, "bias"),
+  )
+  outputs = jnp.einsum("...i,ihd->...hd", inputs, kernel, precision=precision)
+  if bias is not None:
+    outputs = outputs + bias
+  return outputs, params
+
+
+def merge_heads(
+    module: Module,
+    params: Params,
+    name: str,
+    inputs: jax.Array,
+    *,
+    out_features: int,
+    kernel_init: Initializer,
+    bias_init: Initializer,
+    rng: KeySource | None,
+    use_bias: bool = True,
+    kernel_metadata: Mapping[str, Any] | None = None,
+    bias_metadata: Mapping[str, Any] | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> tuple[jax.Array, Params]:
+  """`inputs [..., heads, head_dim]` projected to `[..., out_features]`.
+
+  Params `module`'s `(name, 'kernel')` `[heads, head_dim, out_features]` and,
+  with `use_bias`, `(name, 'bias')` `[out_features]`, created in that order.
+  The kernel's initializer sees the flat `(heads * head_dim, out_features)`.
+  """
+  kernel, bias, params = kernel_and_bias(
+      module, params,
+      kernel_shape=(*inputs.shape[-2:], out_features),
+      bias_shape=(out_features,),
+      kernel_init=_flat_init(kernel_init, 2), bias_init=bias_init,
+      rng=rng, use_bias=use_bias,
+      kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
+      kernel_name=(name, "kernel"), bias_name=(name, "bias"),
+  )
+  outputs = jnp.einsum("...hd,hdo->...o", inputs, kernel, precision=precision)
+  if bias is not None:
+    outputs = outputs + bias
+  return outputs, params

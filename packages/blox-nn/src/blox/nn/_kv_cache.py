@@ -1,0 +1,134 @@
+"""`KVCache`: the key/value cache of autoregressive attention, and its steps.
+
+The cache is plain data (a NamedTuple); the functions here allocate it,
+check it against the inputs, write new keys and values into it, and give the
+mask of what each query may see. Every size is passed explicitly, so that
+they know nothing of the layer that uses them.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> cache = _allocate((2,), max_length=4, num_heads=1, head_dim=3, dtype=jnp.float32)
+  >>> cache.key.shape, cache.position.tolist()
+  ((2, 4, 1, 3), [0, 0])
+  >>> keys = _write(cache.key, jnp.ones((2, 1, 1, 3)), jnp.array([0, 2]))
+  >>> keys[:, :, 0, 0].tolist()
+  [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["KVCache"]
+
+
+class KVCache(NamedTuple):
+  """The decoding state of `MultiHeadAttention`: the projected keys and values.
+
+  Attributes:
+    key: `[*batch, max_length, num_heads, head_dim]`.
+    value: same shape as `key`.
+    position: int32 `[*batch]`, the position the next token is written to,
+      per batch element. Cache positions at or after it are masked out.
+
+  Every leaf has the batch axes first, so a batch element can be reset to the
+  empty cache on its own (e.g. with `blox.graph.maybe_reset_state`).
+  """
+
+  key: jax.Array
+  value: jax.Array
+  position: jax.Array
+
+
+def _allocate(
+    batch: tuple[int, ...], *, max_length: int, num_heads: int, head_dim: int, dtype: Any
+) -> KVCache:
+  """An empty cache: zero keys and values, every position at 0."""
+  empty = jnp.zeros((*batch, max_length, num_heads, head_dim), dtype)
+  return KVCache(empty, empty, jnp.zeros(batch, jnp.int32))
+
+
+def _check_cache(
+    cache: Any, batch: tuple[int, ...], *, num_heads: int, head_dim: int, where: str
+) -> int:
+  """Checks `cache` against inputs with batch axes `batch`; returns its `max_length`."""
+  if not isinstance(cache, KVCache):
+    raise TypeError(
+        f"{where}: the cache must be the KVCache from initial_state, got"
+        f" {type(cache).__name__}."
+    )
+  shape = tuple(cache.key.shape)
+  if (
+      len(shape) != len(batch) + 3
+      or shape[:-3] != batch
+      or shape[-2:] != (num_heads, head_dim)
+      or tuple(cache.value.shape) != shape
+      or tuple(jnp.shape(cache.position)) != batch
+  ):
+    raise ValueError(
+        f"{where}: the cache holds keys {shape}, values {tuple(cache.value.shape)}"
+        f" and position {tuple(jnp.shape(cache.position))}, but inputs with batch"
+        f" axes {batch} need keys and values [*batch, max_length, {num_heads},"
+        f" {head_dim}] and position [*batch]. Make the cache with initial_state."
+    )
+  return shape[-3]
+
+
+def _check_room(position: jax.Array, length: int, max_length: int, where: str) -> None:
+  """Raises ValueError if writing `length` tokens runs past the cache's end.
+
+  Only outside of `jax.jit`, where the position is known; under jit the
+  overflow shows as NaN outputs instead (see `_overflow`).
+  """
+  if isinstance(position, jax.core.Tracer):
+    return
+  last = int(jnp.max(position, initial=0)) + length
+  if last > max_length:
+    raise ValueError(
+        f"{where}: the cache is full: writing {length} token(s) reaches position"
+        f" {last}, past its max_length={max_length}. Make a longer cache with"
+        " initial_state."
+    )
+
+
+def _write(cache: jax.Array, update: jax.Array, position: jax.Array) -> jax.Array:
+  """Writes `update [*batch, length, ...]` into `cache [*batch, max_length, ...]`
+  from `position[b]` on, for every batch element `b`.
+
+  A scatter, not `dynamic_update_slice`: the latter clamps its start so that
+  the whole block fits, which would shift a block that runs past the end
+  backwards over earlier tokens. Here the slots past `max_length` are
+  dropped and the tokens that fit land at their own positions.
+  """
+  tail = cache.shape[-3:]
+  flat_cache = jnp.reshape(cache, (-1, *tail))
+  flat_update = jnp.reshape(update.astype(cache.dtype), (-1, *update.shape[-3:]))
+  rows = jnp.arange(flat_cache.shape[0])[:, None]
+  cols = jnp.reshape(position, (-1, 1)) + jnp.arange(flat_update.shape[1], dtype=position.dtype)
+  written = flat_cache.at[rows, cols].set(flat_update, mode="drop")
+  return jnp.reshape(written, cache.shape)
+
+
+def _query_positions(position: jax.Array, length: int) -> jax.Array:
+  """`[*batch, length]`: query `i` of batch element `b` sits at `position[b] + i`."""
+  return position[..., None] + jnp.arange(length, dtype=jnp.int32)
+
+
+def _visible(q_positions: jax.Array, max_length: int) -> jax.Array:
+  """`[*batch, 1 (heads), length, max_length]`: each query sees the cache up to itself."""
+  kv_positions = jnp.arange(max_length, dtype=jnp.int32)
+  return (kv_positions <= q_positions[..., None])[..., None, :, :]
+
+
+def _overflow(outputs: jax.Array, q_positions: jax.Array, max_length: int) -> jax.Array:
+  """`outputs [*batch, length, features]`, NaN where the token did not fit.
+
+  Under jit the position is not known when tracing. `_write` drops the
+  tokens past the end (the ones that fit are stored where they belong);
+  their outputs become NaN, so the mistake shows instead of passing for a
+  result.
+  """
+  return jnp.where((q_positions >= max_length)[..., None], jnp.nan, outputs)

@@ -1,0 +1,411 @@
+"""`MultiHeadAttention`: scaled dot-product attention over several heads.
+
+The layer is a plain attention layer (`mha(params, query, key, value)`) and a
+causal sequence model for autoregressive decoding: `initial_state` allocates
+a `KVCache`, `decode_step` decodes one token into it, and `apply` runs a
+whole sequence with a causal mask (a prefill when given a cache).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> mha = MultiHeadAttention(graph.child('mha'), num_heads=2, rng=rng)
+  >>> x = jnp.ones((1, 5, 8))  # [batch, length, features]
+  >>> y, params = mha(rng.seed(Params(), seed=0), x)
+  >>> y.shape
+  (1, 5, 8)
+  >>> cache, params = mha.initial_state(params, x[:, 0], max_length=5)
+  >>> (y0, cache), params = mha.decode_step(params, x[:, 0], cache)
+  >>> y0.shape, cache.position.tolist()
+  ((1, 8), [1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, overload
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph, Module
+from blox.nn._attention_checks import (
+    PROJECTIONS,
+    _check_same_batch,
+    _check_sequence,
+    _check_token,
+    _per_projection,
+    _refuse_misplaced,
+)
+from blox.nn._attention_heads import merge_heads, project_to_heads
+from blox.nn._checks import check_is_training, check_positive_int
+from blox.nn._dot_product_attention import _attend
+from blox.nn._kv_cache import (
+    KVCache,
+    _allocate,
+    _check_cache,
+    _check_room,
+    _overflow,
+    _query_positions,
+    _visible,
+    _write,
+)
+from blox.nn._masks import causal_mask
+from blox.nn.initializers import lecun_normal, zeros
+from blox.params import Initializer, KeySource, Params
+
+__all__ = ["MultiHeadAttention"]
+
+
+class MultiHeadAttention(Module):
+  """Multi-head scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`.
+
+  Params. The module owns its params itself (no child modules), with a
+  per-head layout:
+
+    query/kernel  [q_features, num_heads, head_dim]   query/bias [num_heads, head_dim]
+    key/kernel    [kv_features, num_heads, head_dim]  key/bias   [num_heads, head_dim]
+    value/kernel  [kv_features, num_heads, head_dim]  value/bias [num_heads, head_dim]
+    out/kernel    [num_heads, head_dim, out_features] out/bias   [out_features]
+
+  where `head_dim = qkv_features // num_heads`. The heads get their own axis,
+  so a sharding over heads is one metadata entry per projection, e.g.
+  `kernel_metadata={'query': {SHARDING: (None, 'model', None)}, ...,
+  'out': {SHARDING: ('model', None, None)}}`. Initializers are called with
+  the flat 2-D shape `(fan_in, fan_out)` and the result is reshaped, so
+  fan-based initializers scale as they would for a `Linear` of the same size.
+
+  Shapes. Inputs always carry at least one batch axis: `__call__` and
+  `apply` take `[*batch, length, features]`, `decode_step` and
+  `initial_state` one token `[*batch, features]`. A rank-2 array is refused
+  by `__call__` and `apply`, because `[length, features]` (one unbatched
+  sequence) and `[batch, features]` (one token per example, which would
+  silently attend across the batch) look alike. For a single sequence add a
+  batch axis (`x[None]`, also under `jax.vmap`); for one token use
+  `decode_step`.
+
+  Masks are boolean (True = attend) and broadcast to
+  `[*batch, num_heads, q_length, kv_length]` (see `causal_mask`,
+  `padding_mask`, `combine_masks`). A query row whose keys are all masked out
+  attends uniformly to every key. The math is `dot_product_attention`.
+
+  Dropout acts on the attention weights: one key is drawn from `rng` per call
+  with `is_training=True` and `dropout_rate > 0`, none otherwise.
+
+  Decoding. `initial_state(params, token, max_length=n)` allocates a
+  `KVCache`; `decode_step(params, token, cache)` writes the token's key and
+  value at `cache.position`, attends to the positions `<= cache.position`
+  and returns `((output, new_cache), params)`. `apply` runs a whole sequence
+  with a causal mask (into a cache when `prev_state` is given). Decoding
+  token by token gives the same outputs as `apply` on the whole sequence.
+  Writing past `max_length` is an error when the position is known outside
+  of `jax.jit`; under jit tokens past the end are not written and their
+  outputs are NaN (the tokens that fit are written and attended as usual).
+
+  The layer is not a `blox.graph.SequenceBase`: that interface makes
+  `module(params, inputs, prev_state)` the single step, while here
+  `__call__`'s third argument is the attention `key`. The single step is
+  `decode_step`, with the same `((outputs, state), params)` result.
+
+  Args:
+    graph: the node this layer binds to; its children 'query', 'key',
+      'value' and 'out' are reserved for the projection params.
+    num_heads: the number of attention heads.
+    rng: the key source for initialisation and attention dropout.
+    qkv_features: the total size of the query/key/value projections (all
+      heads together); defaults to the last axis of the query. Must be
+      divisible by `num_heads`.
+    out_features: the size of the output's last axis; defaults to the last
+      axis of the query.
+    dropout_rate: the dropout rate on the attention weights, in [0, 1).
+    use_bias: whether the projections add a bias.
+    precision: the matmul precision of the projections and attention.
+    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`,
+      shared by the four projections.
+    kernel_metadata, bias_metadata: metadata per projection, a mapping from
+      any of 'query', 'key', 'value', 'out' to that projection's kernel (or
+      bias) metadata; projections left out get none.
+  """
+
+  def __init__(
+      self,
+      graph: Graph,
+      num_heads: int,
+      *,
+      rng: KeySource,
+      qkv_features: int | None = None,
+      out_features: int | None = None,
+      dropout_rate: float = 0.0,
+      use_bias: bool = True,
+      precision: jax.lax.PrecisionLike = None,
+      kernel_init: Initializer = lecun_normal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+      bias_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+  ) -> None:
+    super().__init__(graph)
+    where = self.where()
+    check_positive_int(num_heads, "num_heads", where)
+    for name, size in (("qkv_features", qkv_features), ("out_features", out_features)):
+      if size is not None:
+        check_positive_int(size, f"{name} (or None)", where)
+    if not 0.0 <= dropout_rate < 1.0:
+      raise ValueError(f"{where}: dropout_rate must be in [0, 1), got {dropout_rate}.")
+    self.num_heads = num_heads
+    self.rng = rng
+    self.qkv_features = qkv_features
+    self.out_features = out_features
+    self.dropout_rate = dropout_rate
+    self.use_bias = use_bias
+    self.precision = precision
+    self.kernel_init = kernel_init
+    self.bias_init = bias_init
+    self.kernel_metadata = kernel_metadata
+    self.bias_metadata = bias_metadata
+    self._kernel_metadata = _per_projection(kernel_metadata, "kernel_metadata", where)
+    self._bias_metadata = _per_projection(bias_metadata, "bias_metadata", where)
+    if qkv_features is not None:
+      self._head_dim(qkv_features)
+    # The params live at (*path, 'query', 'kernel') and so on. A module bound
+    # at one of those child nodes would share the paths (and take over their
+    # summary group); creating the nodes, unbound, makes graph.child('query')
+    # raise for anyone else.
+    for name in PROJECTIONS:
+      graph.child(name)
+
+  def _head_dim(self, qkv_features: int) -> int:
+    if qkv_features % self.num_heads:
+      raise ValueError(
+          f"{self.where()}: qkv_features={qkv_features} is not divisible by"
+          f" num_heads={self.num_heads}; pick qkv_features as a multiple of"
+          " num_heads (it defaults to the query's last axis)."
+      )
+    return qkv_features // self.num_heads
+
+  def _sizes(self, query: jax.Array) -> tuple[int, int]:
+    """`(head_dim, out_features)` for this query."""
+    features = query.shape[-1]
+    return self._head_dim(self.qkv_features or features), self.out_features or features
+
+  # The steps shared by every entry point.
+
+  def _project(
+      self, params: Params, name: str, inputs: jax.Array, head_dim: int
+  ) -> tuple[jax.Array, Params]:
+    return project_to_heads(
+        self, params, name, inputs, num_heads=self.num_heads, head_dim=head_dim,
+        kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
+        use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get(name),
+        bias_metadata=self._bias_metadata.get(name), precision=self.precision,
+    )
+
+  def _merge(
+      self, params: Params, attended: jax.Array, out_features: int
+  ) -> tuple[jax.Array, Params]:
+    return merge_heads(
+        self, params, "out", attended, out_features=out_features,
+        kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
+        use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get("out"),
+        bias_metadata=self._bias_metadata.get("out"), precision=self.precision,
+    )
+
+  def _attention(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: jax.Array,
+      value: jax.Array,
+      masks: list[Any],
+      is_training: bool,
+      cache: KVCache | None = None,
+  ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
+    """Projects, attends (over `cache` too, written first, if given) and merges.
+
+    On first use the RNG draws come in the order query, key and value params,
+    the dropout key (if any), then the out params.
+    """
+    where = self.where()
+    head_dim, out_features = self._sizes(query)
+    length = query.shape[-2]
+    if cache is not None:
+      max_length = _check_cache(
+          cache, tuple(query.shape[:-2]), num_heads=self.num_heads,
+          head_dim=head_dim, where=where,
+      )
+      position = jnp.asarray(cache.position, jnp.int32)
+      _check_room(position, length, max_length, where)
+    q, params = self._project(params, "query", query, head_dim)
+    k, params = self._project(params, "key", key, head_dim)
+    v, params = self._project(params, "value", value, head_dim)
+    if cache is not None:
+      k, v = _write(cache.key, k, position), _write(cache.value, v, position)
+      q_positions = _query_positions(position, length)
+      masks = [_visible(q_positions, max_length), *masks]
+      cache = KVCache(k, v, position + length)
+    dropout_key = None
+    if is_training and self.dropout_rate > 0.0:
+      dropout_key, params = self.rng(params)
+    attended = _attend(
+        q, k, v, masks, where, dropout_rate=self.dropout_rate,
+        dropout_key=dropout_key, precision=self.precision,
+    )
+    outputs, params = self._merge(params, attended, out_features)
+    if cache is not None:
+      outputs = _overflow(outputs, q_positions, max_length)
+    return (outputs, cache), params
+
+  # Attention over whole sequences.
+
+  def __call__(
+      self,
+      params: Params,
+      query: jax.Array,
+      key: jax.Array | None = None,
+      value: jax.Array | None = None,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[jax.Array, Params]:
+    """Attends from `query` to `key`/`value`.
+
+    Args:
+      params: the params (created on first use).
+      query: `[*batch, q_length, q_features]`, at least one batch axis.
+      key: `[*batch, kv_length, kv_features]`; defaults to `query`
+        (self-attention).
+      value: `[*batch, kv_length, kv_features]`; defaults to `key`.
+      mask: booleans (True = attend) broadcasting to
+        `[*batch, num_heads, q_length, kv_length]`.
+      is_training: whether dropout applies; a Python bool (static under jit).
+
+    Returns:
+      `(outputs [*batch, q_length, out_features], params)`.
+    """
+    where = self.where()
+    check_is_training(is_training, where)
+    for name, array in (("key", key), ("value", value)):
+      _refuse_misplaced(array, name, where)
+    key = query if key is None else key
+    value = key if value is None else value
+    for name, array in (("query", query), ("key", key), ("value", value)):
+      _check_sequence(array, name, where)
+    _check_same_batch(query, key, value, where)
+    masks = [] if mask is None else [mask]
+    (outputs, _), params = self._attention(params, query, key, value, masks, is_training)
+    return outputs, params
+
+  # The sequence-model interface.
+
+  def initial_state(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      *,
+      max_length: int,
+      dtype: Any = None,
+  ) -> tuple[KVCache, Params]:
+    """An empty `KVCache` for decoding up to `max_length` tokens.
+
+    Args:
+      params: returned unchanged (the cache holds no params).
+      inputs: one token `[*batch, features]`, at least one batch axis; gives
+        the batch shape, the default `qkv_features` and the default dtype.
+      max_length: the number of positions of the cache.
+      dtype: the cache dtype; defaults to the dtype of `inputs`.
+    """
+    where = self.where()
+    check_positive_int(max_length, "max_length", where)
+    _check_token(inputs, None, where, "initial_state", "inputs")
+    head_dim, _ = self._sizes(inputs)
+    cache = _allocate(
+        tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self.num_heads,
+        head_dim=head_dim, dtype=inputs.dtype if dtype is None else dtype,
+    )
+    return cache, params
+
+  def decode_step(
+      self,
+      params: Params,
+      token: jax.Array,
+      cache: KVCache,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = False,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]:
+    """Decodes one token of self-attention over the cache.
+
+    Args:
+      params: the params (created on first use).
+      token: `[*batch, features]`, the batch axes of the cache.
+      cache: the `KVCache` from `initial_state` or an earlier step.
+      mask: booleans broadcasting to `[*batch, num_heads, 1, max_length]`,
+        combined with the cache's own mask (positions written so far).
+      is_training: whether dropout applies; False unless passed explicitly.
+
+    Returns:
+      `((outputs [*batch, out_features], new_cache), params)`.
+    """
+    where = self.where()
+    check_is_training(is_training, where)
+    _check_token(token, cache, where, "decode_step", "token")
+    sequence = token[..., None, :]
+    masks = [] if mask is None else [mask]
+    (outputs, new_cache), params = self._attention(
+        params, sequence, sequence, sequence, masks, is_training, cache
+    )
+    assert new_cache is not None  # given a cache, _attention returns one
+    return (outputs[..., 0, :], new_cache), params
+
+  @overload
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: None = None,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, None], Params]: ...
+
+  @overload
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: KVCache,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
+
+  def apply(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: KVCache | None = None,
+      *,
+      mask: jax.Array | None = None,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
+    """Causal self-attention over a whole sequence `[*batch, length, features]`.
+
+    Without `prev_state`, position `i` attends to positions `<= i` of `inputs`
+    and the final state is None. With a `KVCache`, the sequence is written to
+    the cache from `prev_state.position` on (a prefill) and each position also
+    attends to the earlier cache entries; the final state is the new cache.
+    `mask`, if given, is combined with the causal mask (its kv axis is the
+    sequence length, or `max_length` with a cache).
+
+    Returns:
+      `((outputs [*batch, length, out_features], final_state), params)`.
+    """
+    check_is_training(is_training, self.where())
+    _check_sequence(inputs, "inputs", self.where())
+    masks = [] if mask is None else [mask]
+    if prev_state is None:
+      # With a cache, _attention masks by cache position instead.
+      masks.insert(0, causal_mask(inputs.shape[-2]))
+    return self._attention(params, inputs, inputs, inputs, masks, is_training, prev_state)
