@@ -561,7 +561,6 @@ def test_nn_attention_summary_shows_no_helper_modules() -> None:
     assert hidden not in text
 
 
-@pytest.mark.xfail(strict=False, reason="needs the owner-module grouping of summary from the graph branch")
 def test_nn_attention_summary_groups_its_params_under_one_module() -> None:
   mha, rng = _build()
   _, params = _init(mha, rng, _inputs(2, 5, FEATURES))
