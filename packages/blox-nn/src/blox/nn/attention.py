@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module, SequenceBase
 from blox.nn._checks import check_is_training, check_positive_int
-from blox.nn.dropout import _drop
+from blox.nn._dropout import _drop
 from blox.nn.initializers import Initializer, lecun_normal, zeros
 from blox.params import KeySource, Params
 

@@ -1,0 +1,121 @@
+"""`GRU`: a gated recurrent unit recurrence.
+
+One step, with `W = kernel [features, 3h]`, `U = recurrent_kernel [h, 3h]`
+and `b = bias [3h]`, whose three blocks are, in order, the reset gate r, the
+update gate z and the candidate n (`W_r` is the r block of `W`, and so on):
+
+  r = sigmoid(x @ W_r + h @ U_r + b_r)
+  z = sigmoid(x @ W_z + h @ U_z + b_z)
+  n = tanh(x @ W_n + b_n + (r * h) @ U_n)
+  h' = (1 - z) * h + z * n
+
+`z` is the share of the state that is replaced by the candidate; the reset
+gate `r` decides how much of the previous state the candidate sees. The output
+of a step is `h'`; the state is `GRUState(hidden=h')`.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> gru = GRU(graph.child('gru'), hidden_size=4, rng=rng)
+  >>> (outputs, state), params = gru.apply(rng.seed(Params(), seed=0), jnp.ones((2, 5, 3)))
+  >>> outputs.shape, state.hidden.shape
+  ((2, 5, 4), (2, 4))
+  >>> params[('net', 'gru', 'kernel')].value.shape
+  (3, 12)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph
+from blox.nn._recurrent import GatedCell, zero_hidden
+from blox.nn.initializers import lecun_normal, orthogonal, zeros
+from blox.params import Initializer, KeySource, Params
+
+__all__ = ["GRU", "GRUState"]
+
+
+class GRUState(NamedTuple):
+  """The state of a `GRU`: the hidden state `[batch, hidden_size]`."""
+
+  hidden: jax.Array
+
+
+class GRU(GatedCell):
+  """A gated recurrent unit (see the module docstring for the equations).
+
+  Args:
+    graph: the node this module binds to; its params are
+      `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`.
+    hidden_size: the size of the hidden state and of the outputs.
+    rng: the key source for initialisation.
+    is_static: scan over time with a Python loop instead of `jax.lax.scan`.
+    kernel_init, recurrent_kernel_init, bias_init: initializers of the
+      params, `(key, shape, dtype) -> array`.
+    kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
+      the params, e.g. `{'sharding': (None, 'model')}`.
+    precision: the precision of the matrix products (`jax.lax.Precision`).
+  """
+
+  num_gates = 3
+
+  def __init__(
+      self,
+      graph: Graph,
+      hidden_size: int,
+      *,
+      rng: KeySource,
+      is_static: bool = False,
+      kernel_init: Initializer = lecun_normal(),
+      recurrent_kernel_init: Initializer = orthogonal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Any] | None = None,
+      recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
+  ) -> None:
+    super().__init__(
+        graph, hidden_size, rng=rng, is_static=is_static, kernel_init=kernel_init,
+        recurrent_kernel_init=recurrent_kernel_init, bias_init=bias_init,
+        kernel_metadata=kernel_metadata,
+        recurrent_kernel_metadata=recurrent_kernel_metadata,
+        bias_metadata=bias_metadata, precision=precision,
+    )
+
+  def initial_state(
+      self, params: Params, inputs: jax.Array, **kwargs: Any
+  ) -> tuple[GRUState, Params]:
+    """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
+    return GRUState(hidden=zero_hidden(inputs, self.hidden_size)), params
+
+  def __call__(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: GRUState,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, GRUState], Params]:
+    """One step on floating-point inputs `[*batch, features]`; `is_training` is unused.
+
+    Returns:
+      `((hidden, GRUState(hidden)), params)`.
+    """
+    kernel, recurrent_kernel, bias, params = self._weights(params, inputs)
+    h = prev_state.hidden
+    size = self.hidden_size
+    x_r, x_z, x_n = jnp.split(self._dot(inputs, kernel) + bias, 3, axis=-1)
+    h_rz = self._dot(h, recurrent_kernel[:, : 2 * size])
+    r = jax.nn.sigmoid(x_r + h_rz[..., :size])
+    z = jax.nn.sigmoid(x_z + h_rz[..., size:])
+    n = jnp.tanh(x_n + self._dot(r * h, recurrent_kernel[:, 2 * size :]))
+    hidden = (1 - z) * h + z * n
+    return (hidden, GRUState(hidden=hidden)), params

@@ -1,0 +1,115 @@
+"""`LSTM`: a long short-term memory recurrence.
+
+One step, with `W = kernel [features, 4h]`, `U = recurrent_kernel [h, 4h]`
+and `b = bias [4h]`, whose four blocks hold the gates in the order (i, g, f, o):
+
+  i, g, f, o = split(x @ W + h @ U + b, 4)
+  c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+  h' = sigmoid(o) * tanh(c')
+
+The output of a step is `h'`; the state is `LSTMState(hidden=h', cell=c')`.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.graph import Graph
+  >>> from blox.params import Params
+  >>> from blox.nn import Rng
+  >>> graph = Graph('net')
+  >>> rng = Rng(graph.child('rng'))
+  >>> lstm = LSTM(graph.child('lstm'), hidden_size=4, rng=rng)
+  >>> (outputs, state), params = lstm.apply(rng.seed(Params(), seed=0), jnp.ones((2, 5, 3)))
+  >>> outputs.shape, state.cell.shape
+  ((2, 5, 4), (2, 4))
+  >>> params[('net', 'lstm', 'recurrent_kernel')].value.shape
+  (4, 16)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Graph
+from blox.nn._recurrent import GatedCell, zero_hidden
+from blox.nn.initializers import lecun_normal, orthogonal, zeros
+from blox.params import Initializer, KeySource, Params
+
+__all__ = ["LSTM", "LSTMState"]
+
+
+class LSTMState(NamedTuple):
+  """The state of an `LSTM`: hidden and cell, each `[batch, hidden_size]`."""
+
+  hidden: jax.Array
+  cell: jax.Array
+
+
+class LSTM(GatedCell):
+  """A long short-term memory recurrence (see the module docstring).
+
+  Args:
+    graph: the node this module binds to; its params are
+      `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`.
+    hidden_size: the size of the hidden and cell states and of the outputs.
+    rng: the key source for initialisation.
+    is_static: scan over time with a Python loop instead of `jax.lax.scan`.
+    kernel_init, recurrent_kernel_init, bias_init: initializers of the
+      params, `(key, shape, dtype) -> array`.
+    kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
+      the params, e.g. `{'sharding': (None, 'model')}`.
+    precision: the precision of the matrix products (`jax.lax.Precision`).
+  """
+
+  num_gates = 4
+
+  def __init__(
+      self,
+      graph: Graph,
+      hidden_size: int,
+      *,
+      rng: KeySource,
+      is_static: bool = False,
+      kernel_init: Initializer = lecun_normal(),
+      recurrent_kernel_init: Initializer = orthogonal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Any] | None = None,
+      recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
+  ) -> None:
+    super().__init__(
+        graph, hidden_size, rng=rng, is_static=is_static, kernel_init=kernel_init,
+        recurrent_kernel_init=recurrent_kernel_init, bias_init=bias_init,
+        kernel_metadata=kernel_metadata,
+        recurrent_kernel_metadata=recurrent_kernel_metadata,
+        bias_metadata=bias_metadata, precision=precision,
+    )
+
+  def initial_state(
+      self, params: Params, inputs: jax.Array, **kwargs: Any
+  ) -> tuple[LSTMState, Params]:
+    """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
+    zeros = zero_hidden(inputs, self.hidden_size)
+    return LSTMState(hidden=zeros, cell=zeros), params
+
+  def __call__(
+      self,
+      params: Params,
+      inputs: jax.Array,
+      prev_state: LSTMState,
+      is_training: bool = True,
+  ) -> tuple[tuple[jax.Array, LSTMState], Params]:
+    """One step on floating-point inputs `[*batch, features]`; `is_training` is unused.
+
+    Returns:
+      `((hidden, LSTMState(hidden, cell)), params)`.
+    """
+    kernel, recurrent_kernel, bias, params = self._weights(params, inputs)
+    gates = self._dot(inputs, kernel) + self._dot(prev_state.hidden, recurrent_kernel) + bias
+    i, g, f, o = jnp.split(gates, 4, axis=-1)
+    cell = jax.nn.sigmoid(f) * prev_state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)
+    return (hidden, LSTMState(hidden=hidden, cell=cell)), params
