@@ -59,16 +59,17 @@ class MLP(bx.Module):
     super().__init__(graph)
     by_unit = {"sharding": ("model",)}
     self.hidden = bx.Linear(
-        graph.child("hidden"), hidden, rng,
+        graph.child("hidden"), hidden, rng=rng,
         kernel_metadata={"sharding": (None, "model")}, bias_metadata=by_unit,
     )
     self.norm = bx.BatchNorm(
         graph.child("norm"), momentum=0.9, axis_name="batch",
-        scale_metadata=by_unit, bias_metadata=by_unit, stats_metadata=by_unit,
+        scale_metadata=by_unit, bias_metadata=by_unit,
+        running_mean_metadata=by_unit, running_var_metadata=by_unit,
     )
-    self.dropout = bx.Dropout(graph.child("dropout"), rate, rng)
+    self.dropout = bx.Dropout(graph.child("dropout"), rate, rng=rng)
     self.readout = bx.Linear(
-        graph.child("readout"), CLASSES, rng, kernel_metadata={"sharding": ("model", None)}
+        graph.child("readout"), CLASSES, rng=rng, kernel_metadata={"sharding": ("model", None)}
     )
 
   def __call__(

@@ -88,7 +88,7 @@ def test_output_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("lin_bad")
   message = rf"Linear 'lin_bad/linear': output_size must be a positive int, got {size!r}"
   with pytest.raises(ValueError, match=message):
-    Linear(graph.child("linear"), size, Rng(graph.child("rng")))
+    Linear(graph.child("linear"), size, rng=Rng(graph.child("rng")))
 
 
 def test_metadata_hooks_reach_the_params() -> None:

@@ -119,8 +119,8 @@ def test_call_under_jit() -> None:
 def test_creating_a_param_draws_exactly_one_key() -> None:
   graph = Graph("net")
   rng = Rng(graph.child("rng"))
-  no_bias = Linear(graph.child("a"), 2, rng, use_bias=False)
-  with_bias = Linear(graph.child("b"), 2, rng)
+  no_bias = Linear(graph.child("a"), 2, rng=rng, use_bias=False)
+  with_bias = Linear(graph.child("b"), 2, rng=rng)
   params = rng.seed(Params(), seed=0)
   _, params = no_bias(params, jnp.ones(3))
   assert int(rng.get_counter(params)) == 1

@@ -112,13 +112,14 @@ class Rng(Module):
 def _as_key(seed: int | jax.Array, where: str) -> jax.Array:
   """`seed` as a typed key: an int or an integer scalar array becomes
   `jax.random.key(seed)`, a typed key is kept as it is."""
-  if isinstance(seed, int) and not isinstance(seed, bool):
-    return jax.random.key(seed)
-  if is_prng_key(seed):
+  if isinstance(seed, int):
+    if not isinstance(seed, bool):  # True is an int to Python, but no seed
+      return jax.random.key(seed)
+  elif is_prng_key(seed):
     return seed
-  # An integer scalar array (np.int64(3), a traced index) is a seed like an
-  # int; stored as is it would fail later, in fold_in, with a cryptic error.
-  if is_array(seed) or isinstance(seed, jax.core.Tracer):
+  elif is_array(seed) or isinstance(seed, jax.core.Tracer):
+    # An integer scalar array (np.int64(3), a traced index) is a seed like an
+    # int; stored as is it would fail later, in fold_in, with a cryptic error.
     if tuple(seed.shape) == () and jnp.issubdtype(seed.dtype, jnp.integer):
       return jax.random.key(seed)
   raise TypeError(
