@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import blox as bx  # noqa: E402
+from blox.params import SHARDING  # noqa: E402
 
 FEATURES = 16
 CLASSES = 4
@@ -57,10 +58,10 @@ class MLP(bx.Module):
 
   def __init__(self, graph: bx.Graph, hidden: int, rate: float, rng: bx.Rng) -> None:
     super().__init__(graph)
-    by_unit = {"sharding": ("model",)}
+    by_unit = {SHARDING: ("model",)}
     self.hidden = bx.Linear(
         graph.child("hidden"), hidden, rng=rng,
-        kernel_metadata={"sharding": (None, "model")}, bias_metadata=by_unit,
+        kernel_metadata={SHARDING: (None, "model")}, bias_metadata=by_unit,
     )
     self.norm = bx.BatchNorm(
         graph.child("norm"), momentum=0.9, axis_name="batch",
@@ -69,7 +70,7 @@ class MLP(bx.Module):
     )
     self.dropout = bx.Dropout(graph.child("dropout"), rate, rng=rng)
     self.readout = bx.Linear(
-        graph.child("readout"), CLASSES, rng=rng, kernel_metadata={"sharding": ("model", None)}
+        graph.child("readout"), CLASSES, rng=rng, kernel_metadata={SHARDING: ("model", None)}
     )
 
   def __call__(

@@ -13,7 +13,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Conv, ConvTranspose, Rng
-from blox.params import Params
+from blox.params import SHARDING, Params
 
 _names = itertools.count()
 
@@ -203,8 +203,8 @@ def test_conv_circular_differs_from_zero_padding() -> None:
 def test_conv_params_order_metadata_and_reuse() -> None:
   layer, params = _make(
       Conv, kernel_size=(3, 3), output_size=2,
-      kernel_metadata={"sharding": (None, None, None, "model")},
-      bias_metadata={"sharding": ("model",)},
+      kernel_metadata={SHARDING: (None, None, None, "model")},
+      bias_metadata={SHARDING: ("model",)},
   )
   _, params = layer(params, jnp.ones((1, 4, 4, 3)))
   own = [path[-1] for path in params if path[:-1] == layer.graph.path]

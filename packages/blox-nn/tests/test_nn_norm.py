@@ -13,7 +13,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import LayerNorm, RMSNorm
-from blox.params import Params
+from blox.params import SHARDING, Params
 
 _names = itertools.count()
 
@@ -84,7 +84,7 @@ def test_norms_without_params_and_metadata() -> None:
   y, params = rms(Params(), x)
   assert len(params) == 0
   np.testing.assert_allclose(y, _rms_norm(np.asarray(x), 1.0, 1e-5), rtol=1e-5, atol=1e-5)
-  layer = _make(LayerNorm, scale_metadata={"sharding": ("model",)}, bias_metadata={"sharding": (None,)})
+  layer = _make(LayerNorm, scale_metadata={SHARDING: ("model",)}, bias_metadata={SHARDING: (None,)})
   _, params = layer(Params(), x)
   assert params[layer.param_path("scale")].sharding == ("model",)
   assert params[layer.param_path("bias")].sharding == (None,)
