@@ -30,16 +30,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph
 from blox.nn._recurrent import GatedCell, zero_hidden
-from blox.nn.initializers import lecun_normal, orthogonal, zeros
-from blox.params import Initializer, KeySource, Params
+from blox.params import Params
 
 __all__ = ["GRU", "GRUState"]
 
@@ -67,29 +64,6 @@ class GRU(GatedCell):
   """
 
   num_gates = 3
-
-  def __init__(
-      self,
-      graph: Graph,
-      hidden_size: int,
-      *,
-      rng: KeySource,
-      is_static: bool = False,
-      kernel_init: Initializer = lecun_normal(),
-      recurrent_kernel_init: Initializer = orthogonal(),
-      bias_init: Initializer = zeros,
-      kernel_metadata: Mapping[str, Any] | None = None,
-      recurrent_kernel_metadata: Mapping[str, Any] | None = None,
-      bias_metadata: Mapping[str, Any] | None = None,
-      precision: jax.lax.PrecisionLike = None,
-  ) -> None:
-    super().__init__(
-        graph, hidden_size, rng=rng, is_static=is_static, kernel_init=kernel_init,
-        recurrent_kernel_init=recurrent_kernel_init, bias_init=bias_init,
-        kernel_metadata=kernel_metadata,
-        recurrent_kernel_metadata=recurrent_kernel_metadata,
-        bias_metadata=bias_metadata, precision=precision,
-    )
 
   def initial_state(
       self, params: Params, inputs: jax.Array, **kwargs: Any

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from blox.graph import Graph, RecurrenceBase
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_positive_int
 from blox.nn._dense import kernel_and_bias
+from blox.nn.initializers import lecun_normal, orthogonal, zeros
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["GatedCell", "zero_hidden"]
@@ -38,10 +39,10 @@ def zero_hidden(inputs: jax.Array, hidden_size: int) -> jax.Array:
 
 
 class GatedCell(RecurrenceBase):
-  """The arguments and weights of a cell with `num_gates` gate blocks.
+  """The constructor and weights of a cell with `num_gates` gate blocks.
 
-  Subclasses set `num_gates` and write the step (`__call__`) and
-  `initial_state`.
+  `LSTM` and `GRU` take exactly these arguments (documented on each); they
+  set `num_gates` and write the step (`__call__`) and `initial_state`.
   """
 
   num_gates: int
@@ -52,14 +53,14 @@ class GatedCell(RecurrenceBase):
       hidden_size: int,
       *,
       rng: KeySource,
-      is_static: bool,
-      kernel_init: Initializer,
-      recurrent_kernel_init: Initializer,
-      bias_init: Initializer,
-      kernel_metadata: Mapping[str, Any] | None,
-      recurrent_kernel_metadata: Mapping[str, Any] | None,
-      bias_metadata: Mapping[str, Any] | None,
-      precision: jax.lax.PrecisionLike,
+      is_static: bool = False,
+      kernel_init: Initializer = lecun_normal(),
+      recurrent_kernel_init: Initializer = orthogonal(),
+      bias_init: Initializer = zeros,
+      kernel_metadata: Mapping[str, Any] | None = None,
+      recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+      bias_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(graph, is_static=is_static)
     check_positive_int(hidden_size, "hidden_size", self.where())
