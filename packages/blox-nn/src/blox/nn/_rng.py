@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from blox.graph import Graph, Module
 from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params, is_array, is_prng_key
@@ -39,7 +40,7 @@ class Rng(Module):
     super().__init__(graph)
 
   def seed(
-      self, params: Params, *, seed: int | jax.Array | None = None,
+      self, params: Params, *, seed: int | np.integer[Any] | jax.Array | None = None,
       counter: int | jax.Array | None = None,
   ) -> Params:
     """Creates the stream, or updates its seed and/or counter.
@@ -109,13 +110,13 @@ class Rng(Module):
     return key, self.set_param(params, "counter", counter + jnp.uint32(1))
 
 
-def _as_key(seed: int | jax.Array, where: str) -> jax.Array:
+def _as_key(seed: int | np.integer[Any] | jax.Array, where: str) -> jax.Array:
   """`seed` as a typed key: an int or an integer scalar array becomes
   `jax.random.key(seed)`, a typed key is kept as it is."""
   if isinstance(seed, int):
     if not isinstance(seed, bool):  # True is an int to Python, but no seed
       return jax.random.key(seed)
-  elif is_prng_key(seed):
+  elif isinstance(seed, jax.Array) and is_prng_key(seed):
     return seed
   elif is_array(seed) or isinstance(seed, jax.core.Tracer):
     # An integer scalar array (np.int64(3), a traced index) is a seed like an
