@@ -1,7 +1,8 @@
 """LSTM benchmark: `bx.LSTM` (lax.scan) vs a hand-written `jax.lax.scan` LSTM.
 
 Both sides compute the same step with the same weights, as `bx.LSTM`
-documents it: one matmul of `[x, h]` into the four gates (i, g, f, o), then
+documents it: the inputs times `kernel` plus the previous hidden state times
+`recurrent_kernel` plus `bias` give the four gates (i, g, f, o), then
 
   c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
   h' = sigmoid(o) * tanh(c')
@@ -40,7 +41,10 @@ def hand_lstm(weights: Weights, inputs: jax.Array, state: State) -> tuple[jax.Ar
 
   def step(carry: State, x_t: jax.Array) -> tuple[State, jax.Array]:
     h, c = carry
-    gates = jnp.dot(jnp.concatenate([x_t, h], axis=-1), weights["kernel"]) + weights["bias"]
+    gates = (
+        jnp.dot(x_t, weights["kernel"]) + jnp.dot(h, weights["recurrent_kernel"])
+        + weights["bias"]
+    )
     i, g, f, o = jnp.split(gates, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -66,8 +70,8 @@ def run(smoke: bool = False) -> list[Row]:
 
   def fresh_weights() -> Weights:
     return {
-        name: jnp.array(params[("net", "lstm", "gates", name)].value)
-        for name in ("kernel", "bias")
+        name: jnp.array(params[("net", "lstm", name)].value)
+        for name in ("kernel", "recurrent_kernel", "bias")
     }
 
   zeros = jnp.zeros((batch, hidden))

@@ -43,7 +43,7 @@ class DeepMLP(bx.Module):
 
   def __init__(self, graph: bx.Graph, depth: int, width: int, rng: bx.Rng) -> None:
     super().__init__(graph)
-    self.layers = [bx.Linear(graph.child(f"layer{i}"), width, rng) for i in range(depth)]
+    self.layers = [bx.Linear(graph.child(f"layer{i}"), width, rng=rng) for i in range(depth)]
 
   def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     for i, layer in enumerate(self.layers):

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import blox as bx  # noqa: E402
+from blox.params import SHARDING  # noqa: E402
 
 FEATURES = 16
 CLASSES = 4
@@ -57,18 +58,19 @@ class MLP(bx.Module):
 
   def __init__(self, graph: bx.Graph, hidden: int, rate: float, rng: bx.Rng) -> None:
     super().__init__(graph)
-    by_unit = {"sharding": ("model",)}
+    by_unit = {SHARDING: ("model",)}
     self.hidden = bx.Linear(
-        graph.child("hidden"), hidden, rng,
-        kernel_metadata={"sharding": (None, "model")}, bias_metadata=by_unit,
+        graph.child("hidden"), hidden, rng=rng,
+        kernel_metadata={SHARDING: (None, "model")}, bias_metadata=by_unit,
     )
     self.norm = bx.BatchNorm(
         graph.child("norm"), momentum=0.9, axis_name="batch",
-        scale_metadata=by_unit, bias_metadata=by_unit, stats_metadata=by_unit,
+        scale_metadata=by_unit, bias_metadata=by_unit,
+        running_mean_metadata=by_unit, running_var_metadata=by_unit,
     )
-    self.dropout = bx.Dropout(graph.child("dropout"), rate, rng)
+    self.dropout = bx.Dropout(graph.child("dropout"), rate, rng=rng)
     self.readout = bx.Linear(
-        graph.child("readout"), CLASSES, rng, kernel_metadata={"sharding": ("model", None)}
+        graph.child("readout"), CLASSES, rng=rng, kernel_metadata={SHARDING: ("model", None)}
     )
 
   def __call__(

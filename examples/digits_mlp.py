@@ -50,14 +50,14 @@ class MLP(bx.Module):
   ) -> None:
     super().__init__(graph)
     self.hidden = [
-        bx.Linear(graph.child(f"hidden{i}"), size, rng) for i, size in enumerate(hidden_sizes)
+        bx.Linear(graph.child(f"hidden{i}"), size, rng=rng) for i, size in enumerate(hidden_sizes)
     ]
     # The same stream that initialises the kernels draws the dropout masks.
     self.dropout = [
-        bx.Dropout(graph.child(f"dropout{i}"), dropout_rate, rng)
+        bx.Dropout(graph.child(f"dropout{i}"), dropout_rate, rng=rng)
         for i in range(len(hidden_sizes))
     ]
-    self.readout = bx.Linear(graph.child("readout"), num_classes, rng)
+    self.readout = bx.Linear(graph.child("readout"), num_classes, rng=rng)
 
   def __call__(
       self, params: bx.Params, x: jax.Array, is_training: bool = True

@@ -94,7 +94,7 @@ def build_base(graph: bx.Graph) -> tuple[bx.Rng, MLP]:
   rng = bx.Rng(graph.child("rng"))
   body = graph.child("mlp")
   layers = [
-      bx.Linear(body.child(f"layer_{i}"), size, rng)
+      bx.Linear(body.child(f"layer_{i}"), size, rng=rng)
       for i, size in enumerate((HIDDEN, HIDDEN, OUT))
   ]
   return rng, MLP(body, layers)

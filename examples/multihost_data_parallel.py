@@ -193,10 +193,10 @@ def train(steps: int) -> dict[str, Any]:
 
     def __init__(self, graph: bx.Graph, hidden: int, rate: float, rng: bx.Rng) -> None:
       super().__init__(graph)
-      self.hidden = bx.Linear(graph.child("hidden"), hidden, rng)
+      self.hidden = bx.Linear(graph.child("hidden"), hidden, rng=rng)
       self.norm = bx.BatchNorm(graph.child("norm"), momentum=0.9, axis_name="batch")
-      self.dropout = bx.Dropout(graph.child("dropout"), rate, rng)
-      self.readout = bx.Linear(graph.child("readout"), CLASSES, rng)
+      self.dropout = bx.Dropout(graph.child("dropout"), rate, rng=rng)
+      self.readout = bx.Linear(graph.child("readout"), CLASSES, rng=rng)
 
     def __call__(
         self, params: bx.Params, x: jax.Array, is_training: bool = True

@@ -57,10 +57,10 @@ class CharModel(bx.Module):
     self.embed = bx.Embed(graph.child("embed"), vocab_size, embedding_size=32, rng=rng)
     self.cell: bx.RecurrenceBase
     if cell == "lstm":
-      self.cell = bx.LSTM(graph.child("lstm"), hidden_size, rng)
+      self.cell = bx.LSTM(graph.child("lstm"), hidden_size, rng=rng)
     else:
-      self.cell = bx.GRU(graph.child("gru"), hidden_size, rng)
-    self.readout = bx.Linear(graph.child("readout"), vocab_size, rng)
+      self.cell = bx.GRU(graph.child("gru"), hidden_size, rng=rng)
+    self.readout = bx.Linear(graph.child("readout"), vocab_size, rng=rng)
 
   def __call__(
       self, params: bx.Params, ids: jax.Array, state: Any = None

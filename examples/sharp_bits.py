@@ -41,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import blox as bx  # noqa: E402
 import blox.parallel as bp  # noqa: E402
+from blox.params import SHARDING  # noqa: E402
 
 LANES = 4
 WIDTH = 8
@@ -296,7 +297,7 @@ def sharded_init() -> None:
   # The layout is metadata on the param; the layer stays free of devices.
   linear = bx.Linear(
       graph.child("linear"), output_size=8, rng=rng,
-      kernel_metadata={"sharding": (None, "model")},
+      kernel_metadata={SHARDING: (None, "model")},
   )
 
   def init() -> bx.Params:

@@ -29,9 +29,9 @@ class _Model:
   def __init__(self) -> None:
     graph = bx.Graph("resume")
     self.rng = bx.Rng(graph.child("rng"))
-    self.hidden = bx.Linear(graph.child("hidden"), 8, self.rng)
-    self.dropout = bx.Dropout(graph.child("dropout"), 0.5, self.rng)
-    self.out = bx.Linear(graph.child("out"), 1, self.rng)
+    self.hidden = bx.Linear(graph.child("hidden"), 8, rng=self.rng)
+    self.dropout = bx.Dropout(graph.child("dropout"), 0.5, rng=self.rng)
+    self.out = bx.Linear(graph.child("out"), 1, rng=self.rng)
 
   def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     h, params = self.hidden(params, x)

@@ -23,9 +23,9 @@ class _Net:
   def __init__(self, name: str) -> None:
     graph = bx.Graph(name)
     self.rng = bx.Rng(graph.child("rng"))
-    self.hidden = bx.Linear(graph.child("hidden"), 16, self.rng)
+    self.hidden = bx.Linear(graph.child("hidden"), 16, rng=self.rng)
     self.dropout = bx.Dropout(graph.child("dropout"), rate=0.1, rng=self.rng)
-    self.out = bx.Linear(graph.child("out"), 1, self.rng)
+    self.out = bx.Linear(graph.child("out"), 1, rng=self.rng)
 
   def __call__(self, params: bx.Params, x: jax.Array, is_training: bool = True) -> tuple[jax.Array, bx.Params]:
     h, params = self.hidden(params, x)
@@ -157,7 +157,7 @@ def test_checkpoint_and_grad_through_lstm_apply() -> None:
 def test_vmap_init_and_runtime_pattern() -> None:
   graph = bx.Graph("lanes")
   rng = bx.Rng(graph.child("rng"))
-  linear = bx.Linear(graph.child("linear"), 8, rng)
+  linear = bx.Linear(graph.child("linear"), 8, rng=rng)
   dropout = bx.Dropout(graph.child("dropout"), rate=0.5, rng=rng)
 
   def forward(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:

@@ -22,9 +22,9 @@ def _treedef(tree: Any) -> object:
 def _model() -> tuple[bx.Rng, bx.Linear, bx.Dropout, bx.Linear]:
   graph = bx.Graph("net")
   rng = bx.Rng(graph.child("rng"))
-  hidden = bx.Linear(graph.child("hidden"), 8, rng)
-  dropout = bx.Dropout(graph.child("dropout"), 0.25, rng)
-  out = bx.Linear(graph.child("out"), 2, rng)
+  hidden = bx.Linear(graph.child("hidden"), 8, rng=rng)
+  dropout = bx.Dropout(graph.child("dropout"), 0.25, rng=rng)
+  out = bx.Linear(graph.child("out"), 2, rng=rng)
   return rng, hidden, dropout, out
 
 
@@ -96,7 +96,7 @@ def test_weight_decay_mask_from_metadata() -> None:
   graph = bx.Graph("net")
   rng = bx.Rng(graph.child("rng"))
   layer = bx.Linear(
-      graph.child("layer"), 4, rng, kernel_metadata={"decay": False},
+      graph.child("layer"), 4, rng=rng, kernel_metadata={"decay": False},
       bias_init=bx.initializers.ones,
   )
   params = rng.seed(bx.Params(), seed=1)

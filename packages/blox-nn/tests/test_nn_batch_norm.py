@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from blox.graph import Graph
-from blox.nn import BatchNorm
-from blox.params import Params
+from blox.nn import BatchNorm, initializers
+from blox.params import SHARDING, Params
 
 _names = itertools.count()
 
@@ -86,7 +86,7 @@ def test_running_statistics_are_created_by_any_first_call(first_training: bool) 
 
 
 def test_split_keeps_running_statistics_out_of_the_gradients() -> None:
-  bn = _make(stats_metadata={"sharding": (None,)})
+  bn = _make(running_mean_metadata={SHARDING: (None,)}, running_var_metadata={SHARDING: ("model",)})
   x = _data((8, 4))
   _, params = bn(Params(), x)
   params = params.locked()
@@ -94,6 +94,7 @@ def test_split_keeps_running_statistics_out_of_the_gradients() -> None:
   assert sorted(p[-1] for p in trainable) == ["bias", "scale"]
   assert sorted(p[-1] for p in state) == ["running_mean", "running_var"]
   assert params[bn.param_path("running_mean")].sharding == (None,)
+  assert params[bn.param_path("running_var")].sharding == ("model",)
 
   def loss(t: Params, nt: Params) -> tuple[jax.Array, Params]:
     y, new = bn(t.merge(nt), x * 2.0, is_training=True)
@@ -206,3 +207,24 @@ def test_traced_is_training_is_reported() -> None:
   _, params = bn(Params(), x, is_training=False)
   with pytest.raises(TypeError, match=r"BatchNorm 'bn\d+/bn': is_training must be a Python bool, got a traced value"):
     jax.jit(lambda p, t: bn(p, x, is_training=t))(params, True)
+
+
+def test_running_statistics_take_their_own_initializers() -> None:
+  bn = _make(running_mean_init=initializers.constant(2.0), running_var_init=initializers.constant(4.0))
+  x = _data((8, 3))
+  y, params = bn(Params(), x, is_training=False)
+  np.testing.assert_allclose(params[bn.param_path("running_mean")].value, 2.0)
+  np.testing.assert_allclose(params[bn.param_path("running_var")].value, 4.0)
+  np.testing.assert_allclose(y, (np.asarray(x) - 2.0) / np.sqrt(4.0 + 1e-5), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_or_boolean_inputs_are_refused(dtype: Any) -> None:
+  bn = _make()
+  with pytest.raises(TypeError, match=r"BatchNorm 'bn\d+/bn': inputs must be floating point.*cast them first"):
+    bn(Params(), jnp.ones((4, 3), dtype))
+
+
+def test_options_are_keyword_only() -> None:
+  with pytest.raises(TypeError, match="positional"):
+    BatchNorm(Graph("bn_positional").child("bn"), 0.9)  # type: ignore[call-arg]  # the misuse under test

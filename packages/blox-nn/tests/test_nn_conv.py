@@ -13,7 +13,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Conv, ConvTranspose, Rng
-from blox.params import Params
+from blox.params import SHARDING, Params
 
 _names = itertools.count()
 
@@ -53,7 +53,7 @@ def _run_with_bias(layer: Any, params: Params, x: jax.Array) -> tuple[jax.Array,
   """Creates the params, gives the bias non-zero values, and runs again."""
   _, params = layer(params, x)
   if layer.use_bias:
-    params = layer.set_param(params, "bias", jnp.arange(layer.output_channels, dtype=jnp.float32))
+    params = layer.set_param(params, "bias", jnp.arange(layer.output_size, dtype=jnp.float32))
   y, params = layer(params, x)
   return y, params
 
@@ -62,7 +62,7 @@ def _kernel_bias(layer: Any, params: Params) -> tuple[jax.Array, jax.Array]:
   kernel = params[layer.param_path("kernel")].value
   bias = (
       params[layer.param_path("bias")].value if layer.use_bias
-      else jnp.zeros(layer.output_channels)
+      else jnp.zeros(layer.output_size)
   )
   return kernel, bias
 
@@ -109,14 +109,14 @@ CONV_CASES: list[tuple[str, tuple[int, ...], tuple[int, ...], dict[str, Any], in
 def test_conv_matches_lax(
     kernel_size: tuple[int, ...], shape: tuple[int, ...], kwargs: dict[str, Any], batch_dims: int
 ) -> None:
-  output_channels = 6  # divisible by every feature_group_count used here
-  layer, params = _make(Conv, kernel_size=kernel_size, output_channels=output_channels, **kwargs)
+  output_size = 6  # divisible by every feature_group_count used here
+  layer, params = _make(Conv, kernel_size=kernel_size, output_size=output_size, **kwargs)
   x = _random(shape)
   y, params = _run_with_bias(layer, params, x)
   kernel, bias = _kernel_bias(layer, params)
   n = len(kernel_size)
   groups = kwargs.get("feature_group_count", 1)
-  assert kernel.shape == kernel_size + (shape[-1] // groups, output_channels)
+  assert kernel.shape == kernel_size + (shape[-1] // groups, output_size)
   padding = kwargs.get("padding", "SAME")
   if isinstance(padding, str):
     padding = padding.upper()
@@ -180,7 +180,7 @@ def test_conv_circular_wraps_around(
     dilation: tuple[int, ...],
 ) -> None:
   layer, params = _make(
-      Conv, kernel_size=kernel_size, output_channels=3, padding="CIRCULAR",
+      Conv, kernel_size=kernel_size, output_size=3, padding="CIRCULAR",
       strides=strides, kernel_dilation=dilation, use_bias=False,
   )
   x = _random(shape)
@@ -193,7 +193,7 @@ def test_conv_circular_wraps_around(
 
 def test_conv_circular_differs_from_zero_padding() -> None:
   # A shifted delta shows the wrap-around: the last input reaches the first output.
-  layer, params = _make(Conv, kernel_size=(3,), output_channels=1, padding="CIRCULAR", use_bias=False,
+  layer, params = _make(Conv, kernel_size=(3,), output_size=1, padding="CIRCULAR", use_bias=False,
                         kernel_init=jax.nn.initializers.ones)
   x = jnp.zeros((1, 5, 1)).at[0, 4, 0].set(1.0)
   y, _ = layer(params, x)
@@ -202,9 +202,9 @@ def test_conv_circular_differs_from_zero_padding() -> None:
 
 def test_conv_params_order_metadata_and_reuse() -> None:
   layer, params = _make(
-      Conv, kernel_size=(3, 3), output_channels=2,
-      kernel_metadata={"sharding": (None, None, None, "model")},
-      bias_metadata={"sharding": ("model",)},
+      Conv, kernel_size=(3, 3), output_size=2,
+      kernel_metadata={SHARDING: (None, None, None, "model")},
+      bias_metadata={SHARDING: ("model",)},
   )
   _, params = layer(params, jnp.ones((1, 4, 4, 3)))
   own = [path[-1] for path in params if path[:-1] == layer.graph.path]
@@ -220,9 +220,17 @@ def test_conv_params_order_metadata_and_reuse() -> None:
 
 
 def test_conv_promotes_dtypes() -> None:
-  layer, params = _make(Conv, kernel_size=(2,), output_channels=2)
-  y, _ = layer(params, jnp.ones((1, 4, 2), jnp.int32))
+  layer, params = _make(Conv, kernel_size=(2,), output_size=2)
+  y, _ = layer(params, jnp.ones((1, 4, 2), jnp.bfloat16))
   assert y.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("cls", [Conv, ConvTranspose])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_or_boolean_inputs_are_refused(cls: type[Any], dtype: Any) -> None:
+  layer, params = _make(cls, kernel_size=(2,), output_size=2)
+  with pytest.raises(TypeError, match=rf"{cls.__name__} '.*': inputs must be floating point, got dtype {jnp.dtype(dtype)}.*cast them first"):
+    layer(params, jnp.ones((1, 4, 2), dtype))
 
 
 def test_conv_errors_name_the_module() -> None:
@@ -230,30 +238,30 @@ def test_conv_errors_name_the_module() -> None:
   rng = Rng(graph.child("rng"))
   params = rng.seed(Params(), seed=0)
   with pytest.raises(TypeError, match=r"conv_err.*kernel_size must be a sequence"):
-    Conv(graph.child("a"), kernel_size=3, output_channels=2, rng=rng)  # type: ignore[arg-type]  # the misuse under test
+    Conv(graph.child("a"), kernel_size=3, output_size=2, rng=rng)  # type: ignore[arg-type]  # the misuse under test
   with pytest.raises(ValueError, match=r"conv_err.*strides"):
-    Conv(graph.child("b"), kernel_size=(3, 3), output_channels=2, rng=rng, strides=(1, 2, 3))
+    Conv(graph.child("b"), kernel_size=(3, 3), output_size=2, rng=rng, strides=(1, 2, 3))
   with pytest.raises(ValueError, match=r"conv_err.*padding"):
-    Conv(graph.child("c"), kernel_size=(3,), output_channels=2, rng=rng, padding="FULL")
+    Conv(graph.child("c"), kernel_size=(3,), output_size=2, rng=rng, padding="FULL")
   with pytest.raises(ValueError, match=r"conv_err.*padding"):
-    Conv(graph.child("d"), kernel_size=(3, 3), output_channels=2, rng=rng, padding=[(1, 1)])
-  with pytest.raises(ValueError, match=r"conv_err.*output_channels \(3\).*feature_group_count"):
-    Conv(graph.child("e"), kernel_size=(3,), output_channels=3, rng=rng, feature_group_count=2)
+    Conv(graph.child("d"), kernel_size=(3, 3), output_size=2, rng=rng, padding=[(1, 1)])
+  with pytest.raises(ValueError, match=r"conv_err.*output_size \(3\).*feature_group_count"):
+    Conv(graph.child("e"), kernel_size=(3,), output_size=3, rng=rng, feature_group_count=2)
   with pytest.raises(ValueError, match=r"conv_err.*CIRCULAR"):
-    Conv(graph.child("f"), kernel_size=(3,), output_channels=2, rng=rng, padding="circular",
+    Conv(graph.child("f"), kernel_size=(3,), output_size=2, rng=rng, padding="circular",
          input_dilation=2)
-  grouped = Conv(graph.child("g"), kernel_size=(3,), output_channels=4, rng=rng, feature_group_count=2)
+  grouped = Conv(graph.child("g"), kernel_size=(3,), output_size=4, rng=rng, feature_group_count=2)
   with pytest.raises(ValueError, match=r"^Conv 'conv_err/g'.*input channels \(3\).*divisible"):
     grouped(params, jnp.ones((1, 5, 3)))
-  two_d = Conv(graph.child("h"), kernel_size=(3, 3), output_channels=2, rng=rng)
+  two_d = Conv(graph.child("h"), kernel_size=(3, 3), output_size=2, rng=rng)
   with pytest.raises(ValueError, match=r"^Conv 'conv_err/h'.*at least 3 axes"):
     two_d(params, jnp.ones((5, 3)))
   with pytest.raises(ValueError, match=r"^ConvTranspose 'conv_err/i'.*padding"):
-    ConvTranspose(graph.child("i"), kernel_size=(3,), output_channels=2, rng=rng, padding="CIRCULAR")
-  with pytest.raises(ValueError, match=r"^Conv 'conv_err/j'.*output_channels must be a positive int, got True"):
-    Conv(graph.child("j"), kernel_size=(3,), output_channels=True, rng=rng)
+    ConvTranspose(graph.child("i"), kernel_size=(3,), output_size=2, rng=rng, padding="CIRCULAR")
+  with pytest.raises(ValueError, match=r"^Conv 'conv_err/j'.*output_size must be a positive int, got True"):
+    Conv(graph.child("j"), kernel_size=(3,), output_size=True, rng=rng)
   with pytest.raises(ValueError, match=r"^Conv 'conv_err/k'.*feature_group_count must be a positive int, got 1.0"):
-    Conv(graph.child("k"), kernel_size=(3,), output_channels=2, rng=rng, feature_group_count=1.0)  # type: ignore[arg-type]  # the misuse under test
+    Conv(graph.child("k"), kernel_size=(3,), output_size=2, rng=rng, feature_group_count=1.0)  # type: ignore[arg-type]  # the misuse under test
 
 
 @pytest.mark.parametrize("kernel_size,shape", [((3,), (2, 5, 3)), ((4, 3), (2, 4, 5, 2)),
@@ -261,7 +269,7 @@ def test_conv_errors_name_the_module() -> None:
 def test_conv_transpose_stride_two_same_doubles(
     kernel_size: tuple[int, ...], shape: tuple[int, ...]
 ) -> None:
-  layer, params = _make(ConvTranspose, kernel_size=kernel_size, output_channels=3, strides=2)
+  layer, params = _make(ConvTranspose, kernel_size=kernel_size, output_size=3, strides=2)
   y, params = layer(params, _random(shape))
   assert y.shape == (shape[0],) + tuple(2 * s for s in shape[1:-1]) + (3,)
   assert params[layer.param_path("kernel")].value.shape == kernel_size + (shape[-1], 3)
@@ -285,7 +293,7 @@ TRANSPOSE_CASES: list[tuple[str, tuple[int, ...], tuple[int, ...], dict[str, Any
 def test_conv_transpose_matches_lax(
     kernel_size: tuple[int, ...], shape: tuple[int, ...], kwargs: dict[str, Any]
 ) -> None:
-  layer, params = _make(ConvTranspose, kernel_size=kernel_size, output_channels=3, **kwargs)
+  layer, params = _make(ConvTranspose, kernel_size=kernel_size, output_size=3, **kwargs)
   x = _random(shape)
   y, params = _run_with_bias(layer, params, x)
   kernel, bias = _kernel_bias(layer, params)
@@ -301,7 +309,7 @@ def test_conv_transpose_matches_lax(
 
 def test_conv_transpose_groups_and_batch_axes() -> None:
   layer, params = _make(
-      ConvTranspose, kernel_size=(3, 3), output_channels=4, strides=2, feature_group_count=2
+      ConvTranspose, kernel_size=(3, 3), output_size=4, strides=2, feature_group_count=2
   )
   x = _random((2, 3, 4, 4, 6))  # two batch axes, 6 channels in 2 groups
   y, params = _run_with_bias(layer, params, x)
@@ -321,10 +329,10 @@ def test_conv_transpose_groups_and_batch_axes() -> None:
 
 
 TRANSFORM_CASES: list[tuple[str, Callable[[], tuple[Any, Params]], tuple[int, ...]]] = [
-    ("conv2d", lambda: _make(Conv, kernel_size=(3, 3), output_channels=2, strides=2), (5, 5, 3)),
-    ("conv1d_circular", lambda: _make(Conv, kernel_size=(3,), output_channels=2, padding="CIRCULAR"),
+    ("conv2d", lambda: _make(Conv, kernel_size=(3, 3), output_size=2, strides=2), (5, 5, 3)),
+    ("conv1d_circular", lambda: _make(Conv, kernel_size=(3,), output_size=2, padding="CIRCULAR"),
      (6, 2)),
-    ("conv_transpose", lambda: _make(ConvTranspose, kernel_size=(3, 3), output_channels=2, strides=2),
+    ("conv_transpose", lambda: _make(ConvTranspose, kernel_size=(3, 3), output_size=2, strides=2),
      (3, 3, 2)),
 ]
 

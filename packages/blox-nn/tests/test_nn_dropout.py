@@ -68,7 +68,7 @@ def test_under_jit_advances_the_counter() -> None:
 
 def test_integer_inputs_are_refused_naming_the_module() -> None:
   _, dropout, params = _setup(0.5)
-  message = r"Dropout 'net/dropout': dropout needs floating-point inputs, got dtype int32"
+  message = r"Dropout 'net/dropout': inputs must be floating point, got dtype int32; cast them first"
   with pytest.raises(TypeError, match=message):
     dropout(params, jnp.ones(4, jnp.int32))
   # Also in evaluation, so the mistake shows before training does.

@@ -12,7 +12,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Embed, Rng
-from blox.params import Params
+from blox.params import SHARDING, Params
 
 _names = itertools.count()
 
@@ -59,7 +59,7 @@ def test_attend_multiplies_by_the_transposed_table() -> None:
 
 def test_default_init_scale_and_metadata() -> None:
   embed, params = _make(num_embeddings=512, embedding_size=16,
-                        embedding_metadata={"sharding": ("model", None)})
+                        embedding_metadata={SHARDING: ("model", None)})
   _, params = embed(params, jnp.zeros((), jnp.int32))
   table = _table(embed, params)
   assert abs(table.std() - 0.25) < 0.03  # 1 / sqrt(16)

@@ -29,17 +29,17 @@ from blox.params import Params
 Misuse = Callable[[Graph, Rng, Params], object]
 
 _CASES: list[tuple[str, Misuse]] = [
-    ("Linear", lambda g, rng, p: Linear(g, 0, rng)),
-    ("Linear", lambda g, rng, p: Linear(g, 2, rng)(p, jnp.ones(()))),
-    ("Conv", lambda g, rng, p: Conv(g, kernel_size=(3,), output_channels=3, rng=rng, feature_group_count=2)),
-    ("ConvTranspose", lambda g, rng, p: ConvTranspose(g, kernel_size=(3,), output_channels=2, rng=rng, padding="CIRCULAR")),
+    ("Linear", lambda g, rng, p: Linear(g, 0, rng=rng)),
+    ("Linear", lambda g, rng, p: Linear(g, 2, rng=rng)(p, jnp.ones(()))),
+    ("Conv", lambda g, rng, p: Conv(g, kernel_size=(3,), output_size=3, rng=rng, feature_group_count=2)),
+    ("ConvTranspose", lambda g, rng, p: ConvTranspose(g, kernel_size=(3,), output_size=2, rng=rng, padding="CIRCULAR")),
     ("LayerNorm", lambda g, rng, p: LayerNorm(g, epsilon=-1.0)),
     ("RMSNorm", lambda g, rng, p: RMSNorm(g)(p, jnp.ones(()))),
     ("BatchNorm", lambda g, rng, p: BatchNorm(g, momentum=2.0)),
-    ("Embed", lambda g, rng, p: Embed(g, 4, 3, rng)(p, jnp.ones((2,)))),
-    ("Dropout", lambda g, rng, p: Dropout(g, 1.0, rng)),
-    ("GRU", lambda g, rng, p: GRU(g, 0, rng)),
-    ("LSTM", lambda g, rng, p: LSTM(g, 2, rng).apply(p, jnp.ones((2,)))),
+    ("Embed", lambda g, rng, p: Embed(g, 4, 3, rng=rng)(p, jnp.ones((2,)))),
+    ("Dropout", lambda g, rng, p: Dropout(g, 1.0, rng=rng)),
+    ("GRU", lambda g, rng, p: GRU(g, 0, rng=rng)),
+    ("LSTM", lambda g, rng, p: LSTM(g, 2, rng=rng).apply(p, jnp.ones((2,)))),
     ("MultiHeadAttention", lambda g, rng, p: MultiHeadAttention(g, num_heads=0, rng=rng)),
     ("Rng", lambda g, rng, p: Rng(g).get_seed(p)),
     ("Sequential", lambda g, rng, p: Sequential(g, [3])),  # type: ignore[list-item]  # a non-callable layer is the misuse under test

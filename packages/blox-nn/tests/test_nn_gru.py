@@ -13,10 +13,9 @@ from blox.graph import Graph
 from blox.nn import GRU, GRUState, Rng
 from blox.params import Params
 
-_GATES_KERNEL = ("model", "gru", "gates", "kernel")
-_GATES_BIAS = ("model", "gru", "gates", "bias")
-_CAND_KERNEL = ("model", "gru", "candidate", "kernel")
-_CAND_BIAS = ("model", "gru", "candidate", "bias")
+_KERNEL = ("model", "gru", "kernel")
+_RECURRENT = ("model", "gru", "recurrent_kernel")
+_BIAS = ("model", "gru", "bias")
 
 
 def _create(is_static: bool) -> tuple[Rng, GRU]:
@@ -32,9 +31,8 @@ def _inputs(batch: int = 2, time: int = 5, features: int = 3) -> jax.Array:
 def _init(x: jax.Array) -> tuple[GRU, Params]:
   rng, gru = _create(is_static=True)
   _, params = gru.apply(rng.seed(Params(), seed=0), x)
-  # Non-zero biases, so that the reference checks their use.
-  for i, path in enumerate((_GATES_BIAS, _CAND_BIAS)):
-    params = params.set(path, jax.random.normal(jax.random.key(10 + i), params[path].value.shape))
+  # A non-zero bias, so that the reference checks its use.
+  params = params.set(_BIAS, jax.random.normal(jax.random.key(10), params[_BIAS].value.shape))
   return gru, params.locked()
 
 
@@ -46,17 +44,23 @@ def _cell(params: Params, x: np.ndarray, h: np.ndarray) -> np.ndarray:
   def value(path: tuple[str, ...]) -> np.ndarray:
     return np.asarray(params[path].value)
 
-  gates = sigmoid(np.concatenate([x, h], -1) @ value(_GATES_KERNEL) + value(_GATES_BIAS))
-  r, z = gates[:, :4], gates[:, 4:]
-  n = np.tanh(np.concatenate([x, r * h], -1) @ value(_CAND_KERNEL) + value(_CAND_BIAS))
+  # Blocks of 4 columns each: reset r, update z, candidate n.
+  w, u, b = value(_KERNEL), value(_RECURRENT), value(_BIAS)
+  w_r, w_z, w_n = w[:, :4], w[:, 4:8], w[:, 8:]
+  u_r, u_z, u_n = u[:, :4], u[:, 4:8], u[:, 8:]
+  b_r, b_z, b_n = b[:4], b[4:8], b[8:]
+  r = sigmoid(x @ w_r + h @ u_r + b_r)
+  z = sigmoid(x @ w_z + h @ u_z + b_z)
+  n = np.tanh(x @ w_n + b_n + (r * h) @ u_n)
   return np.asarray((1 - z) * h + z * n)
 
 
-def test_params_are_gates_then_candidate() -> None:
+def test_params_are_kernel_recurrent_kernel_and_bias_on_the_gru_node() -> None:
   _, params = _init(_inputs())
-  assert [p for p in params if p[1] == "gru"] == [_GATES_KERNEL, _GATES_BIAS, _CAND_KERNEL, _CAND_BIAS]
-  assert params[_GATES_KERNEL].value.shape == (3 + 4, 8)
-  assert params[_CAND_KERNEL].value.shape == (3 + 4, 4)
+  assert [p for p in params if p[1] == "gru"] == [_KERNEL, _BIAS, _RECURRENT]
+  assert params[_KERNEL].value.shape == (3, 12)
+  assert params[_RECURRENT].value.shape == (4, 12)
+  assert params[_BIAS].value.shape == (12,)
 
 
 def test_initial_state_is_zeros() -> None:
@@ -120,4 +124,4 @@ def test_sequence_shape_errors() -> None:
 def test_hidden_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("model")
   with pytest.raises(ValueError, match=rf"GRU 'model/gru': hidden_size must be a positive int, got {size!r}"):
-    GRU(graph.child("gru"), size, Rng(graph.child("rng")))
+    GRU(graph.child("gru"), size, rng=Rng(graph.child("rng")))

@@ -11,7 +11,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Linear, Rng, initializers
-from blox.params import Params
+from blox.params import SHARDING, Params
 
 
 def _setup(name: str, **kwargs: Any) -> tuple[Rng, Linear, Params]:
@@ -88,13 +88,13 @@ def test_output_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("lin_bad")
   message = rf"Linear 'lin_bad/linear': output_size must be a positive int, got {size!r}"
   with pytest.raises(ValueError, match=message):
-    Linear(graph.child("linear"), size, Rng(graph.child("rng")))
+    Linear(graph.child("linear"), size, rng=Rng(graph.child("rng")))
 
 
 def test_metadata_hooks_reach_the_params() -> None:
   _, linear, params = _setup(
       "lin_meta", output_size=4,
-      kernel_metadata={"sharding": (None, "model")}, bias_metadata={"sharding": ("model",)},
+      kernel_metadata={SHARDING: (None, "model")}, bias_metadata={SHARDING: ("model",)},
   )
   _, params = linear(params, jnp.ones(3))
   assert params[("lin_meta", "linear", "kernel")].sharding == (None, "model")

@@ -13,8 +13,9 @@ from blox.graph import Graph
 from blox.nn import LSTM, Dropout, LSTMState, Rng
 from blox.params import Params
 
-_KERNEL = ("model", "lstm", "gates", "kernel")
-_BIAS = ("model", "lstm", "gates", "bias")
+_KERNEL = ("model", "lstm", "kernel")
+_RECURRENT = ("model", "lstm", "recurrent_kernel")
+_BIAS = ("model", "lstm", "bias")
 
 
 def _create(is_static: bool, hidden_size: int = 4) -> tuple[Rng, LSTM]:
@@ -32,12 +33,19 @@ def _init(x: jax.Array) -> tuple[LSTM, Params]:
   return lstm, params.set(_BIAS, bias).locked()
 
 
-def _cell(kernel: np.ndarray, bias: np.ndarray, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _weights(params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  return tuple(np.asarray(params[path].value) for path in (_KERNEL, _RECURRENT, _BIAS))  # type: ignore[return-value]  # three paths, three arrays
+
+
+def _cell(
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray, h: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """The LSTM equations, written out with numpy."""
   def sigmoid(v: np.ndarray) -> np.ndarray:
     return np.asarray(1 / (1 + np.exp(-v)))
 
-  z = np.concatenate([x, h], axis=-1) @ kernel + bias
+  kernel, recurrent_kernel, bias = weights
+  z = x @ kernel + h @ recurrent_kernel + bias
   n = h.shape[-1]
   i, g, f, o = z[:, :n], z[:, n : 2 * n], z[:, 2 * n : 3 * n], z[:, 3 * n :]
   c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
@@ -48,12 +56,12 @@ def _inputs(batch: int = 2, time: int = 5, features: int = 3) -> jax.Array:
   return jax.random.normal(jax.random.key(1), (batch, time, features))
 
 
-def test_params_are_one_gates_linear_under_the_lstm() -> None:
-  lstm, params = _init(_inputs())
-  assert params[_KERNEL].value.shape == (3 + 4, 16)
+def test_params_are_kernel_recurrent_kernel_and_bias_on_the_lstm_node() -> None:
+  _, params = _init(_inputs())
+  assert params[_KERNEL].value.shape == (3, 16)
+  assert params[_RECURRENT].value.shape == (4, 16)
   assert params[_BIAS].value.shape == (16,)
-  assert [p for p in params if p[1] == "lstm"] == [_KERNEL, _BIAS]
-  assert lstm.gates.graph.path == ("model", "lstm", "gates")
+  assert [p for p in params if p[1] == "lstm"] == [_KERNEL, _BIAS, _RECURRENT]
 
 
 def test_initial_state_is_zeros() -> None:
@@ -72,10 +80,7 @@ def test_single_step_matches_a_hand_written_cell() -> None:
   h = jax.random.normal(jax.random.key(3), (2, 4))
   c = jax.random.normal(jax.random.key(4), (2, 4))
   (out, state), new_params = lstm(params, x, LSTMState(h, c))
-  want_h, want_c = _cell(
-      np.asarray(params[_KERNEL].value), np.asarray(params[_BIAS].value),
-      np.asarray(x), np.asarray(h), np.asarray(c),
-  )
+  want_h, want_c = _cell(_weights(params), np.asarray(x), np.asarray(h), np.asarray(c))
   np.testing.assert_allclose(out, want_h, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(state.hidden, want_h, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(state.cell, want_c, rtol=1e-5, atol=1e-6)
@@ -96,10 +101,10 @@ def test_static_and_dynamic_share_params_and_agree() -> None:
   np.testing.assert_allclose(out_s, out_d, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(final_s.cell, final_d.cell, rtol=1e-5, atol=1e-6)
   # And both equal the hand-written cell unrolled over time.
-  kernel, bias = np.asarray(params[_KERNEL].value), np.asarray(params[_BIAS].value)
+  weights = _weights(params)
   h = c = np.zeros((2, 4), np.float32)
   for t in range(5):
-    h, c = _cell(kernel, bias, np.asarray(x[:, t]), h, c)
+    h, c = _cell(weights, np.asarray(x[:, t]), h, c)
     np.testing.assert_allclose(out_d[:, t], h, rtol=1e-5, atol=1e-6)
 
 
@@ -129,7 +134,7 @@ def test_sequence_shape_errors() -> None:
 def test_hidden_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("model")
   with pytest.raises(ValueError, match=rf"LSTM 'model/lstm': hidden_size must be a positive int, got {size!r}"):
-    LSTM(graph.child("lstm"), size, Rng(graph.child("rng")))
+    LSTM(graph.child("lstm"), size, rng=Rng(graph.child("rng")))
 
 
 def test_repr() -> None:
@@ -141,7 +146,7 @@ class _DropoutLSTM(LSTM):
   """An LSTM whose outputs pass through dropout: an Rng used inside the step."""
 
   def __init__(self, graph: Graph, hidden_size: int, rng: Rng, is_static: bool = False) -> None:
-    super().__init__(graph, hidden_size, rng, is_static=is_static)
+    super().__init__(graph, hidden_size, rng=rng, is_static=is_static)
     self.dropout = Dropout(graph.child("dropout"), rate=0.5, rng=rng)
 
   def __call__(

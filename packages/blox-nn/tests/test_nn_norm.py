@@ -13,7 +13,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import LayerNorm, RMSNorm
-from blox.params import Params
+from blox.params import SHARDING, Params
 
 _names = itertools.count()
 
@@ -84,7 +84,7 @@ def test_norms_without_params_and_metadata() -> None:
   y, params = rms(Params(), x)
   assert len(params) == 0
   np.testing.assert_allclose(y, _rms_norm(np.asarray(x), 1.0, 1e-5), rtol=1e-5, atol=1e-5)
-  layer = _make(LayerNorm, scale_metadata={"sharding": ("model",)}, bias_metadata={"sharding": (None,)})
+  layer = _make(LayerNorm, scale_metadata={SHARDING: ("model",)}, bias_metadata={SHARDING: (None,)})
   _, params = layer(Params(), x)
   assert params[layer.param_path("scale")].sharding == ("model",)
   assert params[layer.param_path("bias")].sharding == (None,)
@@ -100,8 +100,21 @@ def test_norms_compute_in_float32_and_keep_the_dtype(cls: type[Any]) -> None:
   # bfloat16 arithmetic throughout.
   y32, _ = norm(params, x.astype(jnp.float32))
   np.testing.assert_array_equal(np.asarray(y.astype(jnp.float32)), np.asarray(y32.astype(jnp.bfloat16).astype(jnp.float32)))
-  ints, _ = norm(params, jnp.arange(64).reshape(1, 64))
-  assert ints.dtype == jnp.float32
+
+
+
+@pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_or_boolean_inputs_are_refused(cls: type[Any], dtype: Any) -> None:
+  norm = _make(cls)
+  with pytest.raises(TypeError, match=rf"{cls.__name__} '.*': inputs must be floating point, got dtype {jnp.dtype(dtype)}.*cast them first"):
+    norm(Params(), jnp.ones((1, 64), dtype))
+
+
+@pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
+def test_options_are_keyword_only(cls: type[Any]) -> None:
+  with pytest.raises(TypeError, match="positional"):
+    cls(Graph("positional").child("norm"), 1e-3)
 
 
 @pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])

@@ -89,6 +89,23 @@ def test_seeding_errors() -> None:
     rng.seed(Params(), seed="0")  # type: ignore[arg-type]  # the misuse under test
 
 
+@pytest.mark.parametrize(
+    "seed", [jax.random.PRNGKey(0), jnp.ones(()), True], ids=["raw uint32 key", "float scalar", "bool"]
+)
+def test_seeds_that_are_not_ints_or_typed_keys_are_refused(seed: Any) -> None:
+  rng = _rng()
+  with pytest.raises(TypeError, match=r"^Rng 'net/rng': seed must be an int or a key array.*jax\.random\.key\(0\)"):
+    rng.seed(Params(), seed=seed)
+
+
+def test_integer_scalar_arrays_and_traced_seeds_become_keys() -> None:
+  rng = _rng()
+  params = rng.seed(Params(), seed=np.int64(3))
+  assert _same_key(rng.get_seed(params), jax.random.key(3))
+  key = jax.jit(lambda s: rng(rng.seed(Params(), seed=s))[0])(jnp.int32(3))
+  assert _same_key(key, jax.random.fold_in(jax.random.key(3), 0))
+
+
 def test_reading_an_unseeded_stream_raises_key_error() -> None:
   rng = _rng()
   for read in (rng.get_seed, rng.get_counter, rng):
@@ -119,8 +136,8 @@ def test_call_under_jit() -> None:
 def test_creating_a_param_draws_exactly_one_key() -> None:
   graph = Graph("net")
   rng = Rng(graph.child("rng"))
-  no_bias = Linear(graph.child("a"), 2, rng, use_bias=False)
-  with_bias = Linear(graph.child("b"), 2, rng)
+  no_bias = Linear(graph.child("a"), 2, rng=rng, use_bias=False)
+  with_bias = Linear(graph.child("b"), 2, rng=rng)
   params = rng.seed(Params(), seed=0)
   _, params = no_bias(params, jnp.ones(3))
   assert int(rng.get_counter(params)) == 1

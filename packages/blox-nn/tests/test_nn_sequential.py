@@ -43,8 +43,8 @@ def _graph() -> tuple[Graph, Rng, Params]:
 
 def test_applies_modules_and_functions_in_order() -> None:
   graph, rng, params = _graph()
-  first = Linear(graph.child("first"), 4, rng)
-  second = Linear(graph.child("second"), 2, rng)
+  first = Linear(graph.child("first"), 4, rng=rng)
+  second = Linear(graph.child("second"), 2, rng=rng)
   model = Sequential(graph.child("mlp"), [first, jax.nn.relu, second, lambda v: v * 3.0])
   x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)), jnp.float32)
   y, params = model(params, x)
@@ -61,10 +61,10 @@ def test_applies_modules_and_functions_in_order() -> None:
 def test_keywords_go_only_to_modules_that_accept_them() -> None:
   graph, rng, params = _graph()
   record = _Record(graph.child("record"))
-  dropout = Dropout(graph.child("dropout"), 0.5, rng)
+  dropout = Dropout(graph.child("dropout"), 0.5, rng=rng)
   # Linear's __call__ has no is_training parameter: passing it would fail.
   model = Sequential(
-      graph.child("model"), [Linear(graph.child("linear"), 8, rng), dropout, jnp.tanh, record]
+      graph.child("model"), [Linear(graph.child("linear"), 8, rng=rng), dropout, jnp.tanh, record]
   )
   x = jnp.ones((2, 3))
   y_eval, params = model(params, x, is_training=False)
@@ -80,11 +80,11 @@ def test_keywords_go_only_to_modules_that_accept_them() -> None:
 
 def test_keyword_accepted_by_no_layer_and_no_keywords_at_all() -> None:
   graph, rng, params = _graph()
-  model = Sequential(graph.child("plain"), [Linear(graph.child("linear"), 2, rng), jax.nn.relu])
+  model = Sequential(graph.child("plain"), [Linear(graph.child("linear"), 2, rng=rng), jax.nn.relu])
   with pytest.raises(TypeError, match="no layer accepts the keyword argument"):
     model(params, jnp.ones(3), is_training=True)
   # A misspelt keyword is caught even when another keyword is used correctly.
-  dropping = Sequential(graph.child("dropping"), [Dropout(graph.child("dropout"), 0.5, rng)])
+  dropping = Sequential(graph.child("dropping"), [Dropout(graph.child("dropout"), 0.5, rng=rng)])
   with pytest.raises(TypeError, match=r"Sequential 'seq\d+/dropping': no layer accepts.*'is_trainig'"):
     dropping(params, jnp.ones(3), is_training=True, is_trainig=False)
   y, params = model(params, jnp.ones(3))
@@ -97,7 +97,7 @@ def test_empty_and_nested() -> None:
   x = jnp.arange(3.0)
   y, same = empty(params, x)
   assert y is x and same is params
-  inner = Sequential(graph.child("inner"), [Dropout(graph.child("drop"), 0.5, rng), jnp.negative])
+  inner = Sequential(graph.child("inner"), [Dropout(graph.child("drop"), 0.5, rng=rng), jnp.negative])
   outer = Sequential(graph.child("outer"), [inner, lambda v: v + 1.0])
   y, _ = outer(params, x, is_training=False)
   np.testing.assert_array_equal(y, 1.0 - x)
@@ -118,8 +118,8 @@ def test_sequential_under_jit_grad_vmap() -> None:
   graph, rng, params = _graph()
   model = Sequential(
       graph.child("mlp"),
-      [Linear(graph.child("a"), 4, rng), jax.nn.gelu, Dropout(graph.child("d"), 0.2, rng),
-       Linear(graph.child("b"), 2, rng)],
+      [Linear(graph.child("a"), 4, rng=rng), jax.nn.gelu, Dropout(graph.child("d"), 0.2, rng=rng),
+       Linear(graph.child("b"), 2, rng=rng)],
   )
   x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 5)), jnp.float32)
   y, params = model(params, x, is_training=False)
@@ -139,11 +139,11 @@ def test_sequential_under_jit_grad_vmap() -> None:
 
 def test_nested_sequential_gets_only_the_keywords_it_accepts() -> None:
   graph, rng, params = _graph()
-  linear = Linear(graph.child("linear"), 2, rng)
+  linear = Linear(graph.child("linear"), 2, rng=rng)
   inner = Sequential(graph.child("inner"), [linear])
-  assert inner.accepted_keywords == frozenset({"precision"})  # Linear's keyword
-  outer = Sequential(graph.child("outer"), [Dropout(graph.child("drop"), 0.5, rng), inner])
-  assert outer.accepted_keywords == frozenset({"is_training", "precision"})
+  assert inner.accepted_keywords == frozenset()  # Linear's call takes no keyword
+  outer = Sequential(graph.child("outer"), [Dropout(graph.child("drop"), 0.5, rng=rng), inner])
+  assert outer.accepted_keywords == frozenset({"is_training"})
   x = jnp.arange(3.0)
   y, params = outer(params, x, is_training=False)
   np.testing.assert_allclose(y, linear(params, x)[0], rtol=1e-6)

@@ -7,27 +7,36 @@ Example:
   >>> from blox.nn import Linear, Rng
   >>> graph = Graph('net')
   >>> rng = Rng(graph.child('rng'))
-  >>> y, params = Linear(graph.child('out'), 2, rng)(rng.seed(Params(), seed=0), jnp.ones(3))
+  >>> y, params = Linear(graph.child('out'), 2, rng=rng)(rng.seed(Params(), seed=0), jnp.ones(3))
   >>> y.shape
   (2,)
 """
 
-from blox.nn import initializers
-from blox.nn._dot_product_attention import dot_product_attention
-from blox.nn._kv_cache import KVCache
-from blox.nn._masks import causal_mask, combine_masks, padding_mask
-from blox.nn._multi_head_attention import MultiHeadAttention
-from blox.nn.batch_norm import BatchNorm
-from blox.nn.conv import Conv, ConvTranspose
-from blox.nn.dropout import Dropout
-from blox.nn.embed import Embed
-from blox.nn.gru import GRU, GRUState
-from blox.nn.linear import Linear
-from blox.nn.lstm import LSTM, LSTMState
-from blox.nn.normalization import LayerNorm, RMSNorm
-from blox.nn.pooling import avg_pool, max_pool, min_pool
-from blox.nn.rng import Rng
-from blox.nn.sequential import Sequential
+from blox.nn import initializers as initializers
+from blox.nn._batch_norm import BatchNorm as BatchNorm
+from blox.nn._conv import Conv as Conv
+from blox.nn._conv import ConvTranspose as ConvTranspose
+from blox.nn._dot_product_attention import dot_product_attention as dot_product_attention
+from blox.nn._dropout import Dropout as Dropout
+from blox.nn._embed import Embed as Embed
+from blox.nn._gru import GRU as GRU
+from blox.nn._gru import GRUState as GRUState
+from blox.nn._kv_cache import KVCache as KVCache
+from blox.nn._linear import Linear as Linear
+from blox.nn._lstm import LSTM as LSTM
+from blox.nn._lstm import LSTMState as LSTMState
+from blox.nn._masks import causal_mask as causal_mask
+from blox.nn._masks import combine_masks as combine_masks
+from blox.nn._masks import padding_mask as padding_mask
+from blox.nn._multi_head_attention import MultiHeadAttention as MultiHeadAttention
+from blox.nn._normalization import LayerNorm as LayerNorm
+from blox.nn._normalization import RMSNorm as RMSNorm
+from blox.nn._pooling import avg_pool as avg_pool
+from blox.nn._pooling import max_pool as max_pool
+from blox.nn._pooling import min_pool as min_pool
+from blox.nn._rng import Rng as Rng
+from blox.nn._sequential import Sequential as Sequential
+from blox.nn._version import __version__ as __version__
 
 __all__ = [
     "BatchNorm",
@@ -46,6 +55,7 @@ __all__ = [
     "RMSNorm",
     "Rng",
     "Sequential",
+    "__version__",
     "avg_pool",
     "causal_mask",
     "combine_masks",

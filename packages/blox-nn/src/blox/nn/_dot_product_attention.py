@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.nn._checks import check_float_inputs
-from blox.nn.dropout import _drop
+from blox.nn._dropout import _drop
 
 __all__ = ["dot_product_attention"]
 

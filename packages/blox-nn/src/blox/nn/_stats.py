@@ -39,12 +39,10 @@ def compute_dtypes(dtype: Any) -> tuple[Any, Any]:
   """`(compute dtype, output dtype)` for normalising inputs of `dtype`.
 
   Computing in at least float32 keeps the mean of squares of bfloat16 or
-  float16 inputs from losing most of its precision (or overflowing). Float
-  inputs keep their dtype; integer inputs give the compute dtype.
+  float16 inputs from losing most of its precision (or overflowing). The
+  outputs keep the dtype of the (floating-point) inputs.
   """
-  compute = jnp.promote_types(dtype, jnp.float32)
-  output = jnp.dtype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else compute
-  return compute, output
+  return jnp.promote_types(dtype, jnp.float32), jnp.dtype(dtype)
 
 
 def check_epsilon(epsilon: float, where: str) -> None:

@@ -1,3 +1,3 @@
-"""The version of blox-nn, in one place (hatchling reads it to build)."""
+"""The version of blox-nn."""
 
 __version__ = "0.2.0"

@@ -2,6 +2,7 @@
 
 An initializer is `init(key, shape, dtype) -> array`, the same contract as
 `jax.nn.initializers`, so any of those (or your own function) can be passed.
+`Initializer` is the type of such a function, `blox.params.Initializer`.
 
 Example:
   >>> import jax
@@ -10,8 +11,6 @@ Example:
 """
 
 from __future__ import annotations
-
-from typing import Any, Protocol
 
 from jax.nn.initializers import (
     constant,
@@ -29,6 +28,8 @@ from jax.nn.initializers import (
     variance_scaling,
     zeros,
 )
+
+from blox.params import Initializer
 
 __all__ = [
     "Initializer",
@@ -48,8 +49,3 @@ __all__ = [
     "zeros",
 ]
 
-
-class Initializer(Protocol):
-  """`init(key, shape, dtype) -> array`; `key` is None without a key source."""
-
-  def __call__(self, key: Any, shape: Any, dtype: Any = ..., /) -> Any: ...

@@ -1,11 +1,12 @@
 """`GRU`: a gated recurrent unit recurrence.
 
-One step, with `[a, b]` a concatenation on the last axis and two `Linear`
-children: `gates` (output `2 * hidden`, split in the order (r, z)) and
-`candidate` (output `hidden`):
+One step, with `W = kernel [features, 3h]`, `U = recurrent_kernel [h, 3h]`
+and `b = bias [3h]`, whose three blocks are, in order, the reset gate r, the
+update gate z and the candidate n (`W_r` is the r block of `W`, and so on):
 
-  r, z = split(sigmoid(gates([x, h])), 2)   # reset and update gates
-  n = tanh(candidate([x, r * h]))           # candidate state
+  r = sigmoid(x @ W_r + h @ U_r + b_r)
+  z = sigmoid(x @ W_z + h @ U_z + b_z)
+  n = tanh(x @ W_n + b_n + (r * h) @ U_n)
   h' = (1 - z) * h + z * n
 
 `z` is the share of the state that is replaced by the candidate; the reset
@@ -23,6 +24,8 @@ Example:
   >>> (outputs, state), params = gru.apply(rng.seed(Params(), seed=0), jnp.ones((2, 5, 3)))
   >>> outputs.shape, state.hidden.shape
   ((2, 5, 4), (2, 4))
+  >>> params[('net', 'gru', 'kernel')].value.shape
+  (3, 12)
 """
 
 from __future__ import annotations
@@ -32,11 +35,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, RecurrenceBase
-from blox.nn._checks import check_positive_int
-from blox.nn._recurrent import check_step_inputs, zero_hidden
-from blox.nn.linear import Linear
-from blox.params import KeySource, Params
+from blox.nn._recurrent import GatedCell, zero_hidden
+from blox.params import Params
 
 __all__ = ["GRU", "GRUState"]
 
@@ -47,26 +47,23 @@ class GRUState(NamedTuple):
   hidden: jax.Array
 
 
-class GRU(RecurrenceBase):
+class GRU(GatedCell):
   """A gated recurrent unit (see the module docstring for the equations).
 
   Args:
-    graph: the node this module binds to; the gate layers bind to its
-      children `gates` and `candidate`.
+    graph: the node this module binds to; its params are
+      `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`.
     hidden_size: the size of the hidden state and of the outputs.
     rng: the key source for initialisation.
     is_static: scan over time with a Python loop instead of `jax.lax.scan`.
+    kernel_init, recurrent_kernel_init, bias_init: initializers of the
+      params, `(key, shape, dtype) -> array`.
+    kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
+      the params, e.g. `{'sharding': (None, 'model')}`.
+    precision: the precision of the matrix products (`jax.lax.Precision`).
   """
 
-  def __init__(
-      self, graph: Graph, hidden_size: int, rng: KeySource, is_static: bool = False
-  ) -> None:
-    super().__init__(graph, is_static=is_static)
-    check_positive_int(hidden_size, "hidden_size", self.where())
-    self.hidden_size = hidden_size
-    self.rng = rng
-    self.gates = Linear(graph.child("gates"), 2 * hidden_size, rng)
-    self.candidate = Linear(graph.child("candidate"), hidden_size, rng)
+  num_gates = 3
 
   def initial_state(
       self, params: Params, inputs: jax.Array, **kwargs: Any
@@ -81,16 +78,18 @@ class GRU(RecurrenceBase):
       prev_state: GRUState,
       is_training: bool = True,
   ) -> tuple[tuple[jax.Array, GRUState], Params]:
-    """One step on inputs `[*batch, features]`; `is_training` is unused.
+    """One step on floating-point inputs `[*batch, features]`; `is_training` is unused.
 
     Returns:
       `((hidden, GRUState(hidden)), params)`.
     """
-    check_step_inputs(inputs, self.where())
+    kernel, recurrent_kernel, bias, params = self._weights(params, inputs)
     h = prev_state.hidden
-    gates, params = self.gates(params, jnp.concatenate([inputs, h], axis=-1))
-    r, z = jnp.split(jax.nn.sigmoid(gates), 2, axis=-1)
-    candidate, params = self.candidate(params, jnp.concatenate([inputs, r * h], axis=-1))
-    n = jnp.tanh(candidate)
+    size = self.hidden_size
+    x_r, x_z, x_n = jnp.split(self._dot(inputs, kernel) + bias, 3, axis=-1)
+    h_rz = self._dot(h, recurrent_kernel[:, : 2 * size])
+    r = jax.nn.sigmoid(x_r + h_rz[..., :size])
+    z = jax.nn.sigmoid(x_z + h_rz[..., size:])
+    n = jnp.tanh(x_n + self._dot(r * h, recurrent_kernel[:, 2 * size :]))
     hidden = (1 - z) * h + z * n
     return (hidden, GRUState(hidden=hidden)), params

@@ -20,9 +20,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from blox.graph import Graph, Module
-from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params
+from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params, is_array, is_prng_key
 
 __all__ = ["Rng"]
 
@@ -39,7 +40,7 @@ class Rng(Module):
     super().__init__(graph)
 
   def seed(
-      self, params: Params, *, seed: int | jax.Array | None = None,
+      self, params: Params, *, seed: int | np.integer[Any] | jax.Array | None = None,
       counter: int | jax.Array | None = None,
   ) -> Params:
     """Creates the stream, or updates its seed and/or counter.
@@ -57,7 +58,7 @@ class Rng(Module):
       raise ValueError(
           f"{self.where()}: give seed=..., counter=... or both."
       )
-    seed_key = None if seed is None else _as_key(seed)
+    seed_key = None if seed is None else _as_key(seed, self.where())
     counter_value = None if counter is None else jnp.asarray(counter, jnp.uint32)
     seed_path = self.param_path("seed")
     if seed_path not in params:
@@ -109,13 +110,26 @@ class Rng(Module):
     return key, self.set_param(params, "counter", counter + jnp.uint32(1))
 
 
-def _as_key(seed: int | jax.Array) -> jax.Array:
+def _as_key(seed: int | np.integer[Any] | jax.Array, where: str) -> jax.Array:
+  """`seed` as a typed key: an int or an integer scalar array becomes
+  `jax.random.key(seed)`, a typed key is kept as it is."""
   if isinstance(seed, int):
-    return jax.random.key(seed)
-  if hasattr(seed, "dtype") and hasattr(seed, "shape"):
+    if not isinstance(seed, bool):  # True is an int to Python, but no seed
+      return jax.random.key(seed)
+  elif isinstance(seed, jax.Array) and is_prng_key(seed):
+    return seed
+  elif is_array(seed) or isinstance(seed, jax.core.Tracer):
     # An integer scalar array (np.int64(3), a traced index) is a seed like an
     # int; stored as is it would fail later, in fold_in, with a cryptic error.
     if tuple(seed.shape) == () and jnp.issubdtype(seed.dtype, jnp.integer):
       return jax.random.key(seed)
-    return seed
-  raise TypeError(f"seed must be an int or a key array, got {type(seed).__name__}.")
+  raise TypeError(
+      f"{where}: seed must be an int or a key array, got {type(seed).__name__}"
+      f"{_dtype_text(seed)}; pass an int or a typed key such as jax.random.key(0)"
+      " (wrap a raw uint32 key with jax.random.wrap_key_data)."
+  )
+
+
+def _dtype_text(value: Any) -> str:
+  dtype = getattr(value, "dtype", None)
+  return "" if dtype is None else f" of dtype {dtype}"

@@ -1,9 +1,9 @@
 """`LayerNorm` and `RMSNorm`: per-example normalisation over the feature axis.
 
 Both normalise over the last axis of each input, independently for every
-other position. Statistics are computed in float32 (or float64 for float64
-inputs) whatever the input dtype, and the outputs take the input's dtype
-(float32 for integer inputs).
+other position. Inputs must be floating point. Statistics are computed in
+float32 (or float64 for float64 inputs) whatever the input dtype, and the
+outputs take the input's dtype.
 
 Features sharded over a named axis (tensor parallelism inside `shard_map`, or
 `vmap` over feature chunks): pass that axis as `axis_name`, and each
@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
+from blox.nn._checks import check_feature_axis, check_float_inputs
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
-from blox.nn.initializers import Initializer, ones, zeros
-from blox.params import Params
+from blox.nn.initializers import ones, zeros
+from blox.params import Initializer, Params
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
@@ -47,14 +48,12 @@ def _feature_mean(x: jax.Array, axis_name: Hashable | None, where: str) -> jax.A
 
 
 class _FeatureNorm(Module):
-  """What both norms share: the input check and how learned params are read."""
+  """What both norms share: the input checks and how learned params are read."""
 
-  def _check(self, inputs: jax.Array) -> None:
-    if jnp.ndim(inputs) < 1:
-      raise ValueError(
-          f"{self.where()} normalises over the last axis; it needs inputs with"
-          " at least one axis, got a scalar."
-      )
+  def _check(self, inputs: jax.Array) -> Any:
+    """The dtype of `inputs`, once they are checked to be float with a feature axis."""
+    check_feature_axis(inputs, self.where())
+    return check_float_inputs(inputs, self.where())
 
   def _learned(
       self,
@@ -93,6 +92,7 @@ class LayerNorm(_FeatureNorm):
   def __init__(
       self,
       graph: Graph,
+      *,
       epsilon: float = 1e-5,
       use_scale: bool = True,
       use_bias: bool = True,
@@ -115,8 +115,7 @@ class LayerNorm(_FeatureNorm):
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
-    self._check(inputs)
-    compute, output = compute_dtypes(jnp.result_type(inputs))
+    compute, output = compute_dtypes(self._check(inputs))
     x = jnp.asarray(inputs, compute)
     mean = _feature_mean(x, self.axis_name, self.where())
     centered = x - mean
@@ -156,6 +155,7 @@ class RMSNorm(_FeatureNorm):
   def __init__(
       self,
       graph: Graph,
+      *,
       epsilon: float = 1e-5,
       use_scale: bool = True,
       scale_init: Initializer = ones,
@@ -172,8 +172,7 @@ class RMSNorm(_FeatureNorm):
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
-    self._check(inputs)
-    compute, output = compute_dtypes(jnp.result_type(inputs))
+    compute, output = compute_dtypes(self._check(inputs))
     x = jnp.asarray(inputs, compute)
     mean_square = _feature_mean(jnp.square(x), self.axis_name, self.where())
     y = x * jax.lax.rsqrt(mean_square + jnp.asarray(self.epsilon, compute))

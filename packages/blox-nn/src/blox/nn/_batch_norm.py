@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
-from blox.nn._checks import check_is_training
+from blox.nn._checks import check_feature_axis, check_float_inputs, check_is_training
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
-from blox.nn.initializers import Initializer, ones, zeros
-from blox.params import Params
+from blox.nn.initializers import ones, zeros
+from blox.params import Initializer, Params
 
 __all__ = ["BatchNorm"]
 
@@ -43,8 +43,9 @@ class BatchNorm(Module):
   channels)` inputs all work. `var` is the biased variance (divided by the
   number of values), both for normalising and for the running average.
 
-  Params, all of shape `(features,)`: `scale` (ones) and `bias` (zeros),
-  trainable; `running_mean` (zeros) and `running_var` (ones), created with
+  Inputs must be floating point. Params, all of shape `(features,)`: `scale`
+  (ones) and `bias` (zeros), trainable; `running_mean` (zeros) and
+  `running_var` (ones), created with
   `trainable=False` so that `params.split()` keeps them out of the gradient
   half. They are created on the first call, training or not.
 
@@ -71,25 +72,29 @@ class BatchNorm(Module):
     momentum: the weight of the old running value in each update, in [0, 1].
     epsilon: added to the variance before the square root.
     use_scale, use_bias: whether to learn a scale and a bias.
-    scale_init, bias_init: initializers, called with `key=None` (the layer has
-      no key source).
-    scale_metadata, bias_metadata, stats_metadata: metadata for the scale, the
-      bias and the two running statistics, e.g. `{'sharding': ('model',)}`.
+    scale_init, bias_init, running_mean_init, running_var_init: initializers,
+      called with `key=None` (the layer has no key source).
+    scale_metadata, bias_metadata, running_mean_metadata, running_var_metadata:
+      metadata for each param, e.g. `{'sharding': ('model',)}`.
     axis_name: the named axis the batch is split over, or None.
   """
 
   def __init__(
       self,
       graph: Graph,
+      *,
       momentum: float = 0.9,
       epsilon: float = 1e-5,
       use_scale: bool = True,
       use_bias: bool = True,
       scale_init: Initializer = ones,
       bias_init: Initializer = zeros,
+      running_mean_init: Initializer = zeros,
+      running_var_init: Initializer = ones,
       scale_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
-      stats_metadata: Mapping[str, Any] | None = None,
+      running_mean_metadata: Mapping[str, Any] | None = None,
+      running_var_metadata: Mapping[str, Any] | None = None,
       axis_name: Hashable | None = None,
   ) -> None:
     super().__init__(graph)
@@ -103,9 +108,12 @@ class BatchNorm(Module):
     self.use_bias = use_bias
     self.scale_init = scale_init
     self.bias_init = bias_init
+    self.running_mean_init = running_mean_init
+    self.running_var_init = running_var_init
     self.scale_metadata = scale_metadata
     self.bias_metadata = bias_metadata
-    self.stats_metadata = stats_metadata
+    self.running_mean_metadata = running_mean_metadata
+    self.running_var_metadata = running_var_metadata
     self.axis_name = axis_name
 
   def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -129,20 +137,19 @@ class BatchNorm(Module):
 
     `is_training` must be a Python bool: it chooses which computation is traced.
     """
-    if jnp.ndim(inputs) < 1:
-      raise ValueError(
-          f"{self.where()} normalises each feature of the last axis;"
-          " it needs inputs with at least one axis, got a scalar."
-      )
-    check_is_training(is_training, self.where())
-    compute, output = compute_dtypes(jnp.result_type(inputs))
+    where = self.where()
+    check_feature_axis(inputs, where)
+    check_is_training(is_training, where)
+    compute, output = compute_dtypes(check_float_inputs(inputs, where))
     x = jnp.asarray(inputs, compute)
     features = (x.shape[-1],)
     running_mean, params = self.get_param(
-        params, "running_mean", features, zeros, trainable=False, metadata=self.stats_metadata
+        params, "running_mean", features, self.running_mean_init, trainable=False,
+        metadata=self.running_mean_metadata,
     )
     running_var, params = self.get_param(
-        params, "running_var", features, ones, trainable=False, metadata=self.stats_metadata
+        params, "running_var", features, self.running_var_init, trainable=False,
+        metadata=self.running_var_metadata,
     )
     if is_training:
       mean, var = self._batch_statistics(x)

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
-from blox.nn._checks import check_positive_int
-from blox.nn.initializers import Initializer, variance_scaling
-from blox.params import KeySource, Params
+from blox.nn._checks import check_float_inputs, check_positive_int
+from blox.nn.initializers import variance_scaling
+from blox.params import Initializer, KeySource, Params
 
 __all__ = ["Embed"]
 
@@ -54,6 +54,7 @@ class Embed(Module):
       with standard deviation `1 / sqrt(embedding_size)`, which keeps both the
       looked-up vectors and `attend` scores of unit-scale inputs near unit scale.
     embedding_metadata: metadata for the table, e.g. `{'sharding': ('model', None)}`.
+    precision: the precision of the product in `attend` (`jax.lax.Precision`).
   """
 
   def __init__(
@@ -61,11 +62,13 @@ class Embed(Module):
       graph: Graph,
       num_embeddings: int,
       embedding_size: int,
+      *,
       rng: KeySource,
       embedding_init: Initializer = variance_scaling(
           1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=0
       ),
       embedding_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(graph)
     check_positive_int(num_embeddings, "num_embeddings", self.where())
@@ -75,6 +78,7 @@ class Embed(Module):
     self.rng = rng
     self.embedding_init = embedding_init
     self.embedding_metadata = embedding_metadata
+    self.precision = precision
 
   def table(self, params: Params) -> tuple[jax.Array, Params]:
     """Returns `(table, params)`, creating the table if it is missing."""
@@ -100,13 +104,12 @@ class Embed(Module):
     table, params = self.table(params)
     return jnp.take(table, ids, axis=0), params
 
-  def attend(
-      self, params: Params, inputs: jax.Array, precision: jax.lax.PrecisionLike = None
-  ) -> tuple[jax.Array, Params]:
+  def attend(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Scores `inputs` `(..., embedding_size)` against every row: `inputs @ table.T`.
 
     Returns `(scores, params)` with scores of shape `(..., num_embeddings)`.
     """
+    check_float_inputs(inputs, self.where())
     shape = tuple(jnp.shape(inputs))
     if not shape or shape[-1] != self.embedding_size:
       raise ValueError(
@@ -114,4 +117,4 @@ class Embed(Module):
           f" embedding_size={self.embedding_size}; got shape {shape}."
       )
     table, params = self.table(params)
-    return jnp.dot(inputs, table.T, precision=precision), params
+    return jnp.dot(inputs, table.T, precision=self.precision), params

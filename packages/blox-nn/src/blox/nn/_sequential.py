@@ -8,10 +8,10 @@ Example:
   >>> graph = Graph('net')
   >>> rng = Rng(graph.child('rng'))
   >>> mlp = Sequential(graph.child('mlp'), [
-  ...     Linear(graph.child('hidden'), 8, rng),
+  ...     Linear(graph.child('hidden'), 8, rng=rng),
   ...     jax.nn.relu,
-  ...     Dropout(graph.child('dropout'), 0.1, rng),
-  ...     Linear(graph.child('out'), 2, rng),
+  ...     Dropout(graph.child('dropout'), 0.1, rng=rng),
+  ...     Linear(graph.child('out'), 2, rng=rng),
   ... ])
   >>> y, params = mlp(rng.seed(Params(), seed=0), jnp.ones((3, 4)), is_training=False)
   >>> y.shape

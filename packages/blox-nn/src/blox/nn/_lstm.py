@@ -1,10 +1,9 @@
 """`LSTM`: a long short-term memory recurrence.
 
-One step, with `[x, h]` the concatenation of inputs and previous hidden state
-and a single `Linear` child named `gates` producing the four gate
-pre-activations in the order (i, g, f, o):
+One step, with `W = kernel [features, 4h]`, `U = recurrent_kernel [h, 4h]`
+and `b = bias [4h]`, whose four blocks hold the gates in the order (i, g, f, o):
 
-  i, g, f, o = split(gates([x, h]), 4)
+  i, g, f, o = split(x @ W + h @ U + b, 4)
   c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
   h' = sigmoid(o) * tanh(c')
 
@@ -21,6 +20,8 @@ Example:
   >>> (outputs, state), params = lstm.apply(rng.seed(Params(), seed=0), jnp.ones((2, 5, 3)))
   >>> outputs.shape, state.cell.shape
   ((2, 5, 4), (2, 4))
+  >>> params[('net', 'lstm', 'recurrent_kernel')].value.shape
+  (4, 16)
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, RecurrenceBase
-from blox.nn._checks import check_positive_int
-from blox.nn._recurrent import check_step_inputs, zero_hidden
-from blox.nn.linear import Linear
-from blox.params import KeySource, Params
+from blox.nn._recurrent import GatedCell, zero_hidden
+from blox.params import Params
 
 __all__ = ["LSTM", "LSTMState"]
 
@@ -46,25 +44,23 @@ class LSTMState(NamedTuple):
   cell: jax.Array
 
 
-class LSTM(RecurrenceBase):
+class LSTM(GatedCell):
   """A long short-term memory recurrence (see the module docstring).
 
   Args:
-    graph: the node this module binds to; the gate layer binds to its child
-      `gates`, so its params are `(*graph.path, 'gates', 'kernel' | 'bias')`.
+    graph: the node this module binds to; its params are
+      `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`.
     hidden_size: the size of the hidden and cell states and of the outputs.
     rng: the key source for initialisation.
     is_static: scan over time with a Python loop instead of `jax.lax.scan`.
+    kernel_init, recurrent_kernel_init, bias_init: initializers of the
+      params, `(key, shape, dtype) -> array`.
+    kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
+      the params, e.g. `{'sharding': (None, 'model')}`.
+    precision: the precision of the matrix products (`jax.lax.Precision`).
   """
 
-  def __init__(
-      self, graph: Graph, hidden_size: int, rng: KeySource, is_static: bool = False
-  ) -> None:
-    super().__init__(graph, is_static=is_static)
-    check_positive_int(hidden_size, "hidden_size", self.where())
-    self.hidden_size = hidden_size
-    self.rng = rng
-    self.gates = Linear(graph.child("gates"), 4 * hidden_size, rng)
+  num_gates = 4
 
   def initial_state(
       self, params: Params, inputs: jax.Array, **kwargs: Any
@@ -80,15 +76,13 @@ class LSTM(RecurrenceBase):
       prev_state: LSTMState,
       is_training: bool = True,
   ) -> tuple[tuple[jax.Array, LSTMState], Params]:
-    """One step on inputs `[*batch, features]`; `is_training` is unused.
+    """One step on floating-point inputs `[*batch, features]`; `is_training` is unused.
 
     Returns:
       `((hidden, LSTMState(hidden, cell)), params)`.
     """
-    check_step_inputs(inputs, self.where())
-    # concatenate promotes dtypes, like the kernel product that follows.
-    joined = jnp.concatenate([inputs, prev_state.hidden], axis=-1)
-    gates, params = self.gates(params, joined)
+    kernel, recurrent_kernel, bias, params = self._weights(params, inputs)
+    gates = self._dot(inputs, kernel) + self._dot(prev_state.hidden, recurrent_kernel) + bias
     i, g, f, o = jnp.split(gates, 4, axis=-1)
     cell = jax.nn.sigmoid(f) * prev_state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
     hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)

@@ -19,22 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
-from blox.nn._checks import check_is_training
+from blox.nn._checks import check_float_inputs, check_is_training
 from blox.params import KeySource, Params
 
 __all__ = ["Dropout"]
-
-
-def _check_inexact(inputs: jax.Array, where: str) -> jnp.dtype:
-  """The dtype of `inputs`; raises TypeError unless it is floating or complex."""
-  dtype = jnp.result_type(inputs)
-  if not jnp.issubdtype(dtype, jnp.inexact):
-    # 1 / (1 - rate) has no integer value: scaling ints would truncate it to 0.
-    raise TypeError(
-        f"{where}: dropout needs floating-point inputs, got dtype {dtype};"
-        " cast them first, e.g. inputs.astype(jnp.float32)."
-    )
-  return dtype
 
 
 def _drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Array:
@@ -43,9 +31,10 @@ def _drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Arr
   Kept elements are scaled by `1 / (1 - rate)`. The product is taken in at
   least float32 and rounded to the input dtype once, so a bfloat16 input is
   not scaled by a bfloat16-rounded factor. Shared by `Dropout` and the
-  attention-weight dropout of `MultiHeadAttention`.
+  attention-weight dropout of `MultiHeadAttention`. Integer inputs are
+  refused: `1 / (1 - rate)` has no integer value.
   """
-  dtype = _check_inexact(inputs, where)
+  dtype = check_float_inputs(inputs, where)
   keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(inputs))
   compute = jnp.promote_types(dtype, jnp.float32)
   # A Python float is weakly typed: it takes the compute dtype, not float64.
@@ -59,9 +48,14 @@ class Dropout(Module):
   Draws one key from `rng` per training call with `rate > 0`; otherwise it
   returns its inputs and params unchanged. Inputs must be floating point
   (or complex); `is_training` must be a Python bool (static under jit).
+
+  Args:
+    graph: the node this layer binds to.
+    rate: the probability of zeroing each element, in [0, 1).
+    rng: the key source of the masks.
   """
 
-  def __init__(self, graph: Graph, rate: float, rng: KeySource) -> None:
+  def __init__(self, graph: Graph, rate: float, *, rng: KeySource) -> None:
     super().__init__(graph)
     if not 0.0 <= rate < 1.0:
       raise ValueError(
@@ -76,7 +70,7 @@ class Dropout(Module):
     where = self.where()
     check_is_training(is_training, where)
     # Checked in evaluation too, so that the mistake shows before training.
-    _check_inexact(inputs, where)
+    check_float_inputs(inputs, where)
     if not is_training or self.rate == 0.0:
       return inputs, params
     key, params = self.rng(params)

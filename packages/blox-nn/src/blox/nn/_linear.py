@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
-from blox.nn._checks import check_positive_int
-from blox.nn.initializers import Initializer, lecun_normal, zeros
-from blox.params import KeySource, Params
+from blox.nn._checks import check_feature_axis, check_float_inputs, check_positive_int
+from blox.nn._dense import kernel_and_bias
+from blox.nn.initializers import lecun_normal, zeros
+from blox.params import Initializer, KeySource, Params
 
 __all__ = ["Linear"]
 
@@ -40,18 +41,21 @@ class Linear(Module):
     kernel_init, bias_init: initializers `(key, shape, dtype) -> array`.
     kernel_metadata, bias_metadata: metadata for the params, e.g.
       `{'sharding': (None, 'model')}`.
+    precision: the precision of the matrix product (`jax.lax.Precision`).
   """
 
   def __init__(
       self,
       graph: Graph,
       output_size: int,
+      *,
       rng: KeySource,
       use_bias: bool = True,
       kernel_init: Initializer = lecun_normal(),
       bias_init: Initializer = zeros,
       kernel_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(graph)
     check_positive_int(output_size, "output_size", self.where())
@@ -62,24 +66,20 @@ class Linear(Module):
     self.bias_init = bias_init
     self.kernel_metadata = kernel_metadata
     self.bias_metadata = bias_metadata
+    self.precision = precision
 
-  def __call__(
-      self, params: Params, inputs: jax.Array, precision: jax.lax.PrecisionLike = None
-  ) -> tuple[jax.Array, Params]:
-    """Applies the layer to `inputs` of shape `(..., in)`."""
-    if jnp.ndim(inputs) < 1:
-      raise ValueError(
-          f"{self.where()} needs inputs with a feature axis; got a scalar."
-      )
-    kernel, params = self.get_param(
-        params, "kernel", (inputs.shape[-1], self.output_size), self.kernel_init,
-        rng=self.rng, metadata=self.kernel_metadata,
+  def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
+    """Applies the layer to floating-point `inputs` of shape `(..., in)`."""
+    where = self.where()
+    check_feature_axis(inputs, where)
+    check_float_inputs(inputs, where)
+    kernel, bias, params = kernel_and_bias(
+        self, params, kernel_shape=(inputs.shape[-1], self.output_size),
+        bias_shape=(self.output_size,), kernel_init=self.kernel_init,
+        bias_init=self.bias_init, rng=self.rng, use_bias=self.use_bias,
+        kernel_metadata=self.kernel_metadata, bias_metadata=self.bias_metadata,
     )
-    outputs = jnp.dot(inputs, kernel, precision=precision)
-    if self.use_bias:
-      bias, params = self.get_param(
-          params, "bias", (self.output_size,), self.bias_init,
-          rng=self.rng, metadata=self.bias_metadata,
-      )
+    outputs = jnp.dot(inputs, kernel, precision=self.precision)
+    if bias is not None:
       outputs = outputs + bias
     return outputs, params

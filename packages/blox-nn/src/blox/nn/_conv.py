@@ -12,8 +12,7 @@ Example:
   >>> from blox.nn import Rng
   >>> graph = Graph('net')
   >>> rng = Rng(graph.child('rng'))
-  >>> conv = Conv(graph.child('conv'), kernel_size=(3, 3), output_channels=8,
-  ...             rng=rng, strides=2)
+  >>> conv = Conv(graph.child('conv'), 8, (3, 3), rng=rng, strides=2)
   >>> y, params = conv(rng.seed(Params(), seed=0), jnp.ones((4, 16, 16, 3)))
   >>> y.shape, params[('net', 'conv', 'kernel')].value.shape
   ((4, 8, 8, 8), (3, 3, 3, 8))
@@ -30,10 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Graph, Module
-from blox.nn._checks import check_positive_int
+from blox.nn._checks import check_float_inputs, check_positive_int
+from blox.nn._dense import kernel_and_bias
 from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
-from blox.nn.initializers import Initializer, lecun_normal, zeros
-from blox.params import KeySource, Params
+from blox.nn.initializers import lecun_normal, zeros
+from blox.params import Initializer, KeySource, Params
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -55,8 +55,9 @@ class _ConvBase(Module):
   def __init__(
       self,
       graph: Graph,
+      output_size: int,
       kernel_size: Sequence[int],
-      output_channels: int,
+      *,
       rng: KeySource,
       strides: int | Sequence[int],
       padding: Padding,
@@ -67,21 +68,22 @@ class _ConvBase(Module):
       bias_init: Initializer,
       kernel_metadata: Mapping[str, Any] | None,
       bias_metadata: Mapping[str, Any] | None,
+      precision: jax.lax.PrecisionLike,
       paddings_allowed: tuple[str, ...],
   ) -> None:
     super().__init__(graph)
     where = self.where()
+    check_positive_int(output_size, "output_size", where)
     self.kernel_size = as_size_tuple(kernel_size, "kernel_size", where)
     n = len(self.kernel_size)
     self.num_spatial_dims = n
-    check_positive_int(output_channels, "output_channels", where)
     check_positive_int(feature_group_count, "feature_group_count", where)
-    if output_channels % feature_group_count:
+    if output_size % feature_group_count:
       raise ValueError(
-          f"{where}: output_channels ({output_channels}) must be divisible by"
+          f"{where}: output_size ({output_size}) must be divisible by"
           f" feature_group_count ({feature_group_count})."
       )
-    self.output_channels = output_channels
+    self.output_size = output_size
     self.rng = rng
     self.strides = as_tuple(strides, n, "strides", where)
     self.padding = normalize_padding(padding, n, where, paddings_allowed)
@@ -92,25 +94,23 @@ class _ConvBase(Module):
     self.bias_init = bias_init
     self.kernel_metadata = kernel_metadata
     self.bias_metadata = bias_metadata
+    self.precision = precision
 
   def _dilated_kernel_size(self) -> tuple[int, ...]:
     """The extent of each kernel axis once the kernel dilation spreads it out."""
     return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.kernel_dilation))
 
   @abc.abstractmethod
-  def _convolve(
-      self, x: jax.Array, kernel: jax.Array, precision: jax.lax.PrecisionLike
-  ) -> jax.Array:
+  def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The convolution proper, on `x` of shape `(batch, *spatial, channels)`."""
 
-  def __call__(
-      self, params: Params, inputs: jax.Array, precision: jax.lax.PrecisionLike = None
-  ) -> tuple[jax.Array, Params]:
-    """Convolves `inputs` of shape `(*batch, *spatial, channels)`.
+  def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
+    """Convolves floating-point `inputs` of shape `(*batch, *spatial, channels)`.
 
     Returns `(outputs, params)`; outputs are `(*batch, *out_spatial,
-    output_channels)`, in the promoted dtype of the inputs and the kernel.
+    output_size)`, in the promoted dtype of the inputs and the kernel.
     """
+    check_float_inputs(inputs, self.where())
     n = self.num_spatial_dims
     shape = tuple(jnp.shape(inputs))
     if len(shape) < n + 1:
@@ -126,20 +126,18 @@ class _ConvBase(Module):
           f"{self.where()}: the input channels ({channels}) must be divisible by"
           f" feature_group_count ({groups})."
       )
-    kernel, params = self.get_param(
-        params, "kernel", self.kernel_size + (channels // groups, self.output_channels),
-        self.kernel_init, rng=self.rng, metadata=self.kernel_metadata,
+    kernel, bias, params = kernel_and_bias(
+        self, params, kernel_shape=self.kernel_size + (channels // groups, self.output_size),
+        bias_shape=(self.output_size,), kernel_init=self.kernel_init,
+        bias_init=self.bias_init, rng=self.rng, use_bias=self.use_bias,
+        kernel_metadata=self.kernel_metadata, bias_metadata=self.bias_metadata,
     )
     dtype = jnp.result_type(inputs, kernel)
     # lax convolutions take exactly one batch axis: fold the leading ones into it.
     batch_shape, item_shape = shape[: len(shape) - n - 1], shape[len(shape) - n - 1 :]
     x = jnp.reshape(inputs, (math.prod(batch_shape),) + item_shape).astype(dtype)
-    y = self._convolve(x, kernel.astype(dtype), precision)
-    if self.use_bias:
-      bias, params = self.get_param(
-          params, "bias", (self.output_channels,), self.bias_init,
-          rng=self.rng, metadata=self.bias_metadata,
-      )
+    y = self._convolve(x, kernel.astype(dtype))
+    if bias is not None:
       y = y + bias.astype(dtype)
     return jnp.reshape(y, batch_shape + y.shape[1:]), params
 
@@ -148,14 +146,14 @@ class Conv(_ConvBase):
   """A convolution (strictly, a cross-correlation) over `(*batch, *spatial, channels)`.
 
   The kernel has shape `(*kernel_size, in_channels // feature_group_count,
-  output_channels)` and is created before the bias `(output_channels,)`.
+  output_size)` and is created before the bias `(output_size,)`.
 
   Args:
     graph: the node this layer binds to.
+    output_size: the size of the output channel axis.
     kernel_size: one size per spatial axis, e.g. `(3,)` for 1-D or `(3, 3)`
       for 2-D inputs. It must be a sequence: a bare int would leave the number
       of spatial axes unsaid.
-    output_channels: the size of the output channel axis.
     rng: the key source for initialisation.
     strides, input_dilation, kernel_dilation: an int (the same for every
       spatial axis) or one int per spatial axis.
@@ -172,13 +170,15 @@ class Conv(_ConvBase):
     kernel_init, bias_init: initializers `(key, shape, dtype) -> array`.
     kernel_metadata, bias_metadata: metadata for the params, e.g.
       `{'sharding': (None, None, None, 'model')}` for a 2-D kernel.
+    precision: the precision of the convolution (`jax.lax.Precision`).
   """
 
   def __init__(
       self,
       graph: Graph,
+      output_size: int,
       kernel_size: Sequence[int],
-      output_channels: int,
+      *,
       rng: KeySource,
       strides: int | Sequence[int] = 1,
       padding: Padding = "SAME",
@@ -190,11 +190,14 @@ class Conv(_ConvBase):
       bias_init: Initializer = zeros,
       kernel_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(
-        graph, kernel_size, output_channels, rng, strides, padding, kernel_dilation,
-        feature_group_count, use_bias, kernel_init, bias_init, kernel_metadata,
-        bias_metadata, paddings_allowed=("SAME", "VALID", "CIRCULAR"),
+        graph, output_size, kernel_size, rng=rng, strides=strides, padding=padding,
+        kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
+        use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
+        kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
+        precision=precision, paddings_allowed=("SAME", "VALID", "CIRCULAR"),
     )
     self.input_dilation = as_tuple(
         input_dilation, self.num_spatial_dims, "input_dilation", self.where()
@@ -205,9 +208,7 @@ class Conv(_ConvBase):
           f" input_dilation={input_dilation!r}; use 'SAME', 'VALID' or explicit pairs."
       )
 
-  def _convolve(
-      self, x: jax.Array, kernel: jax.Array, precision: jax.lax.PrecisionLike
-  ) -> jax.Array:
+  def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     padding = self.padding
     if isinstance(padding, str):
       # Padding modes apply to the input as dilated by input_dilation (lax
@@ -225,7 +226,7 @@ class Conv(_ConvBase):
         x, kernel, self.strides, padding,
         lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
         dimension_numbers=_dimension_numbers(self.num_spatial_dims),
-        feature_group_count=self.feature_group_count, precision=precision,
+        feature_group_count=self.feature_group_count, precision=self.precision,
     )
 
 
@@ -240,30 +241,31 @@ class ConvTranspose(_ConvBase):
   kernel touches. These match `jax.lax.conv_transpose` (and Keras).
 
   The kernel has shape `(*kernel_size, in_channels // feature_group_count,
-  output_channels)` and is applied as written, not flipped: it is not the
+  output_size)` and is applied as written, not flipped: it is not the
   kernel of the forward `Conv` whose gradient this computes (that would need
   spatially flipped axes and swapped channel axes), and it needs no such
   relation to be useful as a learned upsampler.
 
   Args:
     graph: the node this layer binds to.
+    output_size: the size of the output channel axis.
     kernel_size: one size per spatial axis (a sequence, as for `Conv`).
-    output_channels: the size of the output channel axis.
     rng: the key source for initialisation.
     strides, kernel_dilation: an int or one int per spatial axis.
     padding: `'SAME'`, `'VALID'` (see above), or one `(low, high)` pair per
       spatial axis, padding the stride-spread input (as in
       `jax.lax.conv_transpose` with explicit pairs). Case-insensitive.
     feature_group_count: channel groups, as for `Conv`.
-    use_bias, kernel_init, bias_init, kernel_metadata, bias_metadata: as for
-      `Conv`.
+    use_bias, kernel_init, bias_init, kernel_metadata, bias_metadata,
+      precision: as for `Conv`.
   """
 
   def __init__(
       self,
       graph: Graph,
+      output_size: int,
       kernel_size: Sequence[int],
-      output_channels: int,
+      *,
       rng: KeySource,
       strides: int | Sequence[int] = 1,
       padding: Padding = "SAME",
@@ -274,11 +276,14 @@ class ConvTranspose(_ConvBase):
       bias_init: Initializer = zeros,
       kernel_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
+      precision: jax.lax.PrecisionLike = None,
   ) -> None:
     super().__init__(
-        graph, kernel_size, output_channels, rng, strides, padding, kernel_dilation,
-        feature_group_count, use_bias, kernel_init, bias_init, kernel_metadata,
-        bias_metadata, paddings_allowed=("SAME", "VALID"),
+        graph, output_size, kernel_size, rng=rng, strides=strides, padding=padding,
+        kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
+        use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
+        kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
+        precision=precision, paddings_allowed=("SAME", "VALID"),
     )
 
   def _pads(self) -> Sequence[tuple[int, int]]:
@@ -300,12 +305,10 @@ class ConvTranspose(_ConvBase):
       pads.append((low, high))
     return pads
 
-  def _convolve(
-      self, x: jax.Array, kernel: jax.Array, precision: jax.lax.PrecisionLike
-  ) -> jax.Array:
+  def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(
         x, kernel, (1,) * self.num_spatial_dims, self._pads(),
         lhs_dilation=self.strides, rhs_dilation=self.kernel_dilation,
         dimension_numbers=_dimension_numbers(self.num_spatial_dims),
-        feature_group_count=self.feature_group_count, precision=precision,
+        feature_group_count=self.feature_group_count, precision=self.precision,
     )
