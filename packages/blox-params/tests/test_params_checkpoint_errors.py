@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import blox.params.checkpoint as checkpoint_module
+import blox.params._checkpoint_save as checkpoint_module
 from blox.params import CheckpointError, CheckpointWarning, Param, Params, load, save
 
 # jax.ShapeDtypeStruct lacks annotations; a typed alias keeps mypy strict happy.

@@ -77,8 +77,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.params.param import Param
-from blox.params.params import Params, Path
+from blox.params._container import Params
+from blox.params._param import Param
+from blox.params._paths import Path
 
 __all__ = ["param_mask", "value_and_grad"]
 
@@ -226,6 +227,4 @@ def param_mask(params: Params, predicate: Callable[[Path, Param], Any]) -> Param
     >>> param_mask(params, lambda path, p: p.metadata['decay'])[('w',)].value
     False
   """
-  flags = [bool(predicate(path, param)) for path, param in params.items()]
-  mask: Params = jax.tree.unflatten(jax.tree.structure(params), flags)
-  return mask
+  return params.map(lambda path, param: bool(predicate(path, param)))

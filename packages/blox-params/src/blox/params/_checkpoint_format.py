@@ -25,7 +25,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from blox.params.ordering import Path
+from blox.params._paths import Path
 
 __all__ = [
     "CheckpointError",

@@ -1,0 +1,2 @@
+"""The version of blox-params."""
+__version__ = "0.2.0"
