@@ -6,6 +6,10 @@ Representation. A `Params` is two slots: a flat tuple of values and one
 one way to make a `Params` from a structure and values: every operation and
 pytree unflattening use it. Mapping views are built only when asked for.
 
+The module is a little over 400 lines because `Params` is one public type
+whose methods keep their documented contracts and examples together; the
+logic behind them lives in `_structure`, `_creation` and `_state_dict`.
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> params = Params()
@@ -159,7 +163,11 @@ class Params:
           " value."
       )
     check_param(path, param)
-    updated = self._replaced_or_inserted(path, param.value, param.trainable, param.metadata)
+    position = self._structure.index().get(path)
+    if position is None:
+      updated = self._inserted(path, param.value, param.trainable, param.metadata)
+    else:
+      updated = self._changed(position, param.value, param.trainable, param.metadata)
     _fill(self, updated._structure, updated._values)
 
   def keys(self) -> KeysView[Path]:
@@ -299,12 +307,10 @@ class Params:
     An existing value is checked against `shape` and `dtype` when they are
     given; `init`, `trainable`, `metadata` and `key_source` only matter for
     creation. Creating calls `init(key, shape, dtype)` (dtype defaults to
-    float32), where `key` is drawn from `key_source` (exactly one draw, even
-    if `init` ignores it) or is None without one. A requested dtype means
-    what JAX would make of it (`jax.dtypes.canonicalize_dtype`): float64 is
-    float32 while 64-bit mode is off, for creation and for the check alike.
-    An exception from `init` is re-raised with a note naming the param.
-    A created param is appended (rank max+1).
+    float32; a requested dtype means what JAX makes of it, e.g. float32 for
+    float64 while 64-bit mode is off), where `key` is drawn from
+    `key_source` (exactly one draw) or is None without one. An exception
+    from `init` gets a note naming the param. A created param is appended.
 
     Returns:
       `(value, params)`: params are these params, or a new container that also
@@ -366,10 +372,15 @@ class Params:
       raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}.")
     new_trainable = s.trainable[i] if trainable is None else trainable
     new_metadata = s.metadata[i] if metadata is None else s.metadata[i].merged(metadata)
+    return self._changed(i, value, new_trainable, new_metadata)
+
+  def _changed(self, i: int, value: Any, trainable: bool, metadata: Metadata) -> Params:
+    """A copy with the entry at position `i` changed; its rank is kept."""
+    s = self._structure
     values = self._values[:i] + (value,) + self._values[i + 1 :]
-    if new_trainable == s.trainable[i] and new_metadata is s.metadata[i]:
-      return build(s, values)
-    return build(s.with_entry(i, new_trainable, new_metadata), values)
+    if trainable == s.trainable[i] and metadata is s.metadata[i]:
+      return build(s, values)  # a new value only: the very same structure
+    return build(s.with_entry(i, trainable, metadata), values)
 
   def _inserted(self, path: Path, value: Any, trainable: bool, metadata: Metadata) -> Params:
     """A copy with a new param at `path` (not yet present), rank max+1."""
@@ -377,61 +388,10 @@ class Params:
         self._structure.appended(path, trainable, metadata), self._values + (value,)
     )
 
-  def _replaced_or_inserted(
-      self, path: Path, value: Any, trainable: bool, metadata: Metadata
-  ) -> Params:
-    position = self._structure.index().get(path)
-    if position is None:
-      return self._inserted(path, value, trainable, metadata)
-    values = self._values[:position] + (value,) + self._values[position + 1 :]
-    return build(self._structure.with_entry(position, trainable, metadata), values)
+  # Interop: nested state dicts (see `blox.params._state_dict`).
 
-  # Interop.
-
-  def to_state_dict(self) -> dict[str, Any]:
-    """A nested dict of values keyed by path parts, e.g. `{'net': {'w': ...}}`.
-
-    Flags, metadata and the locked flag are not included; pass a template to
-    `Params.from_state_dict` to get them back. Useful with serialisers such
-    as orbax or `flax.serialization` that work on nested dicts.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> Params({('net', 'w'): Param(jnp.ones(1))}).to_state_dict()
-      {'net': {'w': Array([1.], dtype=float32)}}
-    """
-    return _state_dict.nest(self._structure.paths, self._values)
-
-  @classmethod
-  def from_state_dict(
-      cls, state: Mapping[str, Any], template: Params | None = None
-  ) -> Params:
-    """Builds params from a nested dict made by `to_state_dict`.
-
-    Args:
-      state: nested mappings whose leaves are arrays.
-      template: params whose structure (order, ranks, trainable flags,
-        metadata and locked flag) is reused; its paths must equal those of
-        `state`. Without a template the paths are listed in the order of
-        `state` (ranks 0..n-1), every param trainable, without metadata, and
-        unlocked.
-
-    Raises:
-      ValueError: `state` does not match `template` (missing, unexpected or
-        mismatched paths are all listed).
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> state = {'net': {'w': jnp.ones(1)}}
-      >>> list(Params.from_state_dict(state))
-      [('net', 'w')]
-    """
-    flat = _state_dict.flat(state)
-    if template is None:
-      return cls({path: Param(value) for path, value in flat.items()})
-    s = template._structure
-    _state_dict.check_against(flat, s.paths, template._values)
-    return build(s, tuple(flat[p] for p in s.paths))
+  to_state_dict = _state_dict.to_state_dict
+  from_state_dict = classmethod(_state_dict.from_state_dict)
 
   def __repr__(self) -> str:
     s = self._structure

@@ -1,8 +1,10 @@
 """Nested state dicts (`{'net': {'w': array}}`), for orbax or flax.serialization.
 
-`Params.to_state_dict` and `Params.from_state_dict` are built on the three
-functions here, which know nothing of `Params`: they turn paths and values
-into nested dicts and back, and compare a state with a template's paths.
+`Params.to_state_dict` and `Params.from_state_dict` are the two functions
+`to_state_dict` and `from_state_dict` here, which `Params` takes as its
+methods. Flags, metadata and the locked flag are not in a state dict; a
+template gives them back. Useful with serialisers such as orbax or
+`flax.serialization` that work on nested dicts.
 
 Example:
   >>> import numpy as np
@@ -16,12 +18,66 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blox.params._arrays import describe_value
+from blox.params._param import Param
 from blox.params._paths import Path, path_text
 
-__all__ = ["check_against", "flat", "nest"]
+if TYPE_CHECKING:
+  from blox.params._container import Params
+
+__all__ = ["check_against", "flat", "from_state_dict", "nest", "to_state_dict"]
+
+
+def to_state_dict(params: Params) -> dict[str, Any]:
+  """A nested dict of the values keyed by path parts, e.g. `{'net': {'w': ...}}`.
+
+  Flags, metadata and the locked flag are not included; pass a template to
+  `Params.from_state_dict` to get them back.
+
+  Raises:
+    ValueError: a path lies under another path (it cannot be nested).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from blox.params import Param, Params
+    >>> Params({('net', 'w'): Param(jnp.ones(1))}).to_state_dict()
+    {'net': {'w': Array([1.], dtype=float32)}}
+  """
+  return nest(params._structure.paths, params._values)
+
+
+def from_state_dict(
+    cls: type[Params], state: Mapping[str, Any], template: Params | None = None
+) -> Params:
+  """Builds params from a nested dict made by `to_state_dict`.
+
+  Args:
+    state: nested mappings whose leaves are arrays.
+    template: params whose structure (order, ranks, trainable flags, metadata
+      and locked flag) is reused; its paths must equal those of `state`.
+      Without a template the paths are listed in the order of `state` (ranks
+      0..n-1), every param trainable, without metadata, and unlocked.
+
+  Raises:
+    ValueError: `state` does not match `template` (missing, unexpected and
+      mismatched paths are all listed).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from blox.params import Params
+    >>> params = Params.from_state_dict({'net': {'w': jnp.ones(1), 'b': jnp.ones(1)}})
+    >>> list(params)
+    [('net', 'w'), ('net', 'b')]
+    >>> Params.from_state_dict(params.to_state_dict(), template=params.locked()).is_locked
+    True
+  """
+  values = flat(state)
+  if template is None:
+    return cls({path: Param(value) for path, value in values.items()})
+  check_against(values, template._structure.paths, template._values)
+  return template.map(lambda path, _: values[path])
 
 
 def nest(paths: Iterable[Path], values: Iterable[Any]) -> dict[str, Any]:
