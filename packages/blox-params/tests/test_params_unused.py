@@ -22,7 +22,8 @@ def _two_layers() -> Params:
 
 
 def _layer(params: Params, name: str, x: jax.Array) -> jax.Array:
-  return x @ params[(name, "w")].value + params[(name, "b")].value
+  out: jax.Array = x @ params[(name, "w")].value + params[(name, "b")].value
+  return out
 
 
 def test_a_one_layer_model_leaves_the_second_layer_unused() -> None:
@@ -52,7 +53,7 @@ def test_reads_inside_jit_and_scan_are_seen() -> None:
     def step(carry: jax.Array, x: jax.Array) -> tuple[jax.Array, None]:
       return carry + params[("layer1", "b")].value * x.sum(), None
 
-    out, _ = jax.lax.scan(step, first(params, xs[0]), xs)
+    out: jax.Array = jax.lax.scan(step, first(params, xs[0]), xs)[0]
     return out
 
   assert unused_params(model, _two_layers(), jnp.ones((4, 3))) == [("layer1", "w")]
@@ -61,7 +62,8 @@ def test_reads_inside_jit_and_scan_are_seen() -> None:
 def test_paths_read_with_get_or_create_count() -> None:
   def model(params: Params, x: jax.Array) -> jax.Array:
     w, params = params.get_or_create(("layer1", "w"), (3, 3))
-    return x @ w
+    out: jax.Array = x @ w
+    return out
 
   assert unused_params(model, _two_layers(), jnp.ones(3)) == [
       ("layer0", "w"), ("layer0", "b"), ("layer1", "b")]
@@ -75,8 +77,8 @@ def test_runs_abstractly_with_static_arguments() -> None:
     return _layer(params, name, x) * scale
 
   abstract = jax.eval_shape(_two_layers)
-  unused = unused_params(model, abstract, jax.ShapeDtypeStruct((3,), jnp.float32),
-                         name="layer1", scale=2)
+  x = jax.eval_shape(lambda: jnp.ones(3))  # a jax.ShapeDtypeStruct
+  unused = unused_params(model, abstract, x, name="layer1", scale=2)
   assert unused == [("layer0", "w"), ("layer0", "b")]
   assert len(calls) == 1 and issubclass(calls[0], jax.core.Tracer)
 
