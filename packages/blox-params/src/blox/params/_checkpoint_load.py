@@ -55,173 +55,6 @@ class CheckpointWarning(UserWarning):
   """`load(..., strict=False)` skipped params that did not match `like`."""
 
 
-@contextlib.contextmanager
-def _format_errors(source: str, what: str) -> Iterator[None]:
-  """Turns the many ways a damaged zip or .npy fails into a CheckpointError."""
-  try:
-    yield
-  except CheckpointError:
-    raise
-  except (
-      zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
-      NotImplementedError, RuntimeError, OverflowError, OSError,
-  ) as error:
-    raise CheckpointError(
-        f"{source!r} is not a readable blox checkpoint: {what} failed"
-        f" ({type(error).__name__}: {error})."
-    ) from error
-
-
-def _read_header(archive: zipfile.ZipFile, source: str) -> Header:
-  if HEADER_MEMBER not in archive.namelist():
-    raise CheckpointError(
-        f"{source!r} is not a blox checkpoint: the archive has no {HEADER_MEMBER}"
-        " member (a plain .npz? open it with numpy.load instead)."
-    )
-  with _format_errors(source, f"reading {HEADER_MEMBER}"):
-    data = archive.read(HEADER_MEMBER)
-  return decode_header(data, source)
-
-
-def _read_array(archive: zipfile.ZipFile, index: int, entry: Entry, source: str) -> np.ndarray:
-  """The `index`-th value as stored, checked against its header entry."""
-  name = array_member(index)
-  with _format_errors(source, f"reading {name} (param {path_text(entry.path)})"):
-    with archive.open(name) as member:
-      array = np.lib.format.read_array(member, allow_pickle=False)
-      # Reading to the end makes zipfile check the member's CRC, which
-      # catches corrupted bytes inside the array data.
-      if member.read():
-        raise ValueError("unexpected bytes after the array data")
-  if not array.dtype.isnative:
-    array = array.astype(array.dtype.newbyteorder("="))
-  stored = storage_dtype(entry.dtype)
-  key_data_axes = array.shape[len(entry.shape):] if entry.key_impl is not None else ()
-  if array.dtype != stored or array.shape != entry.shape + key_data_axes:
-    raise CheckpointError(
-        f"{source!r} is corrupt: {name} (param {path_text(entry.path)}) holds"
-        f" {array.dtype}{list(array.shape)}, but the header describes"
-        f" {entry.dtype}{list(entry.shape)}."
-    )
-  return array.view(entry.dtype)
-
-
-def _logical_dtype(entry: Entry, source: str) -> Any:
-  """The dtype the loaded value will have (a key dtype for PRNG keys)."""
-  if entry.key_impl is None:
-    return entry.dtype
-  impl = entry.key_impl
-  try:
-    return jax.eval_shape(lambda: jax.random.key(0, impl=impl)).dtype
-  except (ValueError, TypeError, KeyError) as error:
-    raise CheckpointError(
-        f"{source!r}: param {path_text(entry.path)} is a PRNG key of the implementation"
-        f" {impl!r}, which this JAX does not know ({error})."
-    ) from None
-
-
-def _describe_dtype(entry: Entry) -> str:
-  return f"key<{entry.key_impl}>" if entry.key_impl is not None else entry.dtype.name
-
-
-def _compare(
-    entries: Sequence[Entry], like: Params, source: str
-) -> tuple[list[Entry], list[str]]:
-  """Entries that match `like`, and one line per mismatch, by path."""
-  templates = like.as_dict()
-  in_file = {entry.path for entry in entries}
-  problems = [
-      f"  missing from the checkpoint: {path_text(path)}" for path in templates if path not in in_file
-  ]
-  matching = []
-  for entry in entries:
-    template = templates.get(entry.path)
-    if template is None:
-      problems.append(f"  unexpected in the checkpoint (not in like): {path_text(entry.path)}")
-      continue
-    value = template.value
-    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-      raise TypeError(
-          f"like[{path_text(entry.path)}] holds {type(value).__name__}; a template holds"
-          " arrays or jax.ShapeDtypeStruct values."
-      )
-    fits = True
-    if tuple(value.shape) != entry.shape:
-      problems.append(
-          f"  shape mismatch at {path_text(entry.path)}: checkpoint {entry.shape}, like"
-          f" {tuple(value.shape)}"
-      )
-      fits = False
-    if value.dtype != _logical_dtype(entry, source):
-      problems.append(
-          f"  dtype mismatch at {path_text(entry.path)}: checkpoint {_describe_dtype(entry)},"
-          f" like {value.dtype}"
-      )
-      fits = False
-    if fits:
-      matching.append(entry)
-  return matching, problems
-
-
-def _sharding_table(
-    shardings: Shardings | None, paths: Sequence[Path]
-) -> dict[Path, jax.sharding.Sharding | None]:
-  """The sharding of each path to load, from any accepted form of `shardings`."""
-  if shardings is None:
-    return {path: None for path in paths}
-  if isinstance(shardings, jax.sharding.Sharding):
-    return {path: shardings for path in paths}
-  if isinstance(shardings, Params):
-    given: Mapping[Path, Any] = {p: param.value for p, param in shardings.items()}
-  elif isinstance(shardings, Mapping):
-    given = shardings
-  else:
-    raise TypeError(
-        "shardings must be Params of shardings (e.g. from"
-        " blox.parallel.param_shardings), a mapping from path to sharding, or one"
-        f" jax.sharding.Sharding; got {type(shardings).__name__}."
-    )
-  lacking = [path for path in paths if path not in given]
-  if lacking:
-    raise ValueError(
-        f"shardings has no entry for the params {lacking}; give a sharding (or"
-        " None for the default device) for every param that is loaded."
-    )
-  table: dict[Path, jax.sharding.Sharding | None] = {}
-  for path in paths:
-    sharding = given[path]
-    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
-      raise TypeError(
-          f"shardings[{path_text(path)}] is {type(sharding).__name__}, not a"
-          " jax.sharding.Sharding or None."
-      )
-    table[path] = sharding
-  return table
-
-
-def _check_enabled_dtype(entry: Entry) -> None:
-  # Without jax_enable_x64, JAX would silently narrow 64-bit values; a
-  # checkpoint promises exact values, so say what to do instead.
-  if entry.key_impl is None and jax.dtypes.canonicalize_dtype(entry.dtype) != entry.dtype:
-    raise ValueError(
-        f"Param {path_text(entry.path)} holds {entry.dtype} values, which JAX cannot hold"
-        " with 64-bit mode off; enable it (jax.config.update('jax_enable_x64',"
-        " True)) before loading."
-    )
-
-
-def _place(entry: Entry, array: np.ndarray, sharding: jax.sharding.Sharding | None, source: str) -> jax.Array:
-  placed: jax.Array
-  if entry.key_impl is not None:
-    with _format_errors(source, f"rebuilding the PRNG key {path_text(entry.path)}"):
-      placed = jax.random.wrap_key_data(jnp.asarray(array), impl=entry.key_impl)
-    if sharding is not None:
-      placed = jax.device_put(placed, sharding)
-    return placed
-  placed = jax.device_put(array, sharding)
-  return placed
-
-
 def load(
     path: str | os.PathLike[str],
     like: Params | None = None,
@@ -289,6 +122,7 @@ def load(
 
 
 def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
+  """The zip archive in `file`; anything else is a CheckpointError."""
   try:
     return zipfile.ZipFile(file)
   except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as error:
@@ -296,6 +130,35 @@ def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
         f"{source!r} is not a readable blox checkpoint: it is not a zip archive"
         f" ({type(error).__name__}: {error}). The file may be empty, truncated"
         " (an interrupted copy?) or of another kind."
+    ) from error
+
+
+def _read_header(archive: zipfile.ZipFile, source: str) -> Header:
+  """The decoded header member; a missing or corrupt one is a CheckpointError."""
+  if HEADER_MEMBER not in archive.namelist():
+    raise CheckpointError(
+        f"{source!r} is not a blox checkpoint: the archive has no {HEADER_MEMBER}"
+        " member (a plain .npz? open it with numpy.load instead)."
+    )
+  with _format_errors(source, f"reading {HEADER_MEMBER}"):
+    data = archive.read(HEADER_MEMBER)
+  return decode_header(data, source)
+
+
+@contextlib.contextmanager
+def _format_errors(source: str, what: str) -> Iterator[None]:
+  """Turns the many ways a damaged zip or .npy fails into a CheckpointError."""
+  try:
+    yield
+  except CheckpointError:
+    raise
+  except (
+      zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
+      NotImplementedError, RuntimeError, OverflowError, OSError,
+  ) as error:
+    raise CheckpointError(
+        f"{source!r} is not a readable blox checkpoint: {what} failed"
+        f" ({type(error).__name__}: {error})."
     ) from error
 
 
@@ -325,6 +188,63 @@ def _select(header: Header, like: Params | None, strict: bool, source: str) -> l
   return selected
 
 
+def _compare(
+    entries: Sequence[Entry], like: Params, source: str
+) -> tuple[list[Entry], list[str]]:
+  """Entries that match `like`, and one line per mismatch, by path."""
+  templates = like.as_dict()
+  in_file = {entry.path for entry in entries}
+  problems = [
+      f"  missing from the checkpoint: {path_text(path)}" for path in templates if path not in in_file
+  ]
+  matching = []
+  for entry in entries:
+    template = templates.get(entry.path)
+    if template is None:
+      problems.append(f"  unexpected in the checkpoint (not in like): {path_text(entry.path)}")
+      continue
+    value = template.value
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+      raise TypeError(
+          f"like[{path_text(entry.path)}] holds {type(value).__name__}; a template holds"
+          " arrays or jax.ShapeDtypeStruct values."
+      )
+    fits = True
+    if tuple(value.shape) != entry.shape:
+      problems.append(
+          f"  shape mismatch at {path_text(entry.path)}: checkpoint {entry.shape}, like"
+          f" {tuple(value.shape)}"
+      )
+      fits = False
+    if value.dtype != _logical_dtype(entry, source):
+      problems.append(
+          f"  dtype mismatch at {path_text(entry.path)}: checkpoint {_describe_dtype(entry)},"
+          f" like {value.dtype}"
+      )
+      fits = False
+    if fits:
+      matching.append(entry)
+  return matching, problems
+
+
+def _logical_dtype(entry: Entry, source: str) -> Any:
+  """The dtype the loaded value will have (a key dtype for PRNG keys)."""
+  if entry.key_impl is None:
+    return entry.dtype
+  impl = entry.key_impl
+  try:
+    return jax.eval_shape(lambda: jax.random.key(0, impl=impl)).dtype
+  except (ValueError, TypeError, KeyError) as error:
+    raise CheckpointError(
+        f"{source!r}: param {path_text(entry.path)} is a PRNG key of the implementation"
+        f" {impl!r}, which this JAX does not know ({error})."
+    ) from None
+
+
+def _describe_dtype(entry: Entry) -> str:
+  return f"key<{entry.key_impl}>" if entry.key_impl is not None else entry.dtype.name
+
+
 def _read_and_place(
     archive: zipfile.ZipFile,
     header: Header,
@@ -344,6 +264,89 @@ def _read_and_place(
       )
       for entry in selected
   ]
+
+
+def _check_enabled_dtype(entry: Entry) -> None:
+  # Without jax_enable_x64, JAX would silently narrow 64-bit values; a
+  # checkpoint promises exact values, so say what to do instead.
+  if entry.key_impl is None and jax.dtypes.canonicalize_dtype(entry.dtype) != entry.dtype:
+    raise ValueError(
+        f"Param {path_text(entry.path)} holds {entry.dtype} values, which JAX cannot hold"
+        " with 64-bit mode off; enable it (jax.config.update('jax_enable_x64',"
+        " True)) before loading."
+    )
+
+
+def _sharding_table(
+    shardings: Shardings | None, paths: Sequence[Path]
+) -> dict[Path, jax.sharding.Sharding | None]:
+  """The sharding of each path to load, from any accepted form of `shardings`."""
+  if shardings is None:
+    return {path: None for path in paths}
+  if isinstance(shardings, jax.sharding.Sharding):
+    return {path: shardings for path in paths}
+  if isinstance(shardings, Params):
+    given: Mapping[Path, Any] = {p: param.value for p, param in shardings.items()}
+  elif isinstance(shardings, Mapping):
+    given = shardings
+  else:
+    raise TypeError(
+        "shardings must be Params of shardings (e.g. from"
+        " blox.parallel.param_shardings), a mapping from path to sharding, or one"
+        f" jax.sharding.Sharding; got {type(shardings).__name__}."
+    )
+  lacking = [path for path in paths if path not in given]
+  if lacking:
+    raise ValueError(
+        f"shardings has no entry for the params {lacking}; give a sharding (or"
+        " None for the default device) for every param that is loaded."
+    )
+  table: dict[Path, jax.sharding.Sharding | None] = {}
+  for path in paths:
+    sharding = given[path]
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+      raise TypeError(
+          f"shardings[{path_text(path)}] is {type(sharding).__name__}, not a"
+          " jax.sharding.Sharding or None."
+      )
+    table[path] = sharding
+  return table
+
+
+def _read_array(archive: zipfile.ZipFile, index: int, entry: Entry, source: str) -> np.ndarray:
+  """The `index`-th value as stored, checked against its header entry."""
+  name = array_member(index)
+  with _format_errors(source, f"reading {name} (param {path_text(entry.path)})"):
+    with archive.open(name) as member:
+      array = np.lib.format.read_array(member, allow_pickle=False)
+      # Reading to the end makes zipfile check the member's CRC, which
+      # catches corrupted bytes inside the array data.
+      if member.read():
+        raise ValueError("unexpected bytes after the array data")
+  if not array.dtype.isnative:
+    array = array.astype(array.dtype.newbyteorder("="))
+  stored = storage_dtype(entry.dtype)
+  key_data_axes = array.shape[len(entry.shape):] if entry.key_impl is not None else ()
+  if array.dtype != stored or array.shape != entry.shape + key_data_axes:
+    raise CheckpointError(
+        f"{source!r} is corrupt: {name} (param {path_text(entry.path)}) holds"
+        f" {array.dtype}{list(array.shape)}, but the header describes"
+        f" {entry.dtype}{list(entry.shape)}."
+    )
+  return array.view(entry.dtype)
+
+
+def _place(entry: Entry, array: np.ndarray, sharding: jax.sharding.Sharding | None, source: str) -> jax.Array:
+  """`array` on its devices, rebuilt as typed PRNG keys where it holds key data."""
+  placed: jax.Array
+  if entry.key_impl is not None:
+    with _format_errors(source, f"rebuilding the PRNG key {path_text(entry.path)}"):
+      placed = jax.random.wrap_key_data(jnp.asarray(array), impl=entry.key_impl)
+    if sharding is not None:
+      placed = jax.device_put(placed, sharding)
+    return placed
+  placed = jax.device_put(array, sharding)
+  return placed
 
 
 def _rebuild(

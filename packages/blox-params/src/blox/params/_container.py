@@ -34,7 +34,7 @@ from blox.params._paths import Path, check_path, closest_hint, path_text
 from blox.params._structure import EMPTY, Structure, fresh, merge
 from blox.params._unused import READS
 
-__all__ = ["Params", "Path", "build"]
+__all__ = ["Params", "build"]
 
 Predicate = Callable[[Path, Param], Any]
 

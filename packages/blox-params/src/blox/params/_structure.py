@@ -54,7 +54,7 @@ from typing import Any
 import jax
 
 from blox.params._metadata import EMPTY_METADATA, Metadata
-from blox.params._paths import Path
+from blox.params._paths import Path, path_text
 
 __all__ = ["EMPTY", "EMPTY_METADATA", "Structure", "fresh", "merge"]
 
@@ -183,7 +183,7 @@ class Structure:
         self.paths, self.ranks, self.trainable, self.metadata
     ):
       lines.append(
-          f"  {path!r}: rank={rank}, trainable={trainable}, metadata={dict(metadata)!r}"
+          f"  {path_text(path)}: rank={rank}, trainable={trainable}, metadata={dict(metadata)!r}"
       )
     return "\n".join(lines)
 

@@ -79,7 +79,7 @@ import jax.numpy as jnp
 
 from blox.params._container import Params
 from blox.params._param import Param
-from blox.params._paths import Path
+from blox.params._paths import Path, path_text
 
 __all__ = ["param_mask", "value_and_grad"]
 
@@ -149,7 +149,7 @@ def _check_differentiable(name: str, trainable: Params) -> None:
   """Every trainable value must be float or complex: JAX cannot differentiate
   integers, bools or PRNG keys, and its own error names no param."""
   wrong = [
-      f"{path!r} ({param.value.dtype})"
+      f"{path_text(path)} ({param.value.dtype})"
       for path, param in trainable.items()
       if hasattr(param.value, "dtype")
       and not jnp.issubdtype(param.value.dtype, jnp.inexact)
