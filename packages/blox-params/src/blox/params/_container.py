@@ -31,7 +31,7 @@ from blox.params._key_source import KeySource
 from blox.params._metadata import Metadata
 from blox.params._param import Param, check_param, check_replacement
 from blox.params._paths import Path, check_path, closest_hint, path_text
-from blox.params._structure import EMPTY, Structure, fresh, merge
+from blox.params._structure import EMPTY, Structure, fresh, merge, take
 from blox.params._unused import READS
 
 __all__ = ["Params", "build"]
@@ -252,8 +252,7 @@ class Params:
     return self._selected(picked), self._selected(others)
 
   def _selected(self, positions: Sequence[int]) -> Params:
-    values = self._values
-    return build(self._structure.select(positions), tuple(values[i] for i in positions))
+    return build(self._structure.select(positions), take(self._values, positions))
 
   def merge(self, other: Params) -> Params:
     """The union of these params and `other`; `other` wins where both have a path.
@@ -287,8 +286,7 @@ class Params:
     if not len(self):
       return other
     structure, sources = merge(self._structure, other._structure)
-    sides = (self._values, other._values)
-    return build(structure, tuple(sides[side][i] for side, i in sources))
+    return build(structure, take(self._values + other._values, sources))
 
   # The primitives modules are built on.
 

@@ -48,15 +48,18 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 
 from blox.params._metadata import EMPTY_METADATA, Metadata
 from blox.params._paths import Path, path_text
 
-__all__ = ["EMPTY", "EMPTY_METADATA", "Structure", "fresh", "merge"]
+__all__ = ["EMPTY", "EMPTY_METADATA", "Structure", "fresh", "merge", "take"]
+
+_T = TypeVar("_T")
 
 
 class Structure:
@@ -137,10 +140,10 @@ class Structure:
   def select(self, positions: Sequence[int]) -> Structure:
     """The entries at `positions` (increasing), each with its own rank."""
     return Structure(
-        tuple(self.paths[i] for i in positions),
-        tuple(self.ranks[i] for i in positions),
-        tuple(self.trainable[i] for i in positions),
-        tuple(self.metadata[i] for i in positions),
+        take(self.paths, positions),
+        take(self.ranks, positions),
+        take(self.trainable, positions),
+        take(self.metadata, positions),
         self.locked,
     )
 
@@ -203,39 +206,49 @@ def fresh(
   )
 
 
-def merge(a: Structure, b: Structure) -> tuple[Structure, list[tuple[int, int]]]:
+def merge(a: Structure, b: Structure) -> tuple[Structure, tuple[int, ...]]:
   """The structure of `a.merge(b)` (see the module docstring for the rule).
 
-  Returns the structure and, per merged entry, where its value comes from:
-  `(0, position)` in `a`'s values or `(1, position)` in `b`'s. Both inputs
-  must have the same locked flag.
+  Returns the structure and, per merged entry, the position of its value in
+  `a`'s values followed by `b`'s. Both inputs must have the same locked flag.
   """
+  na = len(a.paths)
   b_index = b.index()
-  a_index = a.index()
-  # (rank, side, position): sorting two runs that are each sorted already is
-  # linear, and the side breaks ties between colliding ranks.
-  order = [(rank, 0, i) for i, rank in enumerate(a.ranks)]
-  order.extend(
-      (rank, 1, j) for j, (path, rank) in enumerate(zip(b.paths, b.ranks))
-      if path not in a_index
+  # Candidates: every entry of `a`, then those of `b` whose path `a` lacks;
+  # `sources` says where each candidate's value and static fields come from.
+  if b_index.keys().isdisjoint(a.paths):  # the halves of a split, typically
+    sources: Sequence[int] = range(na + len(b.paths))
+    ranks_all = a.ranks + b.ranks
+  else:
+    a_index = a.index()
+    rest = [j for j, path in enumerate(b.paths) if path not in a_index]
+    sources = [  # other wins for shared paths; then b's own entries
+        *(i if (j := b_index.get(path)) is None else na + j for i, path in enumerate(a.paths)),
+        *(na + j for j in rest),
+    ]
+    ranks_all = a.ranks + tuple(b.ranks[j] for j in rest)
+  # A stable sort by rank: on equal ranks `a`'s candidate (listed first) wins.
+  order = sorted(range(len(ranks_all)), key=ranks_all.__getitem__)
+  ranks = take(ranks_all, order)
+  if any(map(operator.eq, ranks, ranks[1:])):
+    ranks = tuple(range(len(ranks)))  # colliding ranks: renumber
+  sources = take(sources, order)
+  structure = Structure(
+      take(a.paths + b.paths, sources),
+      ranks,
+      take(a.trainable + b.trainable, sources),
+      take(a.metadata + b.metadata, sources),
+      a.locked,
   )
-  order.sort()
-  ranks = tuple(rank for rank, _, _ in order)
-  if any(x == y for x, y in zip(ranks, ranks[1:])):
-    ranks = tuple(range(len(order)))
-  paths: list[Path] = []
-  flags: list[bool] = []
-  metas: list[Metadata] = []
-  sources: list[tuple[int, int]] = []
-  for _, side, position in order:
-    path = (a if side == 0 else b).paths[position]
-    if side == 0:
-      found = b_index.get(path)
-      if found is not None:
-        side, position = 1, found  # other wins: b's value, flag and metadata
-    source = a if side == 0 else b
-    paths.append(path)
-    flags.append(source.trainable[position])
-    metas.append(source.metadata[position])
-    sources.append((side, position))
-  return Structure(tuple(paths), ranks, tuple(flags), tuple(metas), a.locked), sources
+  return structure, sources
+
+
+def take(items: Sequence[_T], positions: Sequence[int]) -> tuple[_T, ...]:
+  """`tuple(items[i] for i in positions)`, in one C-level call (merge is on
+  the path of every train step that splits and merges outside `jax.jit`)."""
+  if len(positions) == 1:
+    return (items[positions[0]],)  # itemgetter of one index returns the item
+  if not positions:
+    return ()
+  picked: tuple[_T, ...] = operator.itemgetter(*positions)(items)
+  return picked
