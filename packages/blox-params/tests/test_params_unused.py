@@ -94,3 +94,28 @@ def test_an_error_in_fn_propagates_and_stops_recording() -> None:
   # Outside unused_params reading records nothing anywhere.
   _two_layers()[("layer0", "w")]
   assert READS.get() is None
+
+
+@jax.jit
+def _compiled_first_layer(params: Params, x: jax.Array) -> jax.Array:
+  return _layer(params, "layer0", x)
+
+
+def _scan_body(params: Params, x: jax.Array) -> tuple[Params, jax.Array]:
+  out: jax.Array = params[("layer1", "b")].value * x
+  return params, out
+
+
+def test_functions_jax_compiled_before_are_traced_again() -> None:
+  # Compiled (and cached by JAX) before unused_params runs: served from the
+  # cache, their Python code would not run and their reads would be missed.
+  def model(params: Params, xs: jax.Array) -> jax.Array:
+    y = _compiled_first_layer(params, xs[0])
+    _, ys = jax.lax.scan(_scan_body, params, xs)
+    out: jax.Array = y + ys.sum()
+    return out
+
+  params, xs = _two_layers(), jnp.ones((4, 3))
+  jax.jit(model)(params, xs)
+  model(params, xs)
+  assert unused_params(model, params, xs) == [("layer1", "w")]

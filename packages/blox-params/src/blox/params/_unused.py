@@ -7,11 +7,11 @@ except while `unused_params` runs). `Params.__getitem__` and
 with no recorder active that costs one `ContextVar.get`.
 
 Reads are recorded while `fn` is traced, so they are seen through `jax.jit`,
-`lax.scan` and the like, as long as JAX really traces the inner function.
-JAX does not trace again a jitted function (or scan body) that it already
-traced for the same function object and input shapes: reads inside it are
-then not seen. Pass functions that are defined inside `fn`, or call
-`unused_params` before compiling the model.
+`lax.scan` and the like. JAX serves a jitted function (or a scan body) that
+it traced before for the same inputs from its cache, without running its
+Python code; its reads would go unseen. So `fn` is traced with
+`jax.disable_jit()`: jitted functions run inline and scans trace step by
+step (a long scan takes longer to inspect, but no read is missed).
 
 Example:
   >>> import jax.numpy as jnp
@@ -55,8 +55,9 @@ def unused_params(
   The call runs abstractly (`jax.eval_shape`): nothing is computed or
   allocated, and `args` may be arrays or `jax.ShapeDtypeStruct`s. A param
   counts as read when `fn` indexes it (`params[path]`) or asks for it with
-  `get_or_create`, also inside jitted functions, scans and modules; reading
-  the whole container (`items()`, `jax.tree.map`) reads no single param.
+  `get_or_create`, also inside jitted functions (compiled before or not),
+  scans and modules; reading the whole container (`items()`,
+  `jax.tree.map`) reads no single param.
 
   Args:
     fn: the function to inspect, called as `fn(params, *args, **kwargs)`.
@@ -89,7 +90,10 @@ def unused_params(
   reads: set[Path] = set()
   token = READS.set(reads)
   try:
-    jax.eval_shape(call, params, [leaves[i] for i in traced])
+    # disable_jit: compiled functions would skip their Python code, and with
+    # it the reads (see the module docstring).
+    with jax.disable_jit():
+      jax.eval_shape(call, params, [leaves[i] for i in traced])
   finally:
     READS.reset(token)
   return [path for path in params if path not in reads]
