@@ -259,8 +259,8 @@ class Params:
 
     Paths are listed by rank (see `blox.params._structure`): the halves of a
     split merge back to exactly the structure that was split, in either
-    order; unrelated containers list self's paths and other's interleaved by
-    rank, renumbered.
+    order; for unrelated containers whose ranks collide, entries are ordered
+    by (rank, side), self's first on equal ranks, and renumbered 0..n-1.
 
     Raises:
       TypeError: `other` is not `Params`.
