@@ -194,10 +194,9 @@ def _pretrained() -> Params:
 def _fine_tuning() -> Params:
   """The model's params in code: a frozen backbone with new metadata, locked.
 
-  Its paths are listed in the reverse of the file's order. In one process
-  every public constructor lists paths in creation order, so the private
-  `_from_columns` builds this container; it stands for a template whose
-  order differs from the file's.
+  Its paths are listed in the reverse of the file's order (a container built
+  from a dict lists its paths in the dict's order): a template whose order
+  differs from the file's.
   """
   entries = {
       ("ck_tune", "backbone", "w"): Param(
@@ -207,14 +206,7 @@ def _fine_tuning() -> Params:
       ("ck_tune", "head", "w"): Param(jnp.zeros((3, 1)), metadata={"axes": ("model", None)}),
       ("ck_tune", "seed"): Param(jax.random.key(0), trainable=False, metadata={"rng_stream": "seed"}),
   }
-  paths = list(entries)[::-1]
-  return Params._from_columns(
-      paths,
-      [entries[p].value for p in paths],
-      [entries[p].trainable for p in paths],
-      [entries[p].metadata for p in paths],
-      locked=True,
-  )
+  return Params({path: entries[path] for path in list(entries)[::-1]}, locked=True)
 
 
 def test_a_template_gives_its_flags_metadata_and_locked_flag(tmp_path: pathlib.Path) -> None:

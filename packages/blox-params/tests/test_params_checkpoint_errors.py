@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import blox.params.checkpoint as checkpoint_module
+import blox.params._checkpoint_save as checkpoint_module
 from blox.params import CheckpointError, CheckpointWarning, Param, Params, load, save
 
 # jax.ShapeDtypeStruct lacks annotations; a typed alias keeps mypy strict happy.
@@ -392,3 +392,23 @@ def test_a_failing_rename_leaves_the_old_checkpoint(
   reloaded = load(saved, like=_params())
   for path, param in _params().items():
     np.testing.assert_array_equal(_bits(reloaded[path].value), _bits(param.value))
+
+
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path: pathlib.Path) -> None:
+  target = tmp_path / "runs" / "7" / "params.npz"
+  with pytest.raises(FileNotFoundError) as info:
+    save(target, Params({("ck_err", "w"): Param(jnp.ones(2))}))
+  message = str(info.value)
+  assert message == (
+      f"Cannot save checkpoint to {str(target)!r}: the folder"
+      f" {str(target.parent)!r} does not exist; create it first (os.makedirs)."
+  )
+  assert ".tmp" not in message
+  assert not (tmp_path / "runs").exists()
+
+
+def test_a_non_strict_load_warns_at_the_callers_line(saved: pathlib.Path) -> None:
+  like = Params({("ck_err", "other"): Param(jnp.ones(2))})
+  with pytest.warns(CheckpointWarning) as record:
+    load(saved, like=like, strict=False)
+  assert record[0].filename == __file__

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from blox.params import Metadata, Param, Params
+from blox.params._container import build
 
 
 def _treedef(tree: Any) -> object:
@@ -70,7 +71,7 @@ def test_unpickling_recomputes_the_structure_hash() -> None:
   object.__setattr__(structure, "_hash", real + 1)
   loaded = pickle.loads(pickle.dumps(params))
   assert hash(loaded._structure) == real
-  assert _treedef(loaded) == _treedef(Params._make(params._values, _params()._structure))
+  assert _treedef(loaded) == _treedef(build(_params()._structure, params._values))
 
 
 def test_unlocked_params_stay_unlocked_and_mutating_a_copy_leaves_the_original() -> None:

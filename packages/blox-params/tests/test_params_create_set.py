@@ -221,3 +221,35 @@ def test_set_value_only_keeps_the_structure_object() -> None:
   updated = params.set(("w",), jnp.zeros(2))
   assert _treedef(updated) == _treedef(params)
   assert updated._structure is params._structure
+
+
+def test_a_changed_shape_names_the_dimension_and_says_to_reinitialise() -> None:
+  _, params = Params().get_or_create(("net", "w"), (3, 4), _zeros)
+  with pytest.raises(ValueError) as info:
+    params.get_or_create(("net", "w"), (5, 4))
+  message = str(info.value)
+  assert message.startswith(
+      "Param ('net', 'w') exists with shape (3, 4), but shape (5, 4) was requested:"
+      " dimension 0 is 5, it was 3 when the param was created."
+  )
+  assert "If the module's input (for a layer, the input's last axis)" in message
+  assert "re-initialise the params" in message
+  assert "another name for a genuinely different param" in message
+  with pytest.raises(ValueError, match=(
+      r"dimension 0 is 6, it was 3; dimension 1 is 2, it was 4 when the param was created"
+  )):
+    params.get_or_create(("net", "w"), (6, 2))
+  with pytest.raises(ValueError, match=r"it has 1 dimensions now, it had 2 when the param"):
+    params.get_or_create(("net", "w"), (12,))
+
+
+def test_a_changed_dtype_says_what_it_was_and_to_reinitialise() -> None:
+  _, params = Params().get_or_create(("net", "w"), (2,), _zeros, dtype=jnp.bfloat16)
+  with pytest.raises(ValueError) as info:
+    params.get_or_create(("net", "w"), (2,), dtype=jnp.float32)
+  message = str(info.value)
+  assert message.startswith(
+      "Param ('net', 'w') exists with dtype bfloat16, but dtype float32 was requested:"
+      " it was bfloat16 when the param was created."
+  )
+  assert "re-initialise the params" in message

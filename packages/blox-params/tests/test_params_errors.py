@@ -27,8 +27,8 @@ def test_structure_repr_lists_every_path_with_its_flags() -> None:
   params = _two().set(B, trainable=False, metadata={"sharding": ("x",)}).locked()
   text = repr(jax.tree.structure(params))
   assert "locked=True" in text
-  assert "('rc_net', 'w'): trainable=True, metadata={}" in text
-  assert "('rc_net', 'b'): trainable=False, metadata={'sharding': ('x',)}" in text
+  assert "('rc_net', 'w'): rank=0, trainable=True, metadata={}" in text
+  assert "('rc_net', 'b'): rank=1, trainable=False, metadata={'sharding': ('x',)}" in text
 
 
 def test_tree_map_mismatch_names_the_changed_path() -> None:
@@ -192,17 +192,21 @@ def test_keys_is_a_view_of_the_paths_in_creation_order() -> None:
   assert keys == {("rc_k1", "w"), ("rc_k2", "w"), ("rc_k3", "w")}
 
 
-def test_index_after_appending_and_inserting_matches_the_paths() -> None:
-  # Make ("rc_ix", "early") rank before the others, then insert it last: the
-  # structure must then list it first and find every path at its position.
+def test_index_after_appending_and_merging_matches_the_paths() -> None:
+  # Created params are appended; merging halves puts entries back between
+  # others, and merging unrelated containers renumbers: in every case each
+  # path must be found at its position.
   early = ("rc_ix", "early")
-  Params({early: Param(jnp.ones(1))})
   params = Params()
   for name in ("a", "b", "c"):
     _, params = params.get_or_create(("rc_ix", name), shape=(1,), init=jax.nn.initializers.ones)
   _, params = params.get_or_create(early, shape=(2,), init=jax.nn.initializers.zeros)
-  assert list(params)[0] == early
-  for path in params:
-    assert params[path].value is params._values[list(params).index(path)]
-  assert params[early].value.shape == (2,)
+  assert list(params)[-1] == early
+  middle, outer = params.split(lambda path, _: path[-1] in ("b", "c"))
+  unrelated = Params({("rc_ix", "z"): Param(jnp.ones(3)), early: Param(jnp.ones(4))})
+  for container in (params, outer.merge(middle), middle.merge(outer), params.merge(unrelated)):
+    for path in container:
+      assert container[path].value is container._values[list(container).index(path)]
+  assert list(outer.merge(middle)) == list(params)
+  assert params.merge(unrelated)[early].value.shape == (4,)
   assert params[("rc_ix", "c")].value.shape == (1,)

@@ -28,9 +28,8 @@ def _treedef(tree: Any) -> object:
   `PyTreeDef` unresolved, so mypy refuses `==` on it."""
   return jax.tree.structure(tree)
 
-# Every generated path starts with "prop": paths list in the process-wide
-# order of first creation, and generated paths must not fix that order for
-# the hand-written paths of other tests.
+# Every generated path starts with "prop" (a habit from when the order was
+# process-wide; now each container carries its own ranks).
 _NAMES = ("a", "b", "net", "w", "bias", "kernel")
 _paths: st.SearchStrategy[Path] = st.lists(
     st.sampled_from(_NAMES), min_size=1, max_size=3
@@ -51,8 +50,8 @@ _metadata: st.SearchStrategy[dict[str, Hashable]] = st.dictionaries(
 
 _SETTINGS = settings(max_examples=40, deadline=None)
 
-# Names never drawn by the strategies: paths built from them are seen by the
-# process-wide creation order for the first time.
+# Names never drawn by the strategies: paths built from them are new to
+# every generated container.
 _fresh_names = (f"fresh{i}" for i in itertools.count())
 
 
@@ -258,14 +257,29 @@ def test_missing_paths_raise_key_error_naming_the_path(params: Params, path: Pat
   assert repr(path) in str(info.value)
 
 
+def _ranks(params: Params) -> tuple[int, ...]:
+  ranks: tuple[int, ...] = params._structure.ranks
+  return ranks
+
+
 @_SETTINGS
 @given(_params(), st.randoms(use_true_random=False))
-def test_order_is_a_function_of_the_path_set(params: Params, rnd: random.Random) -> None:
+def test_a_container_lists_its_entries_in_the_given_order(
+    params: Params, rnd: random.Random
+) -> None:
+  assert _ranks(params) == tuple(range(len(params)))
   entries = list(params.items())
   rnd.shuffle(entries)
   rebuilt = Params(dict(entries), locked=params.is_locked)
-  assert list(rebuilt) == list(params)
-  assert _treedef(rebuilt) == _treedef(params)
+  assert list(rebuilt) == [path for path, _ in entries]
+  assert _ranks(rebuilt) == tuple(range(len(params)))
+  # The same order gives the same tree structure; another order another one.
+  same_order = Params(dict(params.items()), locked=params.is_locked)
+  assert _treedef(same_order) == _treedef(params)
+  if list(rebuilt) != list(params):
+    assert _treedef(rebuilt) != _treedef(params)
+  else:
+    assert _treedef(rebuilt) == _treedef(params)
 
 
 @_SETTINGS
@@ -277,14 +291,71 @@ def test_paths_are_listed_in_creation_order(names: list[str], data: st.DataObjec
   for path in paths:
     _, params = params.get_or_create(path, (1,), lambda key, s, d: np.zeros(s, d))
   assert list(params) == paths
-  # However they are put together later, the order stays the creation order.
+  assert _ranks(params) == tuple(range(len(paths)))
+  # Put together from entries, a container lists them as given; set by
+  # hand, new paths are appended like created ones.
   shuffled = data.draw(st.permutations(paths))
   again = Params({path: params[path] for path in shuffled})
-  assert list(again) == paths
+  assert list(again) == shuffled
   late = Params()
   for path in shuffled:
     late[path] = params[path]
-  assert list(late) == paths
+  assert list(late) == shuffled
+  assert _treedef(late) == _treedef(again)
+  # Setting an existing path keeps its place and rank.
+  late[shuffled[0]] = Param(np.ones(3, np.float32))
+  assert list(late) == shuffled and _ranks(late) == _ranks(again)
+  # Creating in a half of a split appends after the whole's ranks.
+  chosen = data.draw(st.sets(st.sampled_from(paths)))
+  half, rest = params.split(lambda path, _: path in chosen)
+  _, grown = half.get_or_create((root, "new"), (1,), lambda key, s, d: np.zeros(s, d))
+  assert list(grown)[-1] == (root, "new")
+  assert _ranks(grown)[-1] == (max(_ranks(half)) + 1 if len(half) else 0)
+
+
+@_SETTINGS
+@given(_params(), st.lists(st.booleans(), min_size=6, max_size=6), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_split_then_merge_round_trips_for_any_predicate_and_nested_splits(
+    params: Params, first: list[bool], second: list[bool]
+) -> None:
+  position = {path: i for i, path in enumerate(params)}
+  left, right = params.split(lambda path, _: first[position[path]])
+  # Sub-splits of a half, merged back in any grouping and order.
+  left_a, left_b = left.split(lambda path, _: second[position[path]])
+  for merged in (
+      left.merge(right),
+      right.merge(left),
+      left_a.merge(left_b).merge(right),
+      right.merge(left_b).merge(left_a),
+      left_b.merge(right.merge(left_a)),
+  ):
+    assert list(merged) == list(params)
+    assert _ranks(merged) == _ranks(params)
+    assert _treedef(merged) == _treedef(params)
+    for leaf, original in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
+      assert leaf is original
+
+
+@_SETTINGS
+@given(_params(), st.data())
+def test_merging_unrelated_containers_is_deterministic_with_unique_ranks(
+    params: Params, data: st.DataObject
+) -> None:
+  other: Params = data.draw(_params(locked=params.is_locked))
+  merged = params.merge(other)
+  again = params.merge(other)
+  assert list(merged) == list(again)
+  assert _treedef(merged) == _treedef(again)
+  ranks = _ranks(merged)
+  assert len(set(ranks)) == len(ranks) == len(merged)
+  assert list(ranks) == sorted(ranks)
+  # A path in both keeps self's place: its rank decides, self first on ties.
+  own_rank = dict(zip(params, _ranks(params)))
+  own_rank.update({p: r for p, r in zip(other, _ranks(other)) if p not in own_rank})
+  side = {p: 0 if p in params else 1 for p in merged}
+  assert list(merged) == sorted(merged, key=lambda p: (own_rank[p], side[p]))
+  # Merging the result with either input's paths again changes no order.
+  assert list(merged.merge(other)) == list(merged)
 
 
 @_SETTINGS
@@ -404,7 +475,14 @@ def test_state_dict_round_trip(params: Params) -> None:
   assert restored.as_dict() == params.as_dict()
   assert _treedef(restored) == _treedef(params)
   plain = Params.from_state_dict(state)
-  assert list(plain) == list(params)
+  # Without a template the order is the state dict's (depth first).
+  def depth_first(node: Any, prefix: Path) -> list[Path]:
+    found: list[Path] = []
+    for name, child in node.items():
+      found += depth_first(child, prefix + (name,)) if isinstance(child, dict) else [prefix + (name,)]
+    return found
+  assert list(plain) == depth_first(state, ())
+  assert sorted(plain) == sorted(params)
   assert not plain.is_locked
   for path, param in plain.items():
     assert param.value is params[path].value

@@ -210,3 +210,26 @@ def test_typed_key_leaves_round_trip_and_split() -> None:
       jnp.all(jax.random.key_data(advanced[("rng", "seed")].value)
               == jax.random.key_data(params[("rng", "seed")].value))
   )
+
+
+def test_a_step_that_splits_and_merges_keeps_matching_out_shardings() -> None:
+  # out_shardings are built from the input's structure (with Params.map); the
+  # step returns params put together from sub-splits, which must have that
+  # very structure for jit to accept them.
+  params = _model_params()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = params.map(lambda path, param: device)
+  traces: list[int] = []
+
+  def step(params: Params) -> Params:
+    traces.append(1)
+    trainable, rest = params.split()
+    kernel, others = trainable.split(lambda path, _: path[-1] == "kernel")
+    kernel = jax.tree.map(lambda w: w * 2, kernel)
+    return rest.merge(others.merge(kernel))
+
+  jitted = jax.jit(step, out_shardings=shardings)
+  out = jitted(jitted(params))
+  assert _treedef(out) == _treedef(params) == _treedef(shardings)
+  assert len(traces) == 1
+  np.testing.assert_allclose(out[("linear", "kernel")].value, 2.0)

@@ -70,8 +70,7 @@ def test_empty_state_dict() -> None:
 
 
 def test_a_path_under_another_params_path_cannot_be_nested() -> None:
-  # Names unique to this test, so that the creation order is the one below
-  # (the order is process-wide: other tests must not have seen these paths).
+  # The container lists the dict's order, so either path can come first.
   first_leaf = Params({
       ("nesting_outer",): Param(jnp.ones(1)),
       ("nesting_outer", "w"): Param(jnp.ones(1)),

@@ -11,8 +11,7 @@ import pytest
 
 from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Param, Params, param_mask, value_and_grad
 
-# Paths unique to this file: params list paths in the process-wide creation
-# order, which tests elsewhere must not have fixed for these paths first.
+# Paths of the params under test (each container lists them in its own order).
 W = ("vg_net", "w")
 B = ("vg_net", "b")
 FROZEN = ("net", "frozen")
@@ -236,8 +235,8 @@ def test_param_mask_reads_paths_and_metadata() -> None:
   })
   mask = param_mask(params, lambda path, p: p.metadata.get("decay", True))
   assert _treedef(mask) == _treedef(params)
-  # Compared by path: the leaf order is the process-wide creation order, which
-  # other tests may already have fixed for these paths.
+  # Compared by path, and in the container's order.
+  assert list(mask) == list(params)
   assert {p: mask[p].value for p in params} == {
       ("a", "kernel"): True, ("a", "bias"): False, ("b", "scale"): False}
   by_path = param_mask(params, lambda path, p: path[-1] == "kernel")

@@ -13,9 +13,6 @@ import pytest
 import blox as bx
 
 _PORTIONS = ("blox.params", "blox.graph", "blox.nn", "blox.parallel")
-# Exported by a portion on another branch of this refactor (blox.params's
-# `unused_params`); drop this once that portion exports it.
-_PENDING = {"unused_params"}
 
 
 def test_umbrella_exports_the_core_names() -> None:
@@ -37,8 +34,6 @@ def test_every_umbrella_name_is_the_object_of_exactly_one_portion() -> None:
       assert bx.parallel is importlib.import_module("blox.parallel")
       continue
     owners = [p.__name__ for p in portions if name in getattr(p, "__all__", ())]
-    if name in _PENDING and not owners:
-      continue
     assert len(owners) == 1, (name, owners)
     assert getattr(bx, name) is getattr(importlib.import_module(owners[0]), name)
 
@@ -115,3 +110,22 @@ def test_import_blox_params_loads_no_other_portion() -> None:
   loaded = set(ast.literal_eval(line))
   assert "blox.params" in loaded
   assert not loaded & {"blox.nn", "blox.graph", "blox.parallel"}, loaded
+
+
+def test_the_type_checking_imports_list_exactly_the_exported_names() -> None:
+  # The names are declared twice, for the lazy import and for type checkers;
+  # this keeps the two lists from drifting apart.
+  import ast
+  from pathlib import Path
+
+  source = Path(bx.__file__).read_text()
+  imported = {
+      alias.asname or alias.name
+      for node in ast.walk(ast.parse(source))
+      if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+      for statement in node.body
+      if isinstance(statement, (ast.Import, ast.ImportFrom))
+      for alias in statement.names
+  }
+  imported = {name.split(".")[-1] for name in imported}
+  assert imported == set(bx.__all__) - {"__version__"}

@@ -76,9 +76,13 @@ _EXPORTS: dict[str, str] = {
     "Rng": "blox.nn",
     "Sequential": "blox.nn",
     "avg_pool": "blox.nn",
+    "causal_mask": "blox.nn",
+    "combine_masks": "blox.nn",
+    "dot_product_attention": "blox.nn",
     "initializers": "blox.nn",
     "max_pool": "blox.nn",
     "min_pool": "blox.nn",
+    "padding_mask": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
 }
@@ -114,9 +118,13 @@ if TYPE_CHECKING:
   from blox.nn import Rng as Rng
   from blox.nn import Sequential as Sequential
   from blox.nn import avg_pool as avg_pool
+  from blox.nn import causal_mask as causal_mask
+  from blox.nn import combine_masks as combine_masks
+  from blox.nn import dot_product_attention as dot_product_attention
   from blox.nn import initializers as initializers
   from blox.nn import max_pool as max_pool
   from blox.nn import min_pool as min_pool
+  from blox.nn import padding_mask as padding_mask
   from blox.params import SHARDING as SHARDING
   from blox.params import CheckpointError as CheckpointError
   from blox.params import CheckpointWarning as CheckpointWarning
@@ -129,8 +137,8 @@ if TYPE_CHECKING:
   from blox.params import load as load
   from blox.params import param_mask as param_mask
   from blox.params import save as save
+  from blox.params import unused_params as unused_params
   from blox.params import value_and_grad as value_and_grad
-  # `unused_params` joins this block once blox.params exports it.
 else:
   # Hidden from type checkers, so that a misspelt `bx.Lineer` stays a type
   # error instead of becoming `Any`.

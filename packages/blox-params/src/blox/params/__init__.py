@@ -1,6 +1,8 @@
 """blox.params: an immutable, pytree-native container for model state.
 
-Depends on jax and numpy only, so any JAX code can use it.
+Depends on jax and numpy only, so any JAX code can use it. This module is
+the whole public API; the implementation lives in private modules
+(`blox/params/_*.py`).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -10,14 +12,27 @@ Example:
   Array([2., 2., 2.], dtype=float32)
 """
 
-from blox.params._arrays import Initializer, is_array, is_prng_key
-from blox.params._paths import SHARDING, path_text
-from blox.params.checkpoint import CheckpointWarning, load, save
-from blox.params.checkpoint_format import CheckpointError
-from blox.params.key_source import RNG_COUNTER, RNG_SEED, RNG_STREAM, KeySource
-from blox.params.param import Metadata, Param
-from blox.params.params import Params, Path
-from blox.params.training import param_mask, value_and_grad
+from blox.params._arrays import Initializer as Initializer
+from blox.params._arrays import is_array as is_array
+from blox.params._arrays import is_prng_key as is_prng_key
+from blox.params._checkpoint_format import CheckpointError as CheckpointError
+from blox.params._checkpoint_load import CheckpointWarning as CheckpointWarning
+from blox.params._checkpoint_load import load as load
+from blox.params._checkpoint_save import save as save
+from blox.params._container import Params as Params
+from blox.params._key_source import RNG_COUNTER as RNG_COUNTER
+from blox.params._key_source import RNG_SEED as RNG_SEED
+from blox.params._key_source import RNG_STREAM as RNG_STREAM
+from blox.params._key_source import KeySource as KeySource
+from blox.params._metadata import Metadata as Metadata
+from blox.params._param import Param as Param
+from blox.params._paths import SHARDING as SHARDING
+from blox.params._paths import Path as Path
+from blox.params._paths import path_text as path_text
+from blox.params._training import param_mask as param_mask
+from blox.params._training import value_and_grad as value_and_grad
+from blox.params._unused import unused_params as unused_params
+from blox.params._version import __version__ as __version__
 
 __all__ = [
     "CheckpointError",
@@ -32,11 +47,13 @@ __all__ = [
     "RNG_SEED",
     "RNG_STREAM",
     "SHARDING",
+    "__version__",
     "is_array",
     "is_prng_key",
     "load",
     "param_mask",
     "path_text",
     "save",
+    "unused_params",
     "value_and_grad",
 ]

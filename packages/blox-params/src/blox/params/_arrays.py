@@ -36,10 +36,12 @@ __all__ = [
 class Initializer(Protocol):
   """`init(key, shape, dtype) -> array`, the contract of `jax.nn.initializers`.
 
-  `key` is None when the param is created without a key source.
+  `key` is None when the param is created without a key source. `dtype` is
+  always passed, so a plain `lambda key, shape, dtype: ...` qualifies as well
+  as JAX's initializers (whose dtype has a default).
   """
 
-  def __call__(self, key: Any, shape: Any, dtype: Any = ..., /) -> Any: ...
+  def __call__(self, key: Any, shape: Any, dtype: Any, /) -> Any: ...
 
 
 def is_array(value: object) -> bool:

@@ -9,6 +9,8 @@ differently, by type and graph node (`Linear 'net/out'`, see
 Example:
   >>> path_text(('net', 'kernel'))
   "('net', 'kernel')"
+  >>> closest_hint(('net', 'kernal'), [('net', 'kernel'), ('opt', 'step')])
+  " Closest existing paths: ('net', 'kernel')."
   >>> check_path(['net'])
   Traceback (most recent call last):
   ...
@@ -17,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import TypeGuard
 
-__all__ = ["Path", "SHARDING", "check_path", "is_path", "path_text"]
+__all__ = ["Path", "SHARDING", "check_path", "closest_hint", "is_path", "path_text"]
 
 Path = tuple[str, ...]
 
@@ -51,3 +55,17 @@ def check_path(path: object) -> Path:
 def path_text(path: tuple[object, ...]) -> str:
   """How every blox error writes a param path: the tuple, as it is typed."""
   return repr(tuple(path))
+
+
+def closest_hint(path: object, known: Sequence[Path]) -> str:
+  """A sentence for errors about a missing `path`: the closest of `known`."""
+  by_text = {"/".join(p): p for p in known}
+  wanted = "/".join(str(part) for part in path) if isinstance(path, tuple) else str(path)
+  close = difflib.get_close_matches(wanted, list(by_text), n=3, cutoff=0.5)
+  if close:
+    hint = f" Closest existing paths: {', '.join(path_text(by_text[c]) for c in close)}."
+  else:
+    hint = f" The params hold {len(known)} paths."
+  if not is_path(path):
+    hint += " A param path is a non-empty tuple of strings, like ('net', 'kernel')."
+  return hint

@@ -25,7 +25,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from blox.params.ordering import Path
+from blox.params._paths import Path, path_text
 
 __all__ = [
     "CheckpointError",
@@ -156,7 +156,7 @@ def encode_metadata(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
       encoded[key] = _encode_value(value)
     except TypeError as error:
       raise TypeError(
-          f"Cannot save param {path!r}: metadata entry {key!r} holds a value of"
+          f"Cannot save param {path_text(path)}: metadata entry {key!r} holds a value of"
           f" type {error}, {value!r}. Checkpoints store None, bool, int, float,"
           " str and (nested) tuples of these; convert the value or drop the entry"
           " before saving."
@@ -222,7 +222,7 @@ def _decode_entry(index: int, record: Any) -> Entry:
   if not raw_path or not all(type(part) is str for part in raw_path):
     raise ValueError(f"{where}: the path must be a non-empty list of strings")
   path: Path = tuple(raw_path)
-  where = f"param {path!r}"
+  where = f"param {path_text(path)}"
   metadata = _field(record, "metadata", dict, where)
   raw_shape = _field(record, "shape", list, where)
   if not all(type(d) is int and d >= 0 for d in raw_shape):
@@ -276,6 +276,6 @@ def decode_header(data: bytes, source: str) -> Header:
   seen: set[Path] = set()
   for entry in entries:
     if entry.path in seen:
-      raise CheckpointError(f"{source!r} has a corrupt checkpoint header: {entry.path!r} appears twice.")
+      raise CheckpointError(f"{source!r} has a corrupt checkpoint header: {path_text(entry.path)} appears twice.")
     seen.add(entry.path)
   return Header(locked, entries)

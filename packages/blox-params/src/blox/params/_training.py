@@ -77,8 +77,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.params.param import Param
-from blox.params.params import Params, Path
+from blox.params._container import Params
+from blox.params._param import Param
+from blox.params._paths import Path, path_text
 
 __all__ = ["param_mask", "value_and_grad"]
 
@@ -148,7 +149,7 @@ def _check_differentiable(name: str, trainable: Params) -> None:
   """Every trainable value must be float or complex: JAX cannot differentiate
   integers, bools or PRNG keys, and its own error names no param."""
   wrong = [
-      f"{path!r} ({param.value.dtype})"
+      f"{path_text(path)} ({param.value.dtype})"
       for path, param in trainable.items()
       if hasattr(param.value, "dtype")
       and not jnp.issubdtype(param.value.dtype, jnp.inexact)
@@ -226,6 +227,4 @@ def param_mask(params: Params, predicate: Callable[[Path, Param], Any]) -> Param
     >>> param_mask(params, lambda path, p: p.metadata['decay'])[('w',)].value
     False
   """
-  flags = [bool(predicate(path, param)) for path, param in params.items()]
-  mask: Params = jax.tree.unflatten(jax.tree.structure(params), flags)
-  return mask
+  return params.map(lambda path, param: bool(predicate(path, param)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-  from blox.params.params import Params
+  from blox.params._container import Params
 
 __all__ = ["KeySource", "RNG_STREAM", "RNG_SEED", "RNG_COUNTER"]
 

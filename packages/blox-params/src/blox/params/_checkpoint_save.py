@@ -1,0 +1,186 @@
+"""`save`: one `Params` to one checkpoint file, atomically and exactly.
+
+A checkpoint keeps every value bit for bit, the trainable flags, the metadata,
+the locked flag and typed PRNG keys (with their implementation), so training
+resumed from it continues the same random streams. The file at `path` is
+either the old checkpoint or the complete new one (`blox.params._atomic`).
+The layout is described in the package README and in
+`blox.params._checkpoint_format`; `blox.params._checkpoint_load` reads it.
+
+Example:
+  >>> import os, tempfile
+  >>> import jax.numpy as jnp
+  >>> from blox.params import Param, Params
+  >>> path = os.path.join(tempfile.mkdtemp(), 'params.npz')
+  >>> save(path, Params({('w',): Param(jnp.arange(3.0))}))
+  >>> os.listdir(os.path.dirname(path))
+  ['params.npz']
+  >>> save(os.path.join(path + '.d', 'p.npz'), Params())  # doctest: +ELLIPSIS
+  Traceback (most recent call last):
+  ...
+  FileNotFoundError: Cannot save checkpoint to '...p.npz': the folder '...params.npz.d' does not exist; create it first (os.makedirs).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from typing import IO, Any
+
+import jax
+import numpy as np
+
+from blox.params._arrays import is_prng_key
+from blox.params._atomic import write_atomically
+from blox.params._checkpoint_format import (
+    HEADER_MEMBER,
+    Entry,
+    array_member,
+    encode_header,
+    encode_metadata,
+    storage_dtype,
+    supported_dtype,
+)
+from blox.params._container import Params
+from blox.params._paths import Path, path_text
+
+__all__ = ["save"]
+
+# Members are written with a fixed timestamp so that saving the same params
+# twice gives the same bytes.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# The permissions recorded for each member inside the archive (not the file's).
+_MEMBER_MODE = 0o644
+
+
+def _host_ready(path: Path, value: Any) -> Any:
+  """Checks that `value` can be saved; returns what to fetch to the host."""
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"Cannot save param {path_text(path)}: it is a traced value, so save() was called"
+        " inside jax.jit, grad or vmap. Save the concrete params outside the"
+        " transformed function."
+    )
+  if isinstance(value, jax.Array):
+    if value.is_deleted():
+      raise ValueError(
+          f"Cannot save param {path_text(path)}: its array was deleted (donated to a jitted"
+          " call?). Save the params that call returned instead."
+      )
+    if not value.is_fully_addressable:
+      # Gathering across processes would need every process to take part; a
+      # checkpoint written by one process cannot do that, so refuse clearly.
+      raise ValueError(
+          f"Cannot save param {path_text(path)}: it is sharded over devices of other"
+          " processes, and save() writes from one process. Gather it first"
+          " (jax.experimental.multihost_utils.process_allgather) or use a"
+          " multi-process checkpointer."
+      )
+    if is_prng_key(value):
+      return jax.random.key_data(value)
+  elif not isinstance(value, np.ndarray):
+    raise TypeError(
+        f"Cannot save param {path_text(path)}: its value is {type(value).__name__}, not an"
+        " array. Checkpoints hold concrete jax or numpy arrays (abstract params"
+        " from jax.eval_shape have no values to save)."
+    )
+  if not supported_dtype(value.dtype):
+    raise TypeError(
+        f"Cannot save param {path_text(path)}: dtype {value.dtype} is not a number or bool"
+        " dtype. Checkpoints store numeric arrays only, never pickled objects."
+    )
+  return value
+
+
+def _describe(params: Params) -> tuple[bytes, list[np.ndarray]]:
+  """The header bytes and the host arrays to store, in container order.
+
+  Everything that can fail on the params' side happens here, before the
+  temporary file exists: metadata encoding, dtype checks, device transfers.
+  """
+  items = list(params.items())
+  # Metadata first: a bad entry should fail before a long device transfer.
+  for path, param in items:
+    encode_metadata(path, param.metadata)
+  to_fetch = [_host_ready(path, param.value) for path, param in items]
+  host = jax.device_get(to_fetch)
+  entries, arrays = [], []
+  for (path, param), fetched in zip(items, host):
+    array = np.asarray(fetched, order="C")
+    key_impl = None
+    shape = array.shape
+    if is_prng_key(param.value):
+      key_impl = str(jax.random.key_impl(param.value))
+      shape = tuple(param.value.shape)
+    entries.append(
+        Entry(path, param.trainable, param.metadata, array.dtype, shape, key_impl)
+    )
+    arrays.append(array.view(storage_dtype(array.dtype)))
+  return encode_header(params.is_locked, entries), arrays
+
+
+def _member_info(name: str) -> zipfile.ZipInfo:
+  info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+  info.compress_type = zipfile.ZIP_STORED
+  info.external_attr = _MEMBER_MODE << 16
+  return info
+
+
+def _write_checkpoint(file: IO[bytes], header: bytes, arrays: Sequence[np.ndarray]) -> None:
+  """Writes the archive: the header first, then one `.npy` member per array."""
+  with zipfile.ZipFile(file, mode="w", allowZip64=True) as archive:
+    archive.writestr(_member_info(HEADER_MEMBER), header)
+    for index, array in enumerate(arrays):
+      # force_zip64: the member size is unknown when its local header is
+      # written, and an array may exceed the 4 GiB limit of plain zip.
+      with archive.open(_member_info(array_member(index)), "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def save(path: str | os.PathLike[str], params: Params) -> None:
+  """Writes `params` to one checkpoint file at `path`, atomically.
+
+  Values are fetched from their devices (sharded arrays are assembled on the
+  host) and stored bit for bit with their dtypes, together with the trainable
+  flags, metadata, the locked flag and, for typed PRNG keys, the key data and
+  implementation name.
+
+  The file is written under a temporary name in the same folder, flushed,
+  synced and then renamed over `path`: a save that fails for any reason
+  leaves an existing checkpoint at `path` as it was, and removes its
+  temporary file. A checkpoint that replaces a file keeps that file's
+  permissions; a new one gets those of any new file (0o666 less the umask).
+
+  Args:
+    path: the file to write; its folder must exist. The name is used as given
+      (`.npz` suits: numpy can open the file).
+    params: concrete params (not abstract ones from `jax.eval_shape`).
+
+  Raises:
+    TypeError: a value is not a numeric or bool array, or a metadata value is
+      not None, bool, int, float, str or a tuple of these.
+    ValueError: a value was deleted, or is sharded over devices of other
+      processes (multi-process runs must gather first).
+    FileNotFoundError: the folder of `path` does not exist (the message names
+      it: create it first).
+    OSError: the file could not be written.
+
+  Example:
+    >>> import os, tempfile
+    >>> import jax.numpy as jnp
+    >>> from blox.params import Param, Params, load
+    >>> path = os.path.join(tempfile.mkdtemp(), 'ckpt.npz')
+    >>> save(path, Params({('w',): Param(jnp.ones(2))}).locked())
+    >>> load(path).is_locked
+    True
+  """
+  if not isinstance(params, Params):
+    raise TypeError(f"save() takes Params, got {type(params).__name__}.")
+  target = os.path.abspath(os.fspath(path))
+  header, arrays = _describe(params)
+  write_atomically(
+      target,
+      lambda file: _write_checkpoint(file, header, arrays),
+      what="checkpoint",
+  )

@@ -1,0 +1,108 @@
+"""`Metadata`: the read-only, hashable mapping each param carries.
+
+Metadata is static pytree structure (see `blox.params._structure`), so every
+entry must be hashable; `as_metadata` is the one conversion from what users
+pass (`None` or a mapping) to `Metadata`.
+
+Example:
+  >>> m = as_metadata({'sharding': ('data', None)})
+  >>> m['sharding'], hash(m) == hash(Metadata({'sharding': ('data', None)}))
+  (('data', None), True)
+  >>> as_metadata(None) is EMPTY_METADATA
+  True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+__all__ = ["EMPTY_METADATA", "Metadata", "as_metadata"]
+
+
+class Metadata(Mapping[str, Hashable]):
+  """A read-only, hashable mapping of metadata entries.
+
+  Metadata travels in the static structure of `Params` (the pytree's aux
+  data), where JAX hashes and compares it on every jitted call. Every value
+  must therefore be hashable: use tuples, not lists.
+
+  Example:
+    >>> Metadata({'sharding': ('data', None)})['sharding']
+    ('data', None)
+  """
+
+  __slots__ = ("_items", "_hash")
+
+  _items: dict[str, Hashable]
+  _hash: int
+
+  def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+    items = dict(entries) if entries is not None else {}
+    for key, value in items.items():
+      if not isinstance(key, str):
+        raise TypeError(f"Metadata keys must be strings, got {key!r}.")
+      try:
+        hash(value)
+      except TypeError:
+        raise TypeError(
+            f"Metadata entry {key!r} has the unhashable value {value!r}; metadata"
+            " is part of the static pytree structure and must be hashable (use a"
+            " tuple instead of a list)."
+        ) from None
+    object.__setattr__(self, "_items", items)
+    object.__setattr__(self, "_hash", hash(frozenset(items.items())))
+
+  def __setattr__(self, name: str, value: object) -> None:
+    raise AttributeError("Metadata is read-only.")
+
+  def __reduce__(self) -> tuple[Any, ...]:
+    # For copy, deepcopy and pickle: rebuilt from the entries, so the hash is
+    # recomputed (string hashes differ between processes).
+    return (Metadata, (dict(self._items),))
+
+  def __getitem__(self, key: str) -> Hashable:
+    return self._items[key]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._items)
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    if self is other:
+      return True
+    if isinstance(other, Metadata):
+      return self._hash == other._hash and self._items == other._items
+    if isinstance(other, Mapping):
+      return self._items == dict(other)
+    return NotImplemented
+
+  def __repr__(self) -> str:
+    return f"Metadata({self._items!r})"
+
+  def merged(self, changes: Mapping[str, Any]) -> Metadata:
+    """Returns a new `Metadata` with `changes` added over these entries."""
+    if not changes:
+      return self
+    return Metadata({**self._items, **changes})
+
+
+EMPTY_METADATA = Metadata()
+
+
+def as_metadata(metadata: Mapping[str, Any] | None) -> Metadata:
+  """Converts `None` or a mapping to `Metadata`, raising `TypeError` otherwise."""
+  if metadata is None:
+    return EMPTY_METADATA
+  if isinstance(metadata, Metadata):
+    return metadata
+  if not isinstance(metadata, Mapping):
+    raise TypeError(
+        f"metadata must be a mapping or None, got {type(metadata).__name__}."
+    )
+  return Metadata(metadata) if metadata else EMPTY_METADATA

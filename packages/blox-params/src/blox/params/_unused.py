@@ -1,0 +1,99 @@
+"""`unused_params`: which params a call never reads.
+
+The read recorder lives here and only here: `READS`, a `ContextVar` holding
+the set of paths read so far, or None when nothing is recording (always,
+except while `unused_params` runs). `Params.__getitem__` and
+`Params.get_or_create` (on an existing path) add the path they read to it;
+with no recorder active that costs one `ContextVar.get`.
+
+Reads are recorded while `fn` is traced, so they are seen through `jax.jit`,
+`lax.scan` and the like. JAX serves a jitted function (or a scan body) that
+it traced before for the same inputs from its cache, without running its
+Python code; its reads would go unseen. So `fn` is traced with
+`jax.disable_jit()`: jitted functions run inline and scans trace step by
+step (a long scan takes longer to inspect, but no read is missed).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.params import Param, Params, unused_params
+  >>> params = Params({
+  ...     ('layer0', 'w'): Param(jnp.ones((2, 2))),
+  ...     ('layer1', 'w'): Param(jnp.ones((2, 2))),
+  ... })
+  >>> def one_layer(params, x):
+  ...   return x @ params[('layer0', 'w')].value
+  >>> unused_params(one_layer, params, jnp.ones(2))
+  [('layer1', 'w')]
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+
+from blox.params._arrays import is_value
+from blox.params._paths import Path
+
+if TYPE_CHECKING:
+  from blox.params._container import Params
+
+__all__ = ["READS", "unused_params"]
+
+READS: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar(
+    "blox_params_reads", default=None
+)
+
+
+def unused_params(
+    fn: Callable[..., Any], params: Params, *args: Any, **kwargs: Any
+) -> list[Path]:
+  """The paths of `params` that `fn(params, *args, **kwargs)` never reads.
+
+  The call runs abstractly (`jax.eval_shape`): nothing is computed or
+  allocated, and `args` may be arrays or `jax.ShapeDtypeStruct`s. A param
+  counts as read when `fn` indexes it (`params[path]`) or asks for it with
+  `get_or_create`, also inside jitted functions (compiled before or not),
+  scans and modules; reading the whole container (`items()`,
+  `jax.tree.map`) reads no single param.
+
+  Args:
+    fn: the function to inspect, called as `fn(params, *args, **kwargs)`.
+    params: the params to pass (concrete or abstract).
+    *args: further positional arguments of `fn`.
+    **kwargs: keyword arguments of `fn`.
+
+  Returns:
+    The unread paths, in the order of `params`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from blox.params import Param, Params, unused_params
+    >>> params = Params({('a',): Param(jnp.ones(2)), ('b',): Param(jnp.ones(2))})
+    >>> unused_params(lambda p: p[('b',)].value * 2, params)
+    [('a',)]
+  """
+  # Arrays among the arguments are traced like the params (so that nothing
+  # is computed on them); anything else (sizes, flags, modules) stays static.
+  leaves, treedef = jax.tree.flatten((args, kwargs))
+  traced = [i for i, leaf in enumerate(leaves) if is_value(leaf)]
+
+  def call(params: Params, traced_leaves: list[Any]) -> None:
+    filled = list(leaves)
+    for i, leaf in zip(traced, traced_leaves):
+      filled[i] = leaf
+    call_args, call_kwargs = jax.tree.unflatten(treedef, filled)
+    fn(params, *call_args, **call_kwargs)  # only its reads matter
+
+  reads: set[Path] = set()
+  token = READS.set(reads)
+  try:
+    # disable_jit: compiled functions would skip their Python code, and with
+    # it the reads (see the module docstring).
+    with jax.disable_jit():
+      jax.eval_shape(call, params, [leaves[i] for i in traced])
+  finally:
+    READS.reset(token)
+  return [path for path in params if path not in reads]
