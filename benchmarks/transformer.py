@@ -32,17 +32,26 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+# Run as a script, Python puts benchmarks/ itself on the path; this module
+# imports `benchmarks.<name>` and `examples.transformer_lm` from the root.
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
 
-import blox as bx
-from benchmarks import transformer_reference as reference
-from benchmarks.timing import Row, compare, count_ops, format_seconds
-from examples import transformer_lm as lm
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import blox as bx  # noqa: E402
+from benchmarks import transformer_reference as reference  # noqa: E402
+from benchmarks.timing import Row, compare, count_ops, format_seconds, wait  # noqa: E402
+from examples import transformer_lm as lm  # noqa: E402
 
 __all__ = ["run"]
 
@@ -63,6 +72,7 @@ class Setup:
   compile_depths: tuple[int, ...]
   memory_depth: int
   memory_length: int
+  init_depth: int  # initialised besides the example's own depth
   decode_batch: int
   decode_tokens: int
   steps: int
@@ -79,11 +89,13 @@ def _sizes(num_layers: int, features: int, length: int, batch: int) -> lm.Sizes:
 
 FULL = Setup(
     model=_sizes(4, 128, 128, 8), compile_depths=(4, 16, 48), memory_depth=16,
-    memory_length=256, decode_batch=4, decode_tokens=64, steps=5, rounds=21, repeats=3,
+    memory_length=256, init_depth=48, decode_batch=4, decode_tokens=64,
+    steps=5, rounds=21, repeats=3,
 )
 SMOKE = Setup(
-    model=_sizes(2, 16, 8, 2), compile_depths=(1, 2), memory_depth=2, memory_length=8,
-    decode_batch=1, decode_tokens=4, steps=1, rounds=1, repeats=1,
+    model=_sizes(2, 16, 8, 2), compile_depths=(1, 2), memory_depth=2,
+    memory_length=8, init_depth=4, decode_batch=1, decode_tokens=4,
+    steps=1, rounds=1, repeats=1,
 )
 
 
@@ -129,6 +141,7 @@ def build(sizes: lm.Sizes, unrolled: bool = False) -> tuple[Model, Callable[[], 
 
 
 def hand_weights(params: bx.Params, sizes: lm.Sizes, unrolled: bool = False) -> reference.Weights:
+  blocks: list[tuple[str, ...]]
   if unrolled:
     blocks = [(*MODEL_PATH, f"block{i}") for i in range(sizes.num_layers)]
   else:
@@ -260,8 +273,7 @@ def train_rows(setup: Setup) -> list[Row]:
 def decode_rows(setup: Setup) -> list[Row]:
   sizes = setup.model
   tokens_per_call, rows_per_batch = setup.decode_tokens, setup.decode_batch
-  model, init = lm.build(sizes, VOCAB_SIZE)
-  lm_model: lm.LanguageModel = model  # type: ignore[assignment]  # lm.build's model
+  lm_model, init = lm.build(sizes, VOCAB_SIZE)
   params = jax.jit(init)()
   weights = hand_weights(params, sizes)
   tokens = jax.random.randint(jax.random.key(2), (tokens_per_call, rows_per_batch), 0, VOCAB_SIZE)
@@ -353,33 +365,55 @@ def memory_rows(setup: Setup) -> list[Row]:
   ]
 
 
+# Measured in a fresh process each time: eager initialisation runs op by
+# op, and JAX compiles each distinct op on first use, so a warm process
+# would hide most of what a user waits for. Imports are not timed.
+_INIT_TIMER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import jax
+from benchmarks.timing import wait
+from examples import transformer_lm as lm
+sizes = lm.dataclasses.replace(lm.{sizes}, num_layers={num_layers})
+_, init = lm.build(sizes, {vocab})
+start = time.perf_counter()
+wait(jax.jit(init)() if {jitted} else init())
+print(time.perf_counter() - start)
+"""
+
+
+def init_seconds(sizes_name: str, num_layers: int, jitted: bool) -> float:
+  """Seconds to initialise the example's model in a new Python process."""
+  code = _INIT_TIMER.format(
+      root=str(_ROOT), sizes=sizes_name, num_layers=num_layers, vocab=VOCAB_SIZE, jitted=jitted
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=_ROOT
+  )
+  if result.returncode != 0:
+    raise RuntimeError(f"Timing the initialisation failed:\n{result.stderr}")
+  return float(result.stdout.split()[-1])
+
+
 def init_rows(setup: Setup) -> list[Row]:
-  """`jax.jit(init)()` (trace, compile, run on a new function) vs `init()` op by op."""
-  cases = {
-      "example": lm.FAST if setup is SMOKE else lm.FULL,
-      "deep": dataclasses.replace(
-          lm.FAST if setup is SMOKE else lm.FULL, num_layers=setup.compile_depths[-1]
-      ),
+  """`jax.jit(init)()` (trace, compile, run) vs `init()` op by op, each in a fresh process."""
+  sizes_name = "FAST" if setup is SMOKE else "FULL"
+  example: lm.Sizes = getattr(lm, sizes_name)
+  depths = (example.num_layers, setup.init_depth)
+  times: dict[tuple[int, bool], list[float]] = {
+      (depth, jitted): [] for depth in depths for jitted in (True, False)
   }
-  inits = {name: lm.build(sizes, VOCAB_SIZE)[1] for name, sizes in cases.items()}
-  jitted: dict[str, list[float]] = {name: [] for name in cases}
-  eager: dict[str, list[float]] = {name: [] for name in cases}
   for _ in range(setup.repeats):
-    for name, init in inits.items():
-      start = time.perf_counter()
-      jax.block_until_ready(jax.jit(lambda init=init: init())())
-      jitted[name].append(time.perf_counter() - start)
-      start = time.perf_counter()
-      jax.block_until_ready(init())
-      eager[name].append(time.perf_counter() - start)
+    for depth, jitted in times:  # interleaved
+      times[depth, jitted].append(init_seconds(sizes_name, depth, jitted))
   rows = []
-  for name, sizes in cases.items():
-    jit_s, eager_s = statistics.median(jitted[name]), statistics.median(eager[name])
+  for depth in depths:
+    jit_s = statistics.median(times[depth, True])
+    eager_s = statistics.median(times[depth, False])
     rows.append(Row(
-        f"init, jax.jit(init)() vs eager init() ({sizes.num_layers} layers,"
-        f" {sizes.features} features)",
+        f"init, jax.jit(init)() vs eager init() ({depth} layers, {example.features} features)",
         format_seconds(jit_s), format_seconds(eager_s), jit_s / eager_s, "report",
-        f"the documented way, trace+compile+run; median of {setup.repeats}; baseline: eager",
+        f"the documented way; fresh process each, median of {setup.repeats}; baseline: eager",
     ))
   return rows
 
@@ -394,9 +428,13 @@ def run(smoke: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-  import sys
-
+  from benchmarks.run import machine
   from benchmarks.timing import format_table
 
-  # From the repository root: uv run python -m benchmarks.transformer [--smoke]
-  print(format_table(run("--smoke" in sys.argv)))
+  # uv run benchmarks/transformer.py [--smoke]; benchmarks/run.py runs these rows too.
+  smoke = "--smoke" in sys.argv[1:]
+  table = format_table(run(smoke))
+  print(f"machine: {machine()}")
+  print(f"mode: {'smoke (tiny sizes, numbers mean nothing)' if smoke else 'full'}")
+  print()
+  print(table)

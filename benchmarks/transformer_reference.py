@@ -109,14 +109,14 @@ def _project(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _mlp(x: jax.Array, layer: Weights) -> jax.Array:
   h = rms_norm(x, layer["mlp_norm"])
-  gate = h @ layer["gate"].astype(COMPUTE)
-  up = h @ layer["up"].astype(COMPUTE)
-  return x + (jax.nn.silu(gate) * up) @ layer["down"].astype(COMPUTE)
+  gate = jnp.dot(h, layer["gate"].astype(COMPUTE))
+  up = jnp.dot(h, layer["up"].astype(COMPUTE))
+  return x + jnp.dot(jax.nn.silu(gate) * up, layer["down"].astype(COMPUTE))
 
 
 def _scores(weights: Weights, x: jax.Array) -> jax.Array:
   x = rms_norm(x, weights["final_norm"])
-  return x @ weights["embedding"].astype(COMPUTE).T
+  return jnp.dot(x, weights["embedding"].astype(COMPUTE).T)
 
 
 def forward(weights: Weights, ids: jax.Array, rope_base: float) -> jax.Array:
