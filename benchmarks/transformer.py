@@ -94,7 +94,7 @@ FULL = Setup(
 )
 SMOKE = Setup(
     model=_sizes(2, 16, 8, 2), compile_depths=(1, 2), memory_depth=2,
-    memory_length=8, init_depth=4, decode_batch=1, decode_tokens=4,
+    memory_length=8, init_depth=2, decode_batch=1, decode_tokens=4,
     steps=1, rounds=1, repeats=1,
 )
 
@@ -337,8 +337,9 @@ def decode_rows(setup: Setup) -> list[Row]:
 
 
 def memory_rows(setup: Setup) -> list[Row]:
+  policies = ("full",) if setup is SMOKE else ("full", "dots_with_no_batch_dims_saveable")
   temp: dict[str | None, int] = {}
-  for policy in (None, "full", "dots_with_no_batch_dims_saveable"):
+  for policy in (None, *policies):
     sizes = dataclasses.replace(
         setup.model, num_layers=setup.memory_depth, sequence_length=setup.memory_length,
         remat_policy=policy,
@@ -361,7 +362,7 @@ def memory_rows(setup: Setup) -> list[Row]:
           mib(temp[policy]), mib(temp[None]), temp[policy] / temp[None], "report",
           "temp_size_in_bytes of compiled.memory_analysis(); baseline: no remat",
       )
-      for policy in ("full", "dots_with_no_batch_dims_saveable")
+      for policy in policies
   ]
 
 
@@ -399,7 +400,7 @@ def init_rows(setup: Setup) -> list[Row]:
   """`jax.jit(init)()` (trace, compile, run) vs `init()` op by op, each in a fresh process."""
   sizes_name = "FAST" if setup is SMOKE else "FULL"
   example: lm.Sizes = getattr(lm, sizes_name)
-  depths = (example.num_layers, setup.init_depth)
+  depths = tuple(sorted({example.num_layers, setup.init_depth}))
   times: dict[tuple[int, bool], list[float]] = {
       (depth, jitted): [] for depth in depths for jitted in (True, False)
   }

@@ -57,9 +57,9 @@ import optax
 import blox as bx
 
 PROMPT = "def "
-# bfloat16 keeps 8 bits of mantissa: logits of a few units differ in the
-# second decimal between two orders of the same sums.
-LOGITS_TOLERANCE = 0.1
+# bfloat16 keeps 8 significant bits: two orders of the same sums may differ
+# by a few units in the last place of the largest score (1/128 of it).
+RELATIVE_TOLERANCE = 0.02
 
 
 # Params in float32 (what the optimizer updates), arithmetic in bfloat16.
@@ -93,7 +93,7 @@ FULL = Sizes(
 )
 FAST = Sizes(
     num_layers=2, features=32, num_heads=4, num_kv_heads=2, mlp_size=64,
-    sequence_length=32, batch_size=8, steps=40, warmup_steps=5, learning_rate=5e-3,
+    sequence_length=32, batch_size=16, steps=40, warmup_steps=5, learning_rate=5e-3,
 )
 
 
@@ -161,15 +161,17 @@ class LanguageModel(bx.Module):
     self.rng = rng
     self.embed = bx.Embed(graph.child("embed"), vocab_size, sizes.features, rng=rng)
     self.blocks = bx.Repeat(
-        graph.child("blocks"), self._make_block, sizes.num_layers,
+        graph.child("blocks"), lambda node: Block(node, sizes, rng), sizes.num_layers,
         remat_policy=sizes.remat_policy,
     )
     self.final_norm = bx.RMSNorm(graph.child("final_norm"))
 
-  def _make_block(self, node: bx.Graph) -> Block:
-    # Repeat builds the block once; the cached path below calls it directly.
-    self.block = Block(node, self.sizes, self.rng)
-    return self.block
+  @property
+  def block(self) -> Block:
+    """The block `Repeat` built once (its params are stacked, one slice per layer)."""
+    block = self.blocks.layer
+    assert isinstance(block, Block)
+    return block
 
   def _scores(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     x, params = self.final_norm(params, x)
@@ -188,7 +190,7 @@ class LanguageModel(bx.Module):
   def _over_layers(
       self, params: bx.Params, x: jax.Array, caches: bx.KVCache, step: Any
   ) -> tuple[tuple[jax.Array, bx.KVCache], bx.Params]:
-    prefix = self.blocks.graph.path
+    prefix = self.blocks.layer_path
     stacked, rest = params.split(lambda path, _: path[: len(prefix)] == prefix)
 
     def one_layer(
@@ -308,8 +310,11 @@ def make_train_step(model: LanguageModel, optimizer: optax.GradientTransformatio
   return train_step
 
 
-def cached_vs_full(model: LanguageModel, params: bx.Params, ids: jax.Array, prefill: int) -> float:
-  """Largest difference between the full forward pass's scores and cached decoding's.
+def cached_vs_full(
+    model: LanguageModel, params: bx.Params, ids: jax.Array, prefill: int
+) -> tuple[float, float]:
+  """The largest difference between the full forward pass's scores and cached
+  decoding's, and the largest score.
 
   The first `prefill` tokens of `ids [batch, length]` go through one prefill,
   the rest through `decode_step`, one token at a time; both under `jax.jit`.
@@ -331,8 +336,9 @@ def cached_vs_full(model: LanguageModel, params: bx.Params, ids: jax.Array, pref
     return jnp.concatenate([first, jnp.moveaxis(rest, 0, 1)], axis=1)
 
   full, _ = jax.jit(model)(params, ids)
-  difference = jnp.abs(full.astype(jnp.float32) - cached(params).astype(jnp.float32))
-  return float(jnp.max(difference))
+  full = full.astype(jnp.float32)
+  difference = jnp.abs(full - cached(params).astype(jnp.float32))
+  return float(jnp.max(difference)), float(jnp.max(jnp.abs(full)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,13 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     failures.append("the reloaded params differ")
 
   window = jnp.asarray(held_out[None, : min(64, sizes.sequence_length)])
-  difference = cached_vs_full(model, restored, window, prefill=window.shape[1] // 2)
-  agree = difference <= LOGITS_TOLERANCE
+  difference, largest = cached_vs_full(model, restored, window, prefill=window.shape[1] // 2)
+  tolerance = RELATIVE_TOLERANCE * largest
   print(
-      f"cached decoding vs full forward pass: max |difference| of the scores {difference:.4f}"
-      f" (tolerance {LOGITS_TOLERANCE} in bfloat16)"
+      f"cached decoding vs full forward pass: max |difference| of the scores {difference:.4f},"
+      f" tolerance {tolerance:.4f} ({RELATIVE_TOLERANCE:.0%} of the largest score, bfloat16)"
   )
-  if not agree:
+  if not difference <= tolerance:
     failures.append("cached decoding disagrees with the full forward pass")
 
   prompt = jnp.asarray([[index[c] for c in PROMPT]], jnp.int32)
