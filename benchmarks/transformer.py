@@ -424,6 +424,7 @@ def run(smoke: bool = False) -> list[Row]:
   setup = SMOKE if smoke else FULL
   rows: list[Row] = []
   for part in (compile_rows, train_rows, decode_rows, memory_rows, init_rows):
+    print(f"  transformer: {part.__name__} ...", file=sys.stderr, flush=True)
     rows.extend(part(setup))
   return rows
 
