@@ -200,8 +200,8 @@ def _attend(
   if allowed is not None:
     flat_mask = jnp.reshape(jnp.broadcast_to(allowed, logits_shape), (-1, *logits_shape[-3:]))
   out = jax.nn.dot_product_attention(
-      *flat, mask=flat_mask, scale=scale,
-      implementation=implementation,  # type: ignore[arg-type]  # checked above
+      flat[0], flat[1], flat[2], mask=flat_mask, scale=scale,
+      implementation=implementation,  # type: ignore[arg-type]  # a name checked above
   )
   if implementation == "cudnn" and flat_mask is not None:
     # XLA gives a fully masked row the same large negative logits, so
