@@ -161,6 +161,13 @@ def test_nn_dot_product_attention_jax_kernel_equals_own_formula() -> None:
   for implementation in (None, "xla"):
     fused = dot_product_attention(q, k, v, mask=mask, implementation=implementation)
     np.testing.assert_allclose(fused, own, rtol=1e-6, atol=1e-6)
+  # A mask shared by the batch axes but not by the heads.
+  per_head = jax.random.bernoulli(jax.random.key(5), 0.6, (2, 5, 6)).at[..., 0].set(True)
+  np.testing.assert_allclose(
+      dot_product_attention(q, k, v, mask=per_head),
+      dot_product_attention(q, k, v, mask=per_head, precision=jax.lax.Precision.HIGHEST),
+      rtol=1e-6, atol=1e-6,
+  )
   # Both attend uniformly from the fully masked row, as jax's XLA path does too.
   np.testing.assert_allclose(own[:, :, 1], jnp.mean(v, axis=-3), rtol=1e-6, atol=1e-6)
   flat = jax.nn.dot_product_attention(q[0], k[0], v[0], mask=mask[0])

@@ -20,6 +20,9 @@ Example:
   (2, 4, 3, 8)
   >>> bool(jnp.allclose(out[:, 0], kv[:, 0]))  # the first query sees only key 0
   True
+  >>> shared = kv[:, :, :1]  # one key/value head for the 3 query heads (MQA)
+  >>> dot_product_attention(q, shared, shared).shape
+  (2, 4, 3, 8)
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ def _attend(
   flat = [jnp.reshape(a, (-1, *a.shape[-3:])) for a in (query, key, value)]
   flat_mask = None
   if allowed is not None:
-    flat_mask = jnp.reshape(jnp.broadcast_to(allowed, logits_shape), (-1, *logits_shape[-3:]))
+    flat_mask = _flat_mask(allowed, logits_shape, full=implementation == "cudnn")
   out = jax.nn.dot_product_attention(
       flat[0], flat[1], flat[2], mask=flat_mask, scale=scale,
       implementation=implementation,  # type: ignore[arg-type]  # a name checked above
@@ -209,6 +212,22 @@ def _attend(
     # such thing, so those rows are set to the mean of the values here.
     out = _uniform_where_fully_masked(out, flat[2], flat_mask)
   return jnp.reshape(out, query.shape)
+
+
+def _flat_mask(allowed: jax.Array, logits_shape: tuple[int, ...], full: bool) -> jax.Array:
+  """`allowed` as `[B or 1, N or 1, T, S]` for logits `[*batch, N, T, S]`.
+
+  Axes of size 1 that jax's XLA path broadcasts itself (a mask shared by the
+  batch or the heads, such as a causal mask) stay 1, so no copy per example
+  or head is made; with `full` (for the cuDNN kernel, whose mask layouts are
+  narrower) the mask is broadcast to `[B, N, T, S]`.
+  """
+  mask = jnp.reshape(allowed, (1,) * (len(logits_shape) - allowed.ndim) + allowed.shape)
+  batch = logits_shape[:-3]
+  shared_batch = not full and all(size == 1 for size in mask.shape[:-3])
+  heads = 1 if mask.shape[-3] == 1 and not full else logits_shape[-3]
+  shape = (*((1,) * len(batch) if shared_batch else batch), heads, *logits_shape[-2:])
+  return jnp.reshape(jnp.broadcast_to(mask, shape), (-1, *shape[-3:]))
 
 
 def _grouped(query: jax.Array, kv_heads: int) -> jax.Array:
