@@ -75,14 +75,12 @@ class MultiHeadAttention(Module):
   the flat 2-D shape `(fan_in, fan_out)` and the result is reshaped, so
   fan-based initializers scale as they would for a `Linear` of the same size.
 
-  Shapes. Inputs always carry at least one batch axis: `__call__` and
-  `apply` take `[*batch, length, features]`, `decode_step` and
-  `initial_state` one token `[*batch, features]`. A rank-2 array is refused
-  by `__call__` and `apply`, because `[length, features]` (one unbatched
-  sequence) and `[batch, features]` (one token per example, which would
-  silently attend across the batch) look alike. For a single sequence add a
-  batch axis (`x[None]`, also under `jax.vmap`); for one token use
-  `decode_step`.
+  Shapes. Inputs carry at least one batch axis: `[*batch, length, features]`
+  for `__call__` and `apply`, one token `[*batch, features]` for
+  `decode_step` and `initial_state`. A rank-2 sequence is refused:
+  `[length, features]` and `[batch, features]` (one token per example, which
+  would attend across the batch) look alike. Add a batch axis (`x[None]`,
+  also under `jax.vmap`), or decode one token with `decode_step`.
 
   Masks are boolean (True = attend) and broadcast to
   `[*batch, num_heads, q_length, kv_length]` (see `causal_mask`,
@@ -98,10 +96,9 @@ class MultiHeadAttention(Module):
   `qk_norm`, each query and key head is RMS-normalised over head_dim (float32
   statistics, epsilon 1e-6) and scaled by a learned `[head_dim]` scale.
   With `rope_base`, `rope` rotates the queries and keys (after `qk_norm`) at
-  their positions: `arange(length)` in `__call__` and `apply`,
-  `cache.position + arange(length)` with a cache, so cached decoding equals
-  the full forward. RoPE positions are those of self-attention, so
-  `__call__` then refuses a key of another length than the query.
+  their positions, `arange(length)`, or `cache.position + arange(length)`
+  with a cache, so cached decoding equals the full forward; `__call__` then
+  refuses a key of another length than the query (no self-attention).
 
   Decoding. `initial_state(params, token, max_length=n)` allocates a
   `KVCache`; `decode_step(params, token, cache)` writes the token's key and
@@ -113,10 +110,9 @@ class MultiHeadAttention(Module):
   of `jax.jit`; under jit tokens past the end are not written and their
   outputs are NaN (the tokens that fit are written and attended as usual).
 
-  The layer is not a `blox.graph.SequenceBase`: that interface makes
-  `module(params, inputs, prev_state)` the single step, while here
-  `__call__`'s third argument is the attention `key`. The single step is
-  `decode_step`, with the same `((outputs, state), params)` result.
+  The layer is not a `blox.graph.SequenceBase` (whose single step is
+  `module(params, inputs, prev_state)`: here the third argument is the
+  `key`); its single step is `decode_step`, with the same result form.
 
   Args:
     graph: the node this layer binds to; its children 'query', 'key',
