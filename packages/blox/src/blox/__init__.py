@@ -83,6 +83,7 @@ _EXPORTS: dict[str, str] = {
     "max_pool": "blox.nn",
     "min_pool": "blox.nn",
     "padding_mask": "blox.nn",
+    "rope": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
 }
@@ -125,6 +126,7 @@ if TYPE_CHECKING:
   from blox.nn import max_pool as max_pool
   from blox.nn import min_pool as min_pool
   from blox.nn import padding_mask as padding_mask
+  from blox.nn import rope as rope
   from blox.params import SHARDING as SHARDING
   from blox.params import CheckpointError as CheckpointError
   from blox.params import CheckpointWarning as CheckpointWarning

@@ -35,6 +35,7 @@ from blox.nn._pooling import avg_pool as avg_pool
 from blox.nn._pooling import max_pool as max_pool
 from blox.nn._pooling import min_pool as min_pool
 from blox.nn._rng import Rng as Rng
+from blox.nn._rope import rope as rope
 from blox.nn._sequential import Sequential as Sequential
 from blox.nn._version import __version__ as __version__
 
@@ -64,4 +65,5 @@ __all__ = [
     "max_pool",
     "min_pool",
     "padding_mask",
+    "rope",
 ]

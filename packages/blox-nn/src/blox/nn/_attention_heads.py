@@ -2,7 +2,8 @@
 
 `project_to_heads` maps `[..., in]` to `[..., heads, head_dim]` with a kernel
 `[in, heads, head_dim]`; `merge_heads` maps `[..., heads, head_dim]` back to
-`[..., out]` with a kernel `[heads, head_dim, out]`. They are functions, not
+`[..., out]` with a kernel `[heads, head_dim, out]`; `normalize_heads`
+RMS-normalises each head (query/key normalisation). They are functions, not
 modules: their params are created on the calling module under a tuple name,
 `(name, 'kernel')`, so an attention layer owns all its params itself and
 shows as one module (no helper classes reading their configuration back
@@ -39,7 +40,7 @@ from blox.graph import Module
 from blox.nn._dense import kernel_and_bias
 from blox.params import Initializer, KeySource, Params
 
-__all__ = ["merge_heads", "project_to_heads"]
+__all__ = ["merge_heads", "normalize_heads", "project_to_heads"]
 
 
 def _flat_init(init: Initializer, fan_in_dims: int) -> Initializer:
@@ -132,3 +133,31 @@ def merge_heads(
   if bias is not None:
     outputs = outputs + bias
   return outputs, params
+
+
+def normalize_heads(
+    module: Module,
+    params: Params,
+    name: str,
+    inputs: jax.Array,
+    *,
+    scale_init: Initializer,
+    scale_metadata: Mapping[str, Any] | None = None,
+    epsilon: float = 1e-6,
+) -> tuple[jax.Array, Params]:
+  """`inputs [..., heads, head_dim]` RMS-normalised over head_dim, times a scale.
+
+  Param `module`'s `(name, 'scale')` `[head_dim]`, shared by the heads and
+  created with `scale_init(None, shape, dtype)` (no key is drawn, as for
+  `RMSNorm`). The statistics are computed in float32 at least; the result
+  has the inputs' dtype.
+  """
+  scale: jax.Array
+  scale, params = module.get_param(
+      params, (name, "scale"), (inputs.shape[-1],), scale_init, metadata=scale_metadata
+  )
+  dtype = inputs.dtype
+  x = inputs.astype(jnp.promote_types(dtype, jnp.float32))
+  mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+  normalized = x * jax.lax.rsqrt(mean_square + jnp.asarray(epsilon, x.dtype))
+  return (normalized * scale.astype(x.dtype)).astype(dtype), params
