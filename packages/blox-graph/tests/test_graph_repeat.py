@@ -259,3 +259,37 @@ def test_summary_shows_the_repeat_line_and_leaves_others_unchanged() -> None:
   )
   assert any(l.split()[0] == "scale" and "[4, 3]" in l for l in lines)
   assert next(l for l in lines if l.startswith("total")).split()[1:] == ["24", "96"]
+
+
+class CacheWriter(Module):
+  """Adds a param to x; writes x into its own per-layer cache and returns it."""
+
+  def __call__(self, params: Params, x: jax.Array, cache: jax.Array, scale: float = 1.0) -> Any:
+    w, params = self.get_param(params, "w", (), jax.nn.initializers.ones)
+    new_cache = cache + x
+    return (x + scale * w, new_cache), params
+
+
+def test_scan_threads_one_input_and_output_per_layer() -> None:
+  stack = make(CacheWriter, 3)
+  caches = jnp.arange(3.0)
+  (y, new_caches), params = stack.scan(Params(), jnp.zeros(()), caches, scale=2.0)
+  assert float(y) == 6.0
+  np.testing.assert_allclose(new_caches, [0.0 + 0, 1.0 + 2, 2.0 + 4])
+  assert params[("net", "stack", "layer", "w")].value.shape == (3,)
+  (y, again), _ = stack.scan(params.locked(), jnp.zeros(()), new_caches)
+  np.testing.assert_allclose(again, [0.0, 4.0, 8.0])
+  assert float(y) == 3.0
+
+
+def test_scan_checks_the_per_layer_inputs_and_what_the_layer_returns() -> None:
+  stack = make(CacheWriter, 3)
+  with pytest.raises(ValueError, match=r"Repeat 'net/stack': per_layer\['k'\] has shape \(2,\).*num_layers=3"):
+    stack.scan(Params(), jnp.zeros(()), {"k": jnp.zeros(2)})
+
+  class Plain(Module):
+    def __call__(self, params: Params, x: jax.Array, own: jax.Array) -> Any:
+      return x + own, params  # forgets the per-layer output
+
+  with pytest.raises(TypeError, match=r"Repeat 'net/stack': with repeat.scan, the layer Plain 'net/stack/layer' must return \(\(x, output\), params\)"):
+    make(Plain).scan(Params(), jnp.zeros(()), jnp.zeros(3))

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -30,36 +29,28 @@ import jax
 
 from blox.graph._graph import Graph
 from blox.graph._module import Module
+from blox.graph._repeat_checks import (
+    changed_inside,
+    changed_outside,
+    check_same_kind,
+    check_update,
+    remat_policy_names,
+)
 from blox.graph._stacking import (
     LAYER,
-    abstract_array,
     add_stacked,
     check_stacked,
     drop_stacked,
+    layer_view,
     stack_params,
     unstack_params,
 )
 from blox.params import Param, Params, Path, path_text
 
-__all__ = ["Repeat", "remat_policy_names"]
+__all__ = ["Repeat"]
 
-
-def remat_policy_names() -> list[str]:
-  """The names of `jax.checkpoint_policies` entries that are policies
-  themselves (not factories such as `save_only_these_names`)."""
-  names = []
-  for name in dir(jax.checkpoint_policies):
-    candidate = getattr(jax.checkpoint_policies, name)
-    if name.startswith("_") or not callable(candidate):
-      continue
-    try:
-      kinds = [p.kind for p in inspect.signature(candidate).parameters.values()]
-    except (TypeError, ValueError):
-      continue
-    # A policy is called as policy(prim, *avals, **params).
-    if inspect.Parameter.VAR_KEYWORD in kinds:
-      names.append(name)
-  return sorted(names)
+# How a scan body calls the layer: `(params, x, own input) -> (x, own output, params)`.
+LayerCall = Callable[[Params, Any, Any], tuple[Any, Any, Params]]
 
 
 class Repeat(Module):
@@ -70,7 +61,9 @@ class Repeat(Module):
   `repeat(params, x, *args, **kwargs)` runs `layer(params, x, *args,
   **kwargs) -> (x, params)` for each layer in turn, with the same `args` and
   `kwargs` (keywords such as `is_training` are static); the layer must return
-  `x` with the structure, shapes and dtypes it received.
+  `x` with the structure, shapes and dtypes it received. `repeat.scan(params,
+  x, per_layer, ...)` also hands each layer its own slice of `per_layer` and
+  stacks what each returns (one KV cache per layer, for instance).
 
   Params. Each param of the layer is stored once at its own path
   (`(*repeat_path, 'layer', ...)`), its value stacked along a new leading
@@ -228,16 +221,76 @@ class Repeat(Module):
         param outside its node during initialisation, or any param at
         runtime.
     """
+    def call(params: Params, h: Any, _: None) -> tuple[Any, None, Params]:
+      h, params = self._apply_layer(params, h, args, kwargs)
+      return h, None, params
+
+    y, _, params = self._scan(params, x, None, call)
+    return y, params
+
+  def scan(
+      self, params: Params, x: Any, per_layer: Any, *args: Any, **kwargs: Any
+  ) -> tuple[tuple[Any, Any], Params]:
+    """Like calling the repeat, with an input and an output of each layer's own.
+
+    `per_layer` is a pytree whose leaves have a leading axis of size
+    `num_layers` (e.g. one KV cache per layer, stacked); layer `i` runs as
+    `layer(params, x, per_layer_i, *args, **kwargs) -> ((x, out_i), params)`,
+    and the outputs come back stacked the same way.
+
+    Returns:
+      `((x, outputs), params)`, `outputs` stacked on a leading layer axis.
+
+    Raises:
+      ValueError: a leaf of `per_layer` lacks the leading layer axis; or see
+        calling the repeat.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from blox.params import Params
+      >>> class AddOwn(Module):
+      ...   def __call__(self, params, x, own):
+      ...     return (x + own, x), params
+      >>> blocks = Repeat(Graph('net').child('blocks'), AddOwn, 3)
+      >>> (y, seen), _ = blocks.scan(Params(), jnp.zeros(()), jnp.array([1.0, 2.0, 3.0]))
+      >>> float(y), seen.tolist()
+      (6.0, [0.0, 1.0, 3.0])
+    """
+    for key_path, leaf in jax.tree_util.tree_leaves_with_path(per_layer):
+      shape = tuple(jax.typeof(leaf).shape)
+      if not shape or shape[0] != self.num_layers:
+        raise ValueError(
+            f"{self.where()}: per_layer{jax.tree_util.keystr(key_path)} has shape"
+            f" {shape}, but each per-layer input needs a leading axis of size"
+            f" num_layers={self.num_layers} (stack one value per layer)."
+        )
+
+    def call(params: Params, h: Any, own: Any) -> tuple[Any, Any, Params]:
+      result = self.layer(params, h, own, *args, **kwargs)
+      if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)
+              and isinstance(result[0], tuple) and len(result[0]) == 2):
+        raise TypeError(
+            f"{self.where()}: with repeat.scan, the layer {self.layer.where()} must"
+            f" return ((x, output), params), got {type(result).__name__}."
+        )
+      (new_h, out), params = result
+      check_same_kind(self.layer.where(), h, new_h)
+      return new_h, out, params
+
+    y, outputs, params = self._scan(params, x, per_layer, call)
+    return (y, outputs), params
+
+  def _scan(self, params: Params, x: Any, per_layer: Any, call: LayerCall) -> tuple[Any, Any, Params]:
     if not isinstance(params, Params):
       raise TypeError(
           f"{self.where()}: params must be a blox Params, got {type(params).__name__}."
       )
     owned = [path for path in params if self._owns(path)]
     if not owned:
-      return self._initialise(params, x, args, kwargs)
+      return self._initialise(params, x, per_layer, call)
     for path in owned:
       check_stacked(path, params[path], self.num_layers, self.where())
-    return self._run(params, x, args, kwargs)
+    return self._run(params, x, per_layer, call)
 
   # Both scans.
 
@@ -259,24 +312,24 @@ class Repeat(Module):
           f" got {type(result).__name__}."
       )
     y, new_params = result
-    _check_same_kind(self.layer.where(), x, y)
+    check_same_kind(self.layer.where(), x, y)
     return y, new_params
 
   def _initialise(
-      self, params: Params, x: Any, args: Any, kwargs: Any
-  ) -> tuple[Any, Params]:
+      self, params: Params, x: Any, per_layer: Any, call: LayerCall
+  ) -> tuple[Any, Any, Params]:
     """Creates every layer's params in one scan; see the class docstring."""
     was_locked = params.is_locked
     outside = params.unlocked()
     outside_structure: object = jax.tree.structure(outside)
     created_structure: list[Any] = []
 
-    def body(carry: tuple[Any, Params], _: None) -> tuple[tuple[Any, Params], list[Any]]:
+    def body(carry: tuple[Any, Params], own: Any) -> tuple[tuple[Any, Params], Any]:
       h, rest = carry
-      h, new_params = self._apply_layer(rest, h, args, kwargs)
+      h, out, new_params = call(rest, h, own)
       created, rest = new_params.split(self._owns)
       if jax.tree.structure(rest) != outside_structure:
-        raise ValueError(self._changed_outside(carry[1], rest))
+        raise ValueError(changed_outside(self, carry[1], rest))
       if created and was_locked:
         raise RuntimeError(
             f"{self.where()}: the params are locked but hold none of the repeated"
@@ -285,119 +338,52 @@ class Repeat(Module):
             " (params.unlocked()), then run with the params it returns."
         )
       created_structure[:] = [jax.tree.structure(created)]
-      return (h, rest), jax.tree.leaves(created)
+      return (h, rest), (jax.tree.leaves(created), out)
 
-    (y, outside), stacked = jax.lax.scan(
-        self._checkpointed(body), (x, outside), None,
+    (y, outside), (stacked, outputs) = jax.lax.scan(
+        self._checkpointed(body), (x, outside), per_layer,
         length=self.num_layers, unroll=self.unroll,
     )
     created = jax.tree.unflatten(created_structure[0], stacked)
     for path in created:
       created = created.set(path, metadata=add_stacked(created[path].metadata, self.num_layers))
     merged = outside.merge(created)
-    return y, merged.locked() if was_locked else merged
+    return y, outputs, merged.locked() if was_locked else merged
 
-  def _run(self, params: Params, x: Any, args: Any, kwargs: Any) -> tuple[Any, Params]:
+  def _run(
+      self, params: Params, x: Any, per_layer: Any, call: LayerCall
+  ) -> tuple[Any, Any, Params]:
     """The runtime scan over the stacked params; see the class docstring."""
     stacked, outside = params.split(self._owns)
     outside_structure: object = jax.tree.structure(outside)
     stacked_leaves, stacked_structure = jax.tree.flatten(stacked)
-    view_structure: object = jax.tree.structure(_layer_view(stacked))
+    view_structure: object = jax.tree.structure(layer_view(stacked))
     changed: list[int] = []
 
-    def body(carry: tuple[Any, Params], leaves: list[Any]) -> tuple[tuple[Any, Params], list[Any]]:
+    def body(carry: tuple[Any, Params], xs: tuple[list[Any], Any]) -> tuple[tuple[Any, Params], Any]:
       h, rest = carry
+      leaves, own = xs
       layer_params = jax.tree.unflatten(view_structure, leaves)
-      h, new_params = self._apply_layer(rest.merge(layer_params), h, args, kwargs)
+      h, out, new_params = call(rest.merge(layer_params), h, own)
       new_layer, rest = new_params.split(self._owns)
       if jax.tree.structure(rest) != outside_structure:
-        raise ValueError(self._changed_outside(carry[1], rest))
+        raise ValueError(changed_outside(self, carry[1], rest))
       if jax.tree.structure(new_layer) != view_structure:
-        raise ValueError(self._changed_inside(layer_params, new_layer))
+        raise ValueError(changed_inside(self, layer_params, new_layer))
       new_leaves = jax.tree.leaves(new_layer)
       # Only values the layer replaced (statistics, counters) leave the scan:
       # the weights it merely read are not copied out once per layer.
       changed[:] = [i for i, (old, new) in enumerate(zip(leaves, new_leaves)) if old is not new]
       paths = list(new_layer)
       for i in changed:
-        self._check_update(paths[i], leaves[i], new_leaves[i])
-      return (h, rest), [new_leaves[i] for i in changed]
+        check_update(self, paths[i], leaves[i], new_leaves[i])
+      return (h, rest), ([new_leaves[i] for i in changed], out)
 
-    (y, outside), updates = jax.lax.scan(
-        self._checkpointed(body), (x, outside), stacked_leaves, unroll=self.unroll
+    (y, outside), (updates, outputs) = jax.lax.scan(
+        self._checkpointed(body), (x, outside), (stacked_leaves, per_layer),
+        length=self.num_layers, unroll=self.unroll,
     )
     for i, update in zip(changed, updates):
       stacked_leaves[i] = update
     stacked = jax.tree.unflatten(stacked_structure, stacked_leaves)
-    return y, outside.merge(stacked)
-
-  def _check_update(self, path: Path, old: Any, new: Any) -> None:
-    a, b = jax.typeof(old), jax.typeof(new)
-    if a.shape != b.shape or a.dtype != b.dtype:
-      raise ValueError(
-          f"{self.where()}: the layer {self.layer.where()} set param"
-          f" {path_text(path)} to shape {b.shape} and dtype {b.dtype}, but it holds"
-          f" shape {a.shape} and dtype {a.dtype} per layer; keep its shape and dtype."
-      )
-
-  def _changed_outside(self, old: Params, new: Params) -> str:
-    created = [path_text(path) for path in new if path not in old]
-    what = (
-        f"created {', '.join(created)} outside its node" if created
-        else "changed the trainable flags or metadata of params outside its node"
-    )
-    return (
-        f"{self.where()}: the layer {self.layer.where()} {what}. Inside a repeat"
-        " the layer may only create params under its own node (they are stacked)"
-        " and update the values of others: create shared params (Rng streams,"
-        " shared modules) before calling the repeat."
-    )
-
-  def _changed_inside(self, old: Params, new: Params) -> str:
-    created = [path_text(path) for path in new if path not in old]
-    what = (
-        f"created {', '.join(created)}" if created
-        else "changed the trainable flags or metadata of its params"
-    )
-    return (
-        f"{self.where()}: the layer {self.layer.where()} {what} after its params"
-        " were created. The scanned layer body cannot create params: create every"
-        " param in the layer's first call (initialisation, unlocked params"
-        " without the layer's params), and only change values afterwards."
-    )
-
-
-def _layer_view(stacked: Params) -> Params:
-  """The stacked params as one layer sees them: values one layer's shape,
-  the outermost `STACKED` size dropped; ranks kept, so that merging the view
-  with the other params gives back their order."""
-  view = stacked.unlocked()
-  for path, param in stacked.items():
-    value = param.value
-    view[path] = Param(
-        abstract_array(tuple(value.shape[1:]), value.dtype),
-        param.trainable,
-        drop_stacked(param.metadata),
-    )
-  return view.locked() if stacked.is_locked else view
-
-
-def _check_same_kind(where: str, before: Any, after: Any) -> None:
-  """Raises unless `after` has the tree structure, shapes and dtypes of `before`."""
-  before_structure: object = jax.tree.structure(before)
-  if before_structure != jax.tree.structure(after):
-    raise ValueError(
-        f"{where} returned x with structure {jax.tree.structure(after)}, but"
-        f" received {before_structure}; a repeated layer must return x of the"
-        " structure, shapes and dtypes it received."
-    )
-  for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
-    a, b = jax.typeof(old), jax.typeof(new)
-    dtype_changed = a.dtype != b.dtype and not (a.weak_type or b.weak_type)
-    if a.shape != b.shape or dtype_changed:
-      raise ValueError(
-          f"{where} returned x of shape {b.shape} and dtype {b.dtype}, but"
-          f" received shape {a.shape} and dtype {a.dtype}; a repeated layer"
-          " feeds its output to the next layer, so it must return x of the"
-          " shape and dtype it received (project or cast it inside the layer)."
-      )
+    return y, outputs, outside.merge(stacked)

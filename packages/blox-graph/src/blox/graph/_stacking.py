@@ -36,6 +36,7 @@ __all__ = [
     "add_stacked",
     "check_stacked",
     "drop_stacked",
+    "layer_view",
     "stack_params",
     "stacked_sizes",
     "unstack_params",
@@ -202,3 +203,18 @@ def _check_same_layer(
           f" it has (shape, dtype, trainable, metadata) {kind}, but layer 0's has"
           f" {ref_kind}; every layer's params must agree in all of them."
       )
+
+
+def layer_view(stacked: Params) -> Params:
+  """The stacked params as one layer sees them: values one layer's shape,
+  the outermost `STACKED` size dropped; ranks kept, so that merging the view
+  with the other params gives back their order."""
+  view = stacked.unlocked()
+  for path, param in stacked.items():
+    value = param.value
+    view[path] = Param(
+        abstract_array(tuple(value.shape[1:]), value.dtype),
+        param.trainable,
+        drop_stacked(param.metadata),
+    )
+  return view.locked() if stacked.is_locked else view
