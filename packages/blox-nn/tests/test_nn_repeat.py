@@ -11,7 +11,7 @@ import pytest
 
 from blox.graph import Graph, Module, Repeat, summary
 from blox.nn import BatchNorm, Dropout, LayerNorm, Linear, Rng
-from blox.params import STACKED, Params, value_and_grad
+from blox.params import STACKED, Params, unused_params, value_and_grad
 
 FEATURES = 4
 
@@ -310,3 +310,13 @@ def test_summary_shows_per_layer_and_total_counts() -> None:
   assert f"4 layers x {per_layer:,}" in line
   assert line.split()[-2] == f"{4 * per_layer:,}"
   assert any(l.startswith("net/blocks/layer/up") for l in table.splitlines())
+
+
+def test_unused_params_sees_the_layer_reads_through_the_scan() -> None:
+  _, rng, blocks = build(3, rate=0.5)
+  _, params = init(rng, blocks, X)
+  params = params.locked()
+  # Evaluation draws no dropout key: only the Rng stream goes unread.
+  unread = unused_params(lambda p, x: blocks(p, x, is_training=False), params, X)
+  assert unread == [("net", "rng", "seed"), ("net", "rng", "counter")]
+  assert unused_params(lambda p, x: blocks(p, x), params, X) == []

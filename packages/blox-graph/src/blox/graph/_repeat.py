@@ -285,11 +285,13 @@ class Repeat(Module):
       raise TypeError(
           f"{self.where()}: params must be a blox Params, got {type(params).__name__}."
       )
-    owned = [path for path in params if self._owns(path)]
+    # Through items(), not params[path]: indexing counts as a read for
+    # `unused_params`, and only the layer's own reads should.
+    owned = [(path, param) for path, param in params.items() if self._owns(path)]
     if not owned:
       return self._initialise(params, x, per_layer, call)
-    for path in owned:
-      check_stacked(path, params[path], self.num_layers, self.where())
+    for path, param in owned:
+      check_stacked(path, param, self.num_layers, self.where())
     return self._run(params, x, per_layer, call)
 
   # Both scans.
@@ -345,8 +347,8 @@ class Repeat(Module):
         length=self.num_layers, unroll=self.unroll,
     )
     created = jax.tree.unflatten(created_structure[0], stacked)
-    for path in created:
-      created = created.set(path, metadata=add_stacked(created[path].metadata, self.num_layers))
+    for path, param in created.items():
+      created = created.set(path, metadata=add_stacked(param.metadata, self.num_layers))
     merged = outside.merge(created)
     return y, outputs, merged.locked() if was_locked else merged
 
