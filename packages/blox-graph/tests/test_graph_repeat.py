@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blox.graph import Graph, Module, Repeat, summary
 from blox.params import STACKED, Param, Params
@@ -293,3 +295,34 @@ def test_scan_checks_the_per_layer_inputs_and_what_the_layer_returns() -> None:
 
   with pytest.raises(TypeError, match=r"Repeat 'net/stack': with repeat.scan, the layer Plain 'net/stack/layer' must return \(\(x, output\), params\)"):
     make(Plain).scan(Params(), jnp.zeros(()), jnp.zeros(3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    num_layers=st.integers(1, 4),
+    shapes=st.lists(st.lists(st.integers(1, 3), max_size=2).map(tuple), min_size=1, max_size=3),
+    before=st.integers(0, 2),
+    after=st.integers(0, 2),
+    locked=st.booleans(),
+)
+def test_unstack_stack_round_trip_property(
+    num_layers: int, shapes: list[tuple[int, ...]], before: int, after: int, locked: bool
+) -> None:
+  stack = make(Counting, num_layers)
+  entries: dict[tuple[str, ...], Param] = {}
+  for i in range(before):
+    entries[("a", str(i))] = Param(jnp.full((2,), float(i)))
+  for j, shape in enumerate(shapes):
+    value = jnp.arange(num_layers * int(np.prod(shape)), dtype=jnp.float32).reshape(num_layers, *shape)
+    entries[("net", "stack", "layer", f"p{j}")] = Param(value, j % 2 == 0, {STACKED: (num_layers,)})
+  for i in range(after):
+    entries[("z", str(i))] = Param(jnp.zeros(()), False)
+  params = Params(entries, locked=locked)
+  per_layer = stack.unstack(params)
+  assert len(per_layer) == before + after + num_layers * len(shapes)
+  assert all(STACKED not in param.metadata for param in per_layer.values())
+  again = stack.stack(per_layer)
+  assert same_structure(again, params)
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert same_structure(stack.unstack(again), per_layer)
