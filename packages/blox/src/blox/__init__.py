@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "Params": "blox.params",
     "Path": "blox.params",
     "SHARDING": "blox.params",
+    "STACKED": "blox.params",
     "load": "blox.params",
     "param_mask": "blox.params",
     "save": "blox.params",
@@ -52,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     # blox.graph
     "Graph": "blox.graph",
     "Module": "blox.graph",
+    "Repeat": "blox.graph",
     "RecurrenceBase": "blox.graph",
     "SequenceBase": "blox.graph",
     "dynamic_scan": "blox.graph",
@@ -96,6 +98,7 @@ if TYPE_CHECKING:
   from blox import parallel as parallel
   from blox.graph import Graph as Graph
   from blox.graph import Module as Module
+  from blox.graph import Repeat as Repeat
   from blox.graph import RecurrenceBase as RecurrenceBase
   from blox.graph import SequenceBase as SequenceBase
   from blox.graph import dynamic_scan as dynamic_scan
@@ -128,6 +131,7 @@ if TYPE_CHECKING:
   from blox.nn import padding_mask as padding_mask
   from blox.nn import rope as rope
   from blox.params import SHARDING as SHARDING
+  from blox.params import STACKED as STACKED
   from blox.params import CheckpointError as CheckpointError
   from blox.params import CheckpointWarning as CheckpointWarning
   from blox.params import Initializer as Initializer

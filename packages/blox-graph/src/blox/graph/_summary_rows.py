@@ -28,6 +28,7 @@ import numpy as np
 
 from blox.graph._graph import Graph
 from blox.graph._module import Module
+from blox.graph._repeat import Repeat
 from blox.params import Params, Path, is_prng_key
 
 __all__ = ["ModuleGroup", "ParamRow", "collect_groups", "total"]
@@ -50,12 +51,15 @@ class ModuleGroup:
   """A module's line of the table: its path, its label, and its params' rows.
 
   `label` is the module's `repr` (type and configuration) when a graph binds
-  a module at `path`, else None.
+  a module at `path`, else None. `subtotal`, when set, is the line's
+  `(count, bytes)` instead of its members' sum: a `Repeat` owns no rows
+  itself, its line sums the stacked params of the groups below it.
   """
 
   path: Path
   label: str | None
   members: tuple[ParamRow, ...]
+  subtotal: tuple[int, int] | None = None
 
 
 def total(rows: Iterable[ParamRow]) -> tuple[int, int]:
@@ -117,7 +121,26 @@ def collect_groups(params: Params, graph: Graph | None = None) -> list[ModuleGro
         count=count,
         nbytes=nbytes,
     ))
-  return [
+  groups = [
       ModuleGroup(group, repr(modules[group]) if group in modules else None, tuple(rows))
       for group, rows in members.items()
   ]
+  return _with_repeat_lines(groups, modules)
+
+
+def _with_repeat_lines(groups: list[ModuleGroup], modules: dict[Path, Module]) -> list[ModuleGroup]:
+  """`groups` with a line for each `Repeat` before the first group below it:
+  its subtotal, and the count of one layer (`4 layers x 1,234`)."""
+  repeats = {path: m for path, m in modules.items() if isinstance(m, Repeat)}
+  for path, repeat in repeats.items():
+    below = [i for i, g in enumerate(groups) if g.path[: len(path)] == path and g.path != path]
+    if not below:
+      continue
+    count, nbytes = total(row for i in below for row in groups[i].members)
+    # The params of a repeat inside a repeat are stacked for every enclosing one.
+    layers = math.prod(
+        m.num_layers for p, m in repeats.items() if path[: len(p)] == p
+    )
+    label = f"{repeat!r}  {repeat.num_layers} layers x {count // layers:,}"
+    groups.insert(below[0], ModuleGroup(path, label, (), (count, nbytes)))
+  return groups

@@ -159,7 +159,8 @@ def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) 
   ]
   for group in groups:
     text = _module_text(group.path, group.label, label_width)
-    lines.append(f"{text:<{label_width}}{_GAP}{numbers(*total(group.members))}")
+    subtotal = group.subtotal if group.subtotal is not None else total(group.members)
+    lines.append(f"{text:<{label_width}}{_GAP}{numbers(*subtotal)}")
     lines.extend(param_line(row) for row in group.members)
   lines.append(rule)
   for name, (count, nbytes) in totals.items():
