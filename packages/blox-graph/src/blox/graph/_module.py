@@ -162,7 +162,9 @@ class Module(metaclass=_ModuleMeta):
       ...     policy = self.policy()
       ...     s, params = self.get_param(params, 'scale', x.shape[-1:],
       ...         jax.nn.initializers.ones, dtype=policy.param_dtype)
-      ...     dtype = policy.compute_dtype or jnp.result_type(x, s)
+      ...     dtype = policy.compute_dtype
+      ...     if dtype is None:  # no opinion: promote, as jnp would
+      ...       dtype = jnp.result_type(x, s)
       ...     return x.astype(dtype) * s.astype(dtype), params
       >>> net = Graph('net', policy=Policy(param_dtype=jnp.float32,
       ...                                  compute_dtype=jnp.bfloat16))

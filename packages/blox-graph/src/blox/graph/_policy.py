@@ -11,7 +11,7 @@ inherit the others.
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from blox.graph import Graph
+  >>> from blox.graph import Graph, Policy
   >>> net = Graph('net', policy=Policy(compute_dtype=jnp.bfloat16))
   >>> head = net.child('head', policy=Policy(compute_dtype=jnp.float32))
   >>> net.policy.compute_dtype, head.policy.compute_dtype

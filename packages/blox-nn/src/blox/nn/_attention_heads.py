@@ -61,6 +61,14 @@ def _flat_init(init: Initializer, fan_in_dims: int) -> Initializer:
   return flat
 
 
+def _cast(dtype: Any, *arrays: jax.Array | None) -> list[Any]:
+  """`arrays` (None stays None) cast to `dtype`; unchanged when it is None, so
+  that the product promotes them."""
+  if dtype is None:
+    return list(arrays)
+  return [None if a is None else a.astype(dtype) for a in arrays]
+
+
 def project_to_heads(
     module: Module,
     params: Params,
@@ -76,12 +84,16 @@ def project_to_heads(
     kernel_metadata: Mapping[str, Any] | None = None,
     bias_metadata: Mapping[str, Any] | None = None,
     precision: jax.lax.PrecisionLike = None,
+    param_dtype: Any = None,
+    dtype: Any = None,
 ) -> tuple[jax.Array, Params]:
   """`inputs [..., in]` projected to `[..., num_heads, head_dim]`.
 
   Params `module`'s `(name, 'kernel')` `[in, num_heads, head_dim]` and, with
   `use_bias`, `(name, 'bias')` `[num_heads, head_dim]`, created in that order
   (one key each from `rng`) with the flat-shape initializers of `_flat_init`.
+  The params are created in `param_dtype` (None: float32); with `dtype`, the
+  inputs and params are cast to it before the product.
   """
   kernel, bias, params = kernel_and_bias(
       module, params,
@@ -91,7 +103,9 @@ def project_to_heads(
       rng=rng, use_bias=use_bias,
       kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
       kernel_name=(name, "kernel"), bias_name=(name, "bias"),
+      param_dtype=param_dtype,
   )
+  inputs, kernel, bias = _cast(dtype, inputs, kernel, bias)
   outputs = jnp.einsum("...i,ihd->...hd", inputs, kernel, precision=precision)
   if bias is not None:
     outputs = outputs + bias
@@ -112,12 +126,15 @@ def merge_heads(
     kernel_metadata: Mapping[str, Any] | None = None,
     bias_metadata: Mapping[str, Any] | None = None,
     precision: jax.lax.PrecisionLike = None,
+    param_dtype: Any = None,
+    dtype: Any = None,
 ) -> tuple[jax.Array, Params]:
   """`inputs [..., heads, head_dim]` projected to `[..., out_features]`.
 
   Params `module`'s `(name, 'kernel')` `[heads, head_dim, out_features]` and,
   with `use_bias`, `(name, 'bias')` `[out_features]`, created in that order.
   The kernel's initializer sees the flat `(heads * head_dim, out_features)`.
+  `param_dtype` and `dtype` as for `project_to_heads`.
   """
   kernel, bias, params = kernel_and_bias(
       module, params,
@@ -127,7 +144,9 @@ def merge_heads(
       rng=rng, use_bias=use_bias,
       kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
       kernel_name=(name, "kernel"), bias_name=(name, "bias"),
+      param_dtype=param_dtype,
   )
+  inputs, kernel, bias = _cast(dtype, inputs, kernel, bias)
   outputs = jnp.einsum("...hd,hdo->...o", inputs, kernel, precision=precision)
   if bias is not None:
     outputs = outputs + bias

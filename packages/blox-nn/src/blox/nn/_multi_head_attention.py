@@ -54,6 +54,7 @@ from blox.nn._kv_cache import (
     _write,
 )
 from blox.nn._masks import causal_mask
+from blox.nn._precision import check_dtype, resolve_dtypes, to_output
 from blox.nn.initializers import lecun_normal, zeros
 from blox.params import Initializer, KeySource, Params
 
@@ -128,6 +129,13 @@ class MultiHeadAttention(Module):
     kernel_metadata, bias_metadata: metadata per projection, a mapping from
       any of 'query', 'key', 'value', 'out' to that projection's kernel (or
       bias) metadata; projections left out get none.
+    param_dtype: the dtype of the params when they are created; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32.
+    dtype: the dtype of the projections and of the attention products (and
+      the default dtype of the `KVCache`); None: the policy's
+      `compute_dtype`, else the inputs' dtype promoted with the params'. The
+      softmax is computed in float32 whatever this dtype. The outputs come
+      out in the policy's `output_dtype` when it has one.
   """
 
   def __init__(
@@ -145,6 +153,8 @@ class MultiHeadAttention(Module):
       bias_init: Initializer = zeros,
       kernel_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
       bias_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(graph)
     where = self.where()
@@ -167,6 +177,8 @@ class MultiHeadAttention(Module):
     self.bias_metadata = bias_metadata
     self._kernel_metadata = _per_projection(kernel_metadata, "kernel_metadata", where)
     self._bias_metadata = _per_projection(bias_metadata, "bias_metadata", where)
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", where)
+    self.dtype = check_dtype(dtype, "dtype", where)
     if qkv_features is not None:
       self._head_dim(qkv_features)
     # The params live at (*path, 'query', 'kernel') and so on. A module bound
@@ -200,6 +212,7 @@ class MultiHeadAttention(Module):
         kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
         use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get(name),
         bias_metadata=self._bias_metadata.get(name), precision=self.precision,
+        **self._dtype_arguments(),
     )
 
   def _merge(
@@ -210,7 +223,13 @@ class MultiHeadAttention(Module):
         kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
         use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get("out"),
         bias_metadata=self._bias_metadata.get("out"), precision=self.precision,
+        **self._dtype_arguments(),
     )
+
+  def _dtype_arguments(self) -> dict[str, Any]:
+    """`param_dtype` and `dtype` of the projections, resolved with the policy."""
+    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    return {"param_dtype": dtypes.param, "dtype": dtypes.compute}
 
   def _attention(
       self,
@@ -255,6 +274,7 @@ class MultiHeadAttention(Module):
     outputs, params = self._merge(params, attended, out_features)
     if cache is not None:
       outputs = _overflow(outputs, q_positions, max_length)
+    outputs = to_output(resolve_dtypes(self, self.param_dtype, self.dtype), outputs)
     return (outputs, cache), params
 
   # Attention over whole sequences.
@@ -314,7 +334,8 @@ class MultiHeadAttention(Module):
       inputs: one token `[*batch, features]`, at least one batch axis; gives
         the batch shape, the default `qkv_features` and the default dtype.
       max_length: the number of positions of the cache.
-      dtype: the cache dtype; defaults to the dtype of `inputs`.
+      dtype: the cache dtype; defaults to the layer's compute dtype, else
+        the dtype of `inputs`.
     """
     where = self.where()
     check_positive_int(max_length, "max_length", where)
@@ -322,9 +343,13 @@ class MultiHeadAttention(Module):
     head_dim, _ = self._sizes(inputs)
     cache = _allocate(
         tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self.num_heads,
-        head_dim=head_dim, dtype=inputs.dtype if dtype is None else dtype,
+        head_dim=head_dim, dtype=self._cache_dtype(inputs) if dtype is None else dtype,
     )
     return cache, params
+
+  def _cache_dtype(self, inputs: jax.Array) -> Any:
+    compute = self._dtype_arguments()["dtype"]
+    return inputs.dtype if compute is None else compute
 
   def decode_step(
       self,
