@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_is_training
-from blox.nn._precision import check_dtype, resolve_dtypes
+from blox.nn._precision import check_dtype, float32_init, resolve_dtypes
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
 from blox.params import Initializer, Params
@@ -176,13 +176,15 @@ class BatchNorm(Module):
     y = (x - mean) * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self.get_param(
-          params, "scale", features, self.scale_init, dtype=dtypes.param,
+          params, "scale", features, float32_init(self.scale_init, dtypes.param),
+          dtype=dtypes.param,
           metadata=self.scale_metadata,
       )
       y = y * scale.astype(compute)
     if self.use_bias:
       bias, params = self.get_param(
-          params, "bias", features, self.bias_init, dtype=dtypes.param,
+          params, "bias", features, float32_init(self.bias_init, dtypes.param),
+          dtype=dtypes.param,
           metadata=self.bias_metadata,
       )
       y = y + bias.astype(compute)

@@ -28,7 +28,14 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_float_inputs, check_positive_int
-from blox.nn._precision import Dtypes, check_dtype, resolve_dtypes, to_compute, to_output
+from blox.nn._precision import (
+    Dtypes,
+    check_dtype,
+    float32_init,
+    resolve_dtypes,
+    to_compute,
+    to_output,
+)
 from blox.nn.initializers import variance_scaling
 from blox.params import Initializer, KeySource, Params
 
@@ -97,10 +104,11 @@ class Embed(Module):
     The table is returned as stored (in its param dtype), not cast.
     """
     table: jax.Array
+    param_dtype = self._dtypes().param
     table, params = self.get_param(
         params, "embedding", (self.num_embeddings, self.embedding_size),
-        self.embedding_init, rng=self.rng, metadata=self.embedding_metadata,
-        dtype=self._dtypes().param,
+        float32_init(self.embedding_init, param_dtype), rng=self.rng,
+        metadata=self.embedding_metadata, dtype=param_dtype,
     )
     return table, params
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_feature_axis, check_float_inputs
-from blox.nn._precision import check_dtype, resolve_dtypes
+from blox.nn._precision import check_dtype, float32_init, resolve_dtypes
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
 from blox.params import Initializer, Params
@@ -72,7 +72,8 @@ class _FeatureNorm(Module):
     """The scale or bias: shape `(features,)`, stored in `param_dtype`, used in `dtype`."""
     value: jax.Array
     value, params = self.get_param(
-        params, name, (features,), init, dtype=param_dtype, metadata=metadata
+        params, name, (features,), float32_init(init, param_dtype), dtype=param_dtype,
+        metadata=metadata,
     )
     return value.astype(dtype), params
 

@@ -13,7 +13,10 @@ Every layer that creates params takes `param_dtype=None` and `dtype=None`.
   compute dtype.
 
 `to_compute` casts a layer's operands to the compute dtype (or promotes them
-together) and `to_output` casts its result.
+together) and `to_output` casts its result. `float32_init` makes params of a
+16-bit `param_dtype` by initialising in float32 and rounding: some
+initializers (`orthogonal`'s QR) have no 16-bit kernels, and this way a
+bfloat16 param is the float32 one, rounded.
 
 Example:
   >>> import jax.numpy as jnp
@@ -42,8 +45,16 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Module
+from blox.params import Initializer
 
-__all__ = ["Dtypes", "check_dtype", "resolve_dtypes", "to_compute", "to_output"]
+__all__ = [
+    "Dtypes",
+    "check_dtype",
+    "float32_init",
+    "resolve_dtypes",
+    "to_compute",
+    "to_output",
+]
 
 
 class Dtypes(NamedTuple):
@@ -67,10 +78,10 @@ def check_dtype(value: Any, name: str, where: str) -> Any:
   except TypeError:
     dtype = None
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    shown = value if dtype is None else dtype
+    shown = repr(value) if dtype is None else str(dtype)
     raise TypeError(
         f"{where}: {name} must be a floating dtype such as jnp.bfloat16 (or None),"
-        f" got {shown!s}."
+        f" got {shown}."
     )
   return dtype
 
@@ -99,3 +110,23 @@ def to_compute(dtypes: Dtypes, *arrays: Any) -> list[Any]:
 def to_output(dtypes: Dtypes, outputs: jax.Array) -> jax.Array:
   """`outputs` cast to the output dtype when one is set, else unchanged."""
   return outputs if dtypes.output is None else outputs.astype(dtypes.output)
+
+
+def float32_init(init: Initializer, param_dtype: Any) -> Initializer:
+  """`init`, run in float32 and rounded when `param_dtype` is a float narrower
+  than 32 bits; `init` itself otherwise.
+
+  Example:
+    >>> import jax
+    >>> from blox.nn.initializers import orthogonal
+    >>> init = float32_init(orthogonal(), jnp.bfloat16)
+    >>> init(jax.random.key(0), (3, 3), jnp.bfloat16).dtype
+    dtype(bfloat16)
+  """
+  if param_dtype is None or jnp.dtype(param_dtype).itemsize >= 4:
+    return init
+
+  def rounded(key: Any, shape: Any, dtype: Any = param_dtype) -> Any:
+    return jnp.asarray(init(key, shape, jnp.float32)).astype(dtype)
+
+  return rounded

@@ -29,7 +29,14 @@ import jax.numpy as jnp
 from blox.graph import Graph, RecurrenceBase
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_positive_int
 from blox.nn._dense import kernel_and_bias
-from blox.nn._precision import Dtypes, check_dtype, resolve_dtypes, to_compute, to_output
+from blox.nn._precision import (
+    Dtypes,
+    check_dtype,
+    float32_init,
+    resolve_dtypes,
+    to_compute,
+    to_output,
+)
 from blox.nn.initializers import lecun_normal, orthogonal, zeros
 from blox.params import Initializer, KeySource, Params
 
@@ -117,7 +124,7 @@ class GatedCell(RecurrenceBase):
     recurrent_kernel: jax.Array
     recurrent_kernel, params = self.get_param(
         params, "recurrent_kernel", (self.hidden_size, width),
-        self.recurrent_kernel_init, dtype=dtypes.param,
+        float32_init(self.recurrent_kernel_init, dtypes.param), dtype=dtypes.param,
         metadata=self.recurrent_kernel_metadata, rng=self.rng,
     )
     inputs, *rest = to_compute(dtypes, inputs, kernel, recurrent_kernel, bias, *state)
