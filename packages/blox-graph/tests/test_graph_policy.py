@@ -4,6 +4,7 @@ and the compute dtype the summary shows."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ def test_graph_node_refuses_what_is_no_policy() -> None:
     Graph("net", policy={"compute_dtype": jnp.bfloat16})  # type: ignore[arg-type]  # the misuse under test
   net = Graph("net")
   with pytest.raises(TypeError, match=r"Graph node 'net/head': policy must be a blox Policy"):
-    net.child("head", policy=jnp.bfloat16)  # type: ignore[arg-type]  # the misuse under test
+    net.child("head", policy=jnp.bfloat16)  # the misuse under test
 
 
 def test_node_policy_is_its_own_and_module_policy_is_effective() -> None:
@@ -113,7 +114,7 @@ def test_user_module_follows_its_policy() -> None:
 class Tagged(Scale):
   """A module storing its own compute dtype, as the blox.nn layers do."""
 
-  def __init__(self, graph: Graph, dtype: object = None) -> None:
+  def __init__(self, graph: Graph, dtype: Any = None) -> None:
     super().__init__(graph)
     self.dtype = None if dtype is None else jnp.dtype(dtype)
 
