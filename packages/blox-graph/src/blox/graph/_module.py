@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 from blox.graph._config import init_config
 from blox.graph._graph import Graph
 from blox.graph._policy import Policy, effective_policy
-from blox.params import KeySource, Params
+from blox.params import Initializer, KeySource, Params
 
 __all__ = ["Module"]
 
@@ -193,7 +193,7 @@ class Module(metaclass=_ModuleMeta):
       params: Params,
       name: str | tuple[str, ...],
       shape: Sequence[int] | None = None,
-      init: Callable[..., Any] | None = None,
+      init: Initializer | None = None,
       dtype: Any = None,
       trainable: bool = True,
       metadata: Mapping[str, Any] | None = None,
