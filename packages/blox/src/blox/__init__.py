@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "Graph": "blox.graph",
     "Module": "blox.graph",
     "Repeat": "blox.graph",
+    "Policy": "blox.graph",
     "RecurrenceBase": "blox.graph",
     "SequenceBase": "blox.graph",
     "dynamic_scan": "blox.graph",
@@ -86,6 +87,7 @@ _EXPORTS: dict[str, str] = {
     "min_pool": "blox.nn",
     "padding_mask": "blox.nn",
     "rope": "blox.nn",
+    "softmax_cross_entropy": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
 }
@@ -99,6 +101,7 @@ if TYPE_CHECKING:
   from blox.graph import Graph as Graph
   from blox.graph import Module as Module
   from blox.graph import Repeat as Repeat
+  from blox.graph import Policy as Policy
   from blox.graph import RecurrenceBase as RecurrenceBase
   from blox.graph import SequenceBase as SequenceBase
   from blox.graph import dynamic_scan as dynamic_scan
@@ -130,6 +133,7 @@ if TYPE_CHECKING:
   from blox.nn import min_pool as min_pool
   from blox.nn import padding_mask as padding_mask
   from blox.nn import rope as rope
+  from blox.nn import softmax_cross_entropy as softmax_cross_entropy
   from blox.params import SHARDING as SHARDING
   from blox.params import STACKED as STACKED
   from blox.params import CheckpointError as CheckpointError

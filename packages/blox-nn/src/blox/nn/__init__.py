@@ -24,6 +24,7 @@ from blox.nn._gru import GRUState as GRUState
 from blox.nn._kv_cache import KVCache as KVCache
 from blox.nn._linear import Linear as Linear
 from blox.nn._lstm import LSTM as LSTM
+from blox.nn._losses import softmax_cross_entropy as softmax_cross_entropy
 from blox.nn._lstm import LSTMState as LSTMState
 from blox.nn._masks import causal_mask as causal_mask
 from blox.nn._masks import combine_masks as combine_masks
@@ -66,4 +67,5 @@ __all__ = [
     "min_pool",
     "padding_mask",
     "rope",
+    "softmax_cross_entropy",
 ]

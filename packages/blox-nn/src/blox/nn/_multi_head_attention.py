@@ -8,6 +8,11 @@ modern transformers: grouped-query attention (`num_kv_heads`), query/key
 RMS normalisation (`qk_norm`), rotary position embeddings (`rope_base`) and
 the fused attention kernel (`implementation='cudnn'`).
 
+This module is long (about 470 lines) because it is one class whose
+docstring documents the param layout and every option; the steps that can
+stand alone already live beside it (`_attention_heads`, `_attention_checks`,
+`_kv_cache`, `_dot_product_attention`, `_rope`, `_masks`).
+
 Example:
   >>> import jax.numpy as jnp
   >>> from blox.graph import Graph
@@ -49,6 +54,7 @@ from blox.nn._kv_cache import (
     KVCache, _allocate, _check_cache, _check_room, _overflow, _query_positions, _visible, _write,
 )
 from blox.nn._masks import causal_mask
+from blox.nn._precision import check_dtype, resolve_dtypes, to_output
 from blox.nn._rope import _rope
 from blox.nn.initializers import lecun_normal, ones, zeros
 from blox.params import Initializer, KeySource, Params
@@ -143,6 +149,13 @@ class MultiHeadAttention(Module):
       bias) metadata; projections left out get none.
     qk_norm_metadata: the same for the qk_norm scales, from 'query_norm' or
       'key_norm' to that scale's metadata.
+    param_dtype: the dtype of the params when they are created; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32.
+    dtype: the dtype of the projections and of the attention products (and
+      the default dtype of the `KVCache`); None: the policy's
+      `compute_dtype`, else the inputs' dtype promoted with the params'. The
+      softmax is computed in float32 whatever this dtype. The outputs come
+      out in the policy's `output_dtype` when it has one.
   """
 
   def __init__(
@@ -166,6 +179,8 @@ class MultiHeadAttention(Module):
       kernel_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
       bias_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
       qk_norm_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(graph)
     where = self.where()
@@ -195,6 +210,8 @@ class MultiHeadAttention(Module):
     self.bias_metadata = bias_metadata
     self._kernel_metadata = _per_projection(kernel_metadata, "kernel_metadata", where)
     self._bias_metadata = _per_projection(bias_metadata, "bias_metadata", where)
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", where)
+    self.dtype = check_dtype(dtype, "dtype", where)
     if qkv_features is not None:
       _check_head_dim(qkv_features, num_heads, rope_base, where)
     # The params live at (*path, 'query', 'kernel') and so on. A module bound
@@ -224,6 +241,7 @@ class MultiHeadAttention(Module):
         kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
         use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get(name),
         bias_metadata=self._bias_metadata.get(name), precision=self.precision,
+        **self._dtype_arguments(),
     )
 
   def _merge(
@@ -234,7 +252,13 @@ class MultiHeadAttention(Module):
         kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
         use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get("out"),
         bias_metadata=self._bias_metadata.get("out"), precision=self.precision,
+        **self._dtype_arguments(),
     )
+
+  def _dtype_arguments(self) -> dict[str, Any]:
+    """`param_dtype` and `dtype` of the projections, resolved with the policy."""
+    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    return {"param_dtype": dtypes.param, "dtype": dtypes.compute}
 
   def _attention(
       self,
@@ -288,12 +312,14 @@ class MultiHeadAttention(Module):
     outputs, params = self._merge(params, attended, out_features)
     if cache is not None:
       outputs = _overflow(outputs, q_positions, max_length)
+    outputs = to_output(resolve_dtypes(self, self.param_dtype, self.dtype), outputs)
     return (outputs, cache), params
 
   def _normalize(self, params: Params, name: str, x: jax.Array) -> tuple[jax.Array, Params]:
     return normalize_heads(
         self, params, name, x, scale_init=self.qk_norm_scale_init,
         scale_metadata=self._norm_metadata.get(name),
+        param_dtype=self._dtype_arguments()["param_dtype"],
     )
 
   # Attention over whole sequences.
@@ -355,7 +381,8 @@ class MultiHeadAttention(Module):
       inputs: one token `[*batch, features]`, at least one batch axis; gives
         the batch shape, the default `qkv_features` and the default dtype.
       max_length: the number of positions of the cache.
-      dtype: the cache dtype; defaults to the dtype of `inputs`.
+      dtype: the cache dtype; defaults to the layer's compute dtype, else
+        the dtype of `inputs`.
     """
     where = self.where()
     check_positive_int(max_length, "max_length", where)
@@ -363,9 +390,13 @@ class MultiHeadAttention(Module):
     head_dim, _ = self._sizes(inputs)
     cache = _allocate(
         tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self._kv_heads,
-        head_dim=head_dim, dtype=inputs.dtype if dtype is None else dtype,
+        head_dim=head_dim, dtype=self._cache_dtype(inputs) if dtype is None else dtype,
     )
     return cache, params
+
+  def _cache_dtype(self, inputs: jax.Array) -> Any:
+    compute = self._dtype_arguments()["dtype"]
+    return inputs.dtype if compute is None else compute
 
   def decode_step(
       self,
