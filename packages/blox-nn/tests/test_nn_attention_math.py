@@ -65,13 +65,17 @@ def test_nn_dot_product_attention_softmax_in_float32_for_bfloat16() -> None:
   low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
   out = dot_product_attention(*low)
   assert out.dtype == jnp.bfloat16
-  # The same bfloat16 logits, with the softmax in float32, then cast back.
+  # The logits of the bfloat16 inputs accumulated and scaled in float32 (as
+  # jax.nn.dot_product_attention does), the softmax in float32, then cast back.
   logits = jnp.einsum(
-      "...qhd,...khd->...hqk", low[0] * jnp.asarray(1 / np.sqrt(8), jnp.bfloat16), low[1]
-  )
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(jnp.bfloat16)
+      "...qhd,...khd->...hqk", low[0], low[1], preferred_element_type=jnp.float32
+  ) * jnp.float32(1 / np.sqrt(8))
+  weights = jax.nn.softmax(logits, axis=-1).astype(jnp.bfloat16)
   expected = jnp.einsum("...hqk,...khd->...qhd", weights, low[2])
   np.testing.assert_array_equal(out.astype(jnp.float32), expected.astype(jnp.float32))
+  # blox's own formula (taken with an explicit precision) computes the same.
+  own = dot_product_attention(*low, precision=jax.lax.Precision.DEFAULT)
+  np.testing.assert_array_equal(own.astype(jnp.float32), expected.astype(jnp.float32))
 
 
 def test_nn_dot_product_attention_dropout_needs_and_uses_a_key() -> None:

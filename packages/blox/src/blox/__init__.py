@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "Params": "blox.params",
     "Path": "blox.params",
     "SHARDING": "blox.params",
+    "STACKED": "blox.params",
     "load": "blox.params",
     "param_mask": "blox.params",
     "save": "blox.params",
@@ -52,6 +53,8 @@ _EXPORTS: dict[str, str] = {
     # blox.graph
     "Graph": "blox.graph",
     "Module": "blox.graph",
+    "Repeat": "blox.graph",
+    "Policy": "blox.graph",
     "RecurrenceBase": "blox.graph",
     "SequenceBase": "blox.graph",
     "dynamic_scan": "blox.graph",
@@ -83,6 +86,8 @@ _EXPORTS: dict[str, str] = {
     "max_pool": "blox.nn",
     "min_pool": "blox.nn",
     "padding_mask": "blox.nn",
+    "rope": "blox.nn",
+    "softmax_cross_entropy": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
 }
@@ -95,6 +100,8 @@ if TYPE_CHECKING:
   from blox import parallel as parallel
   from blox.graph import Graph as Graph
   from blox.graph import Module as Module
+  from blox.graph import Repeat as Repeat
+  from blox.graph import Policy as Policy
   from blox.graph import RecurrenceBase as RecurrenceBase
   from blox.graph import SequenceBase as SequenceBase
   from blox.graph import dynamic_scan as dynamic_scan
@@ -125,7 +132,10 @@ if TYPE_CHECKING:
   from blox.nn import max_pool as max_pool
   from blox.nn import min_pool as min_pool
   from blox.nn import padding_mask as padding_mask
+  from blox.nn import rope as rope
+  from blox.nn import softmax_cross_entropy as softmax_cross_entropy
   from blox.params import SHARDING as SHARDING
+  from blox.params import STACKED as STACKED
   from blox.params import CheckpointError as CheckpointError
   from blox.params import CheckpointWarning as CheckpointWarning
   from blox.params import Initializer as Initializer

@@ -8,6 +8,8 @@ Example:
 
 from blox.graph._graph import Graph as Graph
 from blox.graph._module import Module as Module
+from blox.graph._repeat import Repeat as Repeat
+from blox.graph._policy import Policy as Policy
 from blox.graph._scan import Step as Step
 from blox.graph._scan import dynamic_scan as dynamic_scan
 from blox.graph._scan import static_scan as static_scan
@@ -21,7 +23,9 @@ from blox.graph._version import __version__ as __version__
 __all__ = [
     "Graph",
     "Module",
+    "Policy",
     "RecurrenceBase",
+    "Repeat",
     "SequenceBase",
     "Step",
     "__version__",

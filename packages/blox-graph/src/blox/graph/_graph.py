@@ -2,6 +2,8 @@
 
 A graph holds no arrays. Each node has a name and at most one bound module;
 a module's params live under its node's path, e.g. `('net', 'mlp', 'kernel')`.
+A node may also carry a mixed-precision `Policy` that its modules and those
+below it inherit (see `blox.graph._policy`).
 
 Example:
   >>> net = Graph('net')
@@ -17,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from blox.graph._policy import Policy, check_policy
+
 if TYPE_CHECKING:
   from blox.graph._module import Module
 
@@ -24,9 +28,17 @@ __all__ = ["Graph"]
 
 
 class Graph:
-  """A node in the static naming tree. `Graph(name)` makes a root."""
+  """A node in the static naming tree. `Graph(name)` makes a root.
 
-  def __init__(self, name: str, *, _parent: Graph | None = None) -> None:
+  Args:
+    name: the node's name, a non-empty string without '/'.
+    policy: the mixed-precision `Policy` of this node, inherited field by
+      field by the nodes below it (see `Module.policy`); None sets none.
+  """
+
+  def __init__(
+      self, name: str, *, policy: Policy | None = None, _parent: Graph | None = None
+  ) -> None:
     if not isinstance(name, str) or not name or "/" in name:
       raise ValueError(
           f"A graph node name must be a non-empty string without '/', got {name!r}."
@@ -34,6 +46,7 @@ class Graph:
     self._name = name
     self._parent = _parent
     self._path: tuple[str, ...] = (_parent.path if _parent else ()) + (name,)
+    self._policy = check_policy(policy, "/".join(self._path))
     self._children: dict[str, Graph] = {}
     self._module: Module | None = None
     self.metadata: dict[str, Any] = {}
@@ -64,18 +77,28 @@ class Graph:
     return self._module
 
   @property
+  def policy(self) -> Policy | None:
+    """The policy set on this node itself (None if none), not the inherited one;
+    `Module.policy()` gives the effective policy."""
+    return self._policy
+
+  @property
   def children(self) -> dict[str, Graph]:
     """The child nodes by name, in creation order (a copy)."""
     return dict(self._children)
 
-  def child(self, name: str) -> Graph:
-    """Creates and returns a new child node; a repeated name is an error."""
+  def child(self, name: str, *, policy: Policy | None = None) -> Graph:
+    """Creates and returns a new child node; a repeated name is an error.
+
+    `policy`, if given, is the child's own `Policy`; its None fields inherit
+    this node's effective policy.
+    """
     if name in self._children:
       raise ValueError(
           f"Graph node {'/'.join(self._path)!r} already has a child named {name!r};"
           " pick another name."
       )
-    node = Graph(name, _parent=self)
+    node = Graph(name, policy=policy, _parent=self)
     self._children[name] = node
     return node
 

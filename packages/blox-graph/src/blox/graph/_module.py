@@ -29,8 +29,11 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from blox.graph._config import init_config
 from blox.graph._graph import Graph
+from blox.graph._policy import Policy, effective_policy
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["Module"]
@@ -69,6 +72,8 @@ def _short(value: Any) -> str:
   if isinstance(value, (list, tuple)) and any(isinstance(v, Module) for v in value):
     inner = ", ".join(_short(v) for v in value)
     return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+  if isinstance(value, np.dtype):
+    return value.name
   if callable(value) and hasattr(value, "__name__"):
     return str(value.__name__)
   return repr(value)
@@ -135,6 +140,42 @@ class Module(metaclass=_ModuleMeta):
     bound the graph node, i.e. right after `super().__init__(graph)`.
     """
     return f"{type(self).__name__} '{'/'.join(self._graph.path)}'"
+
+  def policy(self) -> Policy:
+    """The effective mixed-precision `Policy` of this module's node.
+
+    Field by field, the nearest value that is not None on the module's node
+    or its ancestors (`Graph(..., policy=...)`, `graph.child(..., policy=...)`),
+    so a node can override one field and inherit the others; fields no node
+    sets are None. This is THE way a module reads its policy: a user-written
+    module that supports mixed precision calls `self.policy()` where it
+    creates params and computes (an explicit constructor argument, such as
+    the `dtype` of the blox.nn layers, should win over it). Don't store an
+    attribute named `policy` on a module: it would hide this method.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from blox.graph import Graph, Policy
+      >>> from blox.params import Params
+      >>> class Scale(Module):
+      ...   def __call__(self, params, x):
+      ...     policy = self.policy()
+      ...     s, params = self.get_param(params, 'scale', x.shape[-1:],
+      ...         jax.nn.initializers.ones, dtype=policy.param_dtype)
+      ...     dtype = policy.compute_dtype
+      ...     if dtype is None:  # no opinion: promote, as jnp would
+      ...       dtype = jnp.result_type(x, s)
+      ...     return x.astype(dtype) * s.astype(dtype), params
+      >>> net = Graph('net', policy=Policy(param_dtype=jnp.float32,
+      ...                                  compute_dtype=jnp.bfloat16))
+      >>> scale = Scale(net.child('scale', policy=Policy(compute_dtype=jnp.float16)))
+      >>> scale.policy()
+      Policy(param_dtype=float32, compute_dtype=float16, output_dtype=None)
+      >>> y, params = scale(Params(), jnp.ones(3))
+      >>> y.dtype, params[('net', 'scale', 'scale')].value.dtype
+      (dtype('float16'), dtype('float32'))
+    """
+    return effective_policy(self._graph)
 
   def param_path(self, name: str | tuple[str, ...]) -> tuple[str, ...]:
     """The full path of this module's param `name`.

@@ -51,7 +51,11 @@ def summary(params: Params, graph: Graph | None = None, *, width: int = 100) -> 
   owns group by `path[:-1]`. Groups come in the params' creation order. Each
   module line shows the module path and the subtotals (element count and
   bytes) of all its params; with `graph` it also shows the module's `repr`
-  (type and configuration). Counts use thousands separators. Typed PRNG keys
+  (type and configuration) and, for a module with floating-point params whose
+  compute dtype is known, `compute <dtype>`: the module's own `dtype`
+  attribute (the blox.nn layers' `dtype` argument), else its policy's
+  `compute_dtype` (`Module.policy()`); without either the dtype follows the
+  inputs, which params cannot tell, and nothing is shown. Counts use thousands separators. Typed PRNG keys
   are counted by their key data (e.g. 2 uint32 words per threefry key). Long
   paths, shapes and arguments are cut with `...` so that lines fit in
   `width` (numbers are never cut, so a very small `width` can still be

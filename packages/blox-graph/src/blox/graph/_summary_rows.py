@@ -28,9 +28,10 @@ import numpy as np
 
 from blox.graph._graph import Graph
 from blox.graph._module import Module
+from blox.graph._repeat import Repeat
 from blox.params import Params, Path, is_prng_key
 
-__all__ = ["ModuleGroup", "ParamRow", "collect_groups", "total"]
+__all__ = ["ModuleGroup", "ParamRow", "collect_groups", "compute_dtype_name", "total"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,33 @@ class ModuleGroup:
   """A module's line of the table: its path, its label, and its params' rows.
 
   `label` is the module's `repr` (type and configuration) when a graph binds
-  a module at `path`, else None.
+  a module at `path`, else None. `subtotal`, when set, is the line's
+  `(count, bytes)` instead of its members' sum: a `Repeat` owns no rows
+  itself, its line sums the stacked params of the groups below it.
+  `compute` is the name of the module's compute dtype when it is known (see
+  `compute_dtype_name`) and it has floating-point params, else None.
   """
 
   path: Path
   label: str | None
   members: tuple[ParamRow, ...]
+  subtotal: tuple[int, int] | None = None
+  compute: str | None = None
+
+
+def compute_dtype_name(module: Module) -> str | None:
+  """The name of the dtype `module` computes in, when its configuration says.
+
+  The module's own `dtype` attribute when it holds a numpy dtype (as the
+  blox.nn layers store their `dtype` argument), else the `compute_dtype` of
+  its effective policy (`Module.policy()`), else None: then the dtype
+  follows the inputs, which params alone cannot tell.
+  """
+  own = getattr(module, "dtype", None)
+  if isinstance(own, np.dtype):
+    return own.name
+  compute = module.policy().compute_dtype
+  return None if compute is None else str(compute.name)
 
 
 def total(rows: Iterable[ParamRow]) -> tuple[int, int]:
@@ -105,10 +127,15 @@ def collect_groups(params: Params, graph: Graph | None = None) -> list[ModuleGro
   """
   modules = dict(graph.walk()) if graph is not None else {}
   members: dict[Path, list[ParamRow]] = {}
+  # A module with floating-point params only computes with them; a key
+  # source's keys and counters say nothing of a compute dtype.
+  computes: set[Path] = set()
   for path, param in params.items():
     owner = _owner(path, modules)
     group = path[:-1] if owner is None else owner
     shape, dtype, count, nbytes = _measure(param.value)
+    if not is_prng_key(dtype) and np.issubdtype(dtype, np.inexact):
+      computes.add(group)
     members.setdefault(group, []).append(ParamRow(
         name="/".join(path[len(group):]),
         shape=f"[{', '.join(map(str, shape))}]",
@@ -117,7 +144,30 @@ def collect_groups(params: Params, graph: Graph | None = None) -> list[ModuleGro
         count=count,
         nbytes=nbytes,
     ))
-  return [
-      ModuleGroup(group, repr(modules[group]) if group in modules else None, tuple(rows))
+  groups = [
+      ModuleGroup(
+          group, repr(modules[group]), tuple(rows),
+          compute=compute_dtype_name(modules[group]) if group in computes else None,
+      )
+      if group in modules else ModuleGroup(group, None, tuple(rows))
       for group, rows in members.items()
   ]
+  return _with_repeat_lines(groups, modules)
+
+
+def _with_repeat_lines(groups: list[ModuleGroup], modules: dict[Path, Module]) -> list[ModuleGroup]:
+  """`groups` with a line for each `Repeat` before the first group below it:
+  its subtotal, and the count of one layer (`4 layers x 1,234`)."""
+  repeats = {path: m for path, m in modules.items() if isinstance(m, Repeat)}
+  for path, repeat in repeats.items():
+    below = [i for i, g in enumerate(groups) if g.path[: len(path)] == path and g.path != path]
+    if not below:
+      continue
+    count, nbytes = total(row for i in below for row in groups[i].members)
+    # The params of a repeat inside a repeat are stacked for every enclosing one.
+    layers = math.prod(
+        m.num_layers for p, m in repeats.items() if path[: len(p)] == p
+    )
+    label = f"{repeat!r}  {repeat.num_layers} layers x {count // layers:,}"
+    groups.insert(below[0], ModuleGroup(path, label, (), (count, nbytes)))
+  return groups

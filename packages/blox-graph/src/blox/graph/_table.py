@@ -1,9 +1,10 @@
 """Rendering a params summary: module groups as a fixed-width text table.
 
 `render_table` lays out the `ModuleGroup`s of `blox.graph._summary_rows`: a
-heading, a line per module (path, label, subtotals) with its param rows
-indented below, and the trainable, non-trainable and overall totals. Text
-columns are cut with `...` to fit the width; numbers never are.
+heading, a line per module (path, label, compute dtype when known,
+subtotals) with its param rows indented below, and the trainable,
+non-trainable and overall totals. Text columns are cut with `...` to fit the
+width; numbers never are.
 
 Example:
   >>> from blox.graph._summary_rows import ModuleGroup, ParamRow
@@ -67,16 +68,30 @@ def _human(nbytes: int) -> str:
   raise AssertionError("unreachable")
 
 
-def _module_text(path: Path, label: str | None, width: int | None = None) -> str:
-  """`path  Type(arguments)`, cut to `width`: the path first, then the label."""
+def _module_text(
+    path: Path, label: str | None, width: int | None = None, compute: str | None = None
+) -> str:
+  """`path  Type(arguments)  compute bfloat16`, cut to `width`.
+
+  The path is kept first, then the compute dtype, then as much of the label
+  as fits between them.
+  """
   where = "/".join(path) if path else "(top level)"
+  tag = None if compute is None else f"compute {compute}"
   if width is None:
-    return where if label is None else f"{where}{_GAP}{label}"
+    return _GAP.join(part for part in (where, label, tag) if part is not None)
   where = _clip_left(where, width)
   room = width - len(where) - len(_GAP)
+  if tag is not None:
+    if room < len(tag):
+      return where
+    room -= len(tag) + len(_GAP)
+    tail = f"{_GAP}{tag}"
+  else:
+    tail = ""
   if label is None or room <= len(_ELLIPSIS):
-    return where
-  return f"{where}{_GAP}{_clip(label, room)}"
+    return f"{where}{tail}"
+  return f"{where}{_GAP}{_clip(label, room)}{tail}"
 
 
 def _fit(widths: list[int], width: int) -> list[int]:
@@ -112,7 +127,9 @@ def _column_widths(
   ]
   # A module line spans the text columns (name to train), then the numbers.
   spanned = sum(widths[1:4]) + 3 * len(_GAP)
-  wanted = max((len(_module_text(g.path, g.label)) for g in groups), default=0)
+  wanted = max(
+      (len(_module_text(g.path, g.label, compute=g.compute)) for g in groups), default=0
+  )
   widths[0] = max(widths[0], wanted - spanned)
   return _fit(widths, width)
 
@@ -158,8 +175,9 @@ def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) 
       rule,
   ]
   for group in groups:
-    text = _module_text(group.path, group.label, label_width)
-    lines.append(f"{text:<{label_width}}{_GAP}{numbers(*total(group.members))}")
+    text = _module_text(group.path, group.label, label_width, group.compute)
+    subtotal = group.subtotal if group.subtotal is not None else total(group.members)
+    lines.append(f"{text:<{label_width}}{_GAP}{numbers(*subtotal)}")
     lines.extend(param_line(row) for row in group.members)
   lines.append(rule)
   for name, (count, nbytes) in totals.items():

@@ -24,6 +24,7 @@ from blox.nn._gru import GRUState as GRUState
 from blox.nn._kv_cache import KVCache as KVCache
 from blox.nn._linear import Linear as Linear
 from blox.nn._lstm import LSTM as LSTM
+from blox.nn._losses import softmax_cross_entropy as softmax_cross_entropy
 from blox.nn._lstm import LSTMState as LSTMState
 from blox.nn._masks import causal_mask as causal_mask
 from blox.nn._masks import combine_masks as combine_masks
@@ -35,6 +36,7 @@ from blox.nn._pooling import avg_pool as avg_pool
 from blox.nn._pooling import max_pool as max_pool
 from blox.nn._pooling import min_pool as min_pool
 from blox.nn._rng import Rng as Rng
+from blox.nn._rope import rope as rope
 from blox.nn._sequential import Sequential as Sequential
 from blox.nn._version import __version__ as __version__
 
@@ -64,4 +66,6 @@ __all__ = [
     "max_pool",
     "min_pool",
     "padding_mask",
+    "rope",
+    "softmax_cross_entropy",
 ]

@@ -21,14 +21,86 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from blox.nn._checks import check_float_inputs
+from blox.nn._checks import check_float_inputs, check_positive_int
+from blox.nn._dot_product_attention import check_implementation
 from blox.nn._kv_cache import KVCache
 from blox.params import SHARDING
 
-__all__ = ["PROJECTIONS"]
+__all__ = ["PROJECTIONS", "QK_NORMS"]
 
 # The names of the four projections: their param groups and metadata keys.
 PROJECTIONS = ("query", "key", "value", "out")
+# The param groups of query/key normalisation (`qk_norm=True`).
+QK_NORMS = ("query_norm", "key_norm")
+
+
+def _check_options(
+    where: str,
+    *,
+    num_heads: Any,
+    num_kv_heads: Any,
+    qkv_features: Any,
+    out_features: Any,
+    dropout_rate: Any,
+    qk_norm: Any,
+    rope_base: Any,
+    implementation: Any,
+) -> None:
+  """Raises unless the constructor arguments of `MultiHeadAttention` make sense."""
+  check_positive_int(num_heads, "num_heads", where)
+  for name, size in (
+      ("num_kv_heads", num_kv_heads), ("qkv_features", qkv_features),
+      ("out_features", out_features),
+  ):
+    if size is not None:
+      check_positive_int(size, f"{name} (or None)", where)
+  if num_kv_heads is not None and num_heads % num_kv_heads:
+    raise ValueError(
+        f"{where}: num_kv_heads={num_kv_heads} does not divide num_heads={num_heads};"
+        " pick a divisor of num_heads (1 for multi-query attention, None for one"
+        " kv head per query head)."
+    )
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"{where}: dropout_rate must be in [0, 1), got {dropout_rate}.")
+  if not isinstance(qk_norm, bool):
+    raise TypeError(f"{where}: qk_norm must be a bool (True or False), got {qk_norm!r}.")
+  if rope_base is not None and (
+      isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or rope_base <= 0
+  ):
+    raise ValueError(
+        f"{where}: rope_base must be None (no RoPE) or a positive number such as"
+        f" 10000.0, got {rope_base!r}."
+    )
+  check_implementation(implementation, where)
+
+
+def _check_head_dim(qkv_features: int, num_heads: int, rope_base: Any, where: str) -> int:
+  """`qkv_features // num_heads`; raises unless it divides (and is even for RoPE)."""
+  if qkv_features % num_heads:
+    raise ValueError(
+        f"{where}: qkv_features={qkv_features} is not divisible by"
+        f" num_heads={num_heads}; pick qkv_features as a multiple of"
+        " num_heads (it defaults to the query's last axis)."
+    )
+  head_dim = qkv_features // num_heads
+  if rope_base is not None and head_dim % 2:
+    raise ValueError(
+        f"{where}: rope_base needs an even head_dim (RoPE rotates feature pairs),"
+        f" but qkv_features={qkv_features} // num_heads={num_heads} = {head_dim};"
+        " pick qkv_features as a multiple of 2 * num_heads."
+    )
+  return head_dim
+
+
+def _check_rope_lengths(query: Any, key: Any, where: str) -> None:
+  """Raises unless `key` has the query's length (RoPE positions of self-attention)."""
+  if key.shape[-2] != query.shape[-2]:
+    raise ValueError(
+        f"{where}: with rope_base set, queries and keys are rotated at the"
+        " positions of self-attention, arange(length), but the query has length"
+        f" {query.shape[-2]} and the key {key.shape[-2]}. For cross-attention use"
+        " rope_base=None (and rotate with blox.nn.rope yourself if needed)."
+    )
 
 
 def _refuse_misplaced(array: Any, name: str, where: str) -> None:
@@ -101,31 +173,37 @@ def _check_token(token: Any, cache: Any, where: str, method: str, name: str) -> 
 
 
 def _per_projection(
-    metadata: Any, name: str, where: str
+    metadata: Any, name: str, where: str, names: tuple[str, ...] = PROJECTIONS
 ) -> dict[str, Mapping[str, Any] | None]:
-  """`metadata` checked to map projection names to metadata mappings."""
+  """`metadata` checked to map projection names (or the param groups `names`,
+  e.g. `QK_NORMS`) to metadata mappings."""
   if metadata is None:
     return {}
-  example = (
-      f"e.g. {name}={{'query': {{{SHARDING!r}: (None, 'model', None)}},"
-      f" 'out': {{{SHARDING!r}: ('model', None, None)}}}}"
-  )
+  if names == PROJECTIONS:
+    kind = "projection names"
+    example = (
+        f"e.g. {name}={{'query': {{{SHARDING!r}: (None, 'model', None)}},"
+        f" 'out': {{{SHARDING!r}: ('model', None, None)}}}}"
+    )
+  else:
+    kind = "the param groups"
+    example = f"e.g. {name}={{{names[0]!r}: {{{SHARDING!r}: (None,)}}}}"
   if not isinstance(metadata, Mapping):
     raise TypeError(
-        f"{where}: {name} must map projection names {PROJECTIONS} to metadata,"
-        f" {example}; got {type(metadata).__name__}."
+        f"{where}: {name} must map {kind} {names} to metadata, {example}; got"
+        f" {type(metadata).__name__}."
     )
   checked: dict[str, Mapping[str, Any] | None] = {}
-  for projection, entry in metadata.items():
-    if projection not in PROJECTIONS:
+  for group, entry in metadata.items():
+    if group not in names:
       raise ValueError(
-          f"{where}: {name} maps projection names {PROJECTIONS} to metadata,"
-          f" {example}; got the key {projection!r}."
+          f"{where}: {name} maps {kind} {names} to metadata, {example}; got the"
+          f" key {group!r}."
       )
     if entry is not None and not isinstance(entry, Mapping):
       raise TypeError(
-          f"{where}: {name}[{projection!r}] must be a metadata mapping (or None),"
+          f"{where}: {name}[{group!r}] must be a metadata mapping (or None),"
           f" got {type(entry).__name__}."
       )
-    checked[projection] = entry
+    checked[group] = entry
   return checked

@@ -2,7 +2,8 @@
 
 `project_to_heads` maps `[..., in]` to `[..., heads, head_dim]` with a kernel
 `[in, heads, head_dim]`; `merge_heads` maps `[..., heads, head_dim]` back to
-`[..., out]` with a kernel `[heads, head_dim, out]`. They are functions, not
+`[..., out]` with a kernel `[heads, head_dim, out]`; `normalize_heads`
+RMS-normalises each head (query/key normalisation). They are functions, not
 modules: their params are created on the calling module under a tuple name,
 `(name, 'kernel')`, so an attention layer owns all its params itself and
 shows as one module (no helper classes reading their configuration back
@@ -39,7 +40,7 @@ from blox.graph import Module
 from blox.nn._dense import kernel_and_bias
 from blox.params import Initializer, KeySource, Params
 
-__all__ = ["merge_heads", "project_to_heads"]
+__all__ = ["merge_heads", "normalize_heads", "project_to_heads"]
 
 
 def _flat_init(init: Initializer, fan_in_dims: int) -> Initializer:
@@ -61,6 +62,14 @@ def _flat_init(init: Initializer, fan_in_dims: int) -> Initializer:
   return flat
 
 
+def _cast(dtype: Any, *arrays: jax.Array | None) -> list[Any]:
+  """`arrays` (None stays None) cast to `dtype`; unchanged when it is None, so
+  that the product promotes them."""
+  if dtype is None:
+    return list(arrays)
+  return [None if a is None else a.astype(dtype) for a in arrays]
+
+
 def project_to_heads(
     module: Module,
     params: Params,
@@ -76,12 +85,16 @@ def project_to_heads(
     kernel_metadata: Mapping[str, Any] | None = None,
     bias_metadata: Mapping[str, Any] | None = None,
     precision: jax.lax.PrecisionLike = None,
+    param_dtype: Any = None,
+    dtype: Any = None,
 ) -> tuple[jax.Array, Params]:
   """`inputs [..., in]` projected to `[..., num_heads, head_dim]`.
 
   Params `module`'s `(name, 'kernel')` `[in, num_heads, head_dim]` and, with
   `use_bias`, `(name, 'bias')` `[num_heads, head_dim]`, created in that order
   (one key each from `rng`) with the flat-shape initializers of `_flat_init`.
+  The params are created in `param_dtype` (None: float32); with `dtype`, the
+  inputs and params are cast to it before the product.
   """
   kernel, bias, params = kernel_and_bias(
       module, params,
@@ -91,7 +104,9 @@ def project_to_heads(
       rng=rng, use_bias=use_bias,
       kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
       kernel_name=(name, "kernel"), bias_name=(name, "bias"),
+      param_dtype=param_dtype,
   )
+  inputs, kernel, bias = _cast(dtype, inputs, kernel, bias)
   outputs = jnp.einsum("...i,ihd->...hd", inputs, kernel, precision=precision)
   if bias is not None:
     outputs = outputs + bias
@@ -112,12 +127,15 @@ def merge_heads(
     kernel_metadata: Mapping[str, Any] | None = None,
     bias_metadata: Mapping[str, Any] | None = None,
     precision: jax.lax.PrecisionLike = None,
+    param_dtype: Any = None,
+    dtype: Any = None,
 ) -> tuple[jax.Array, Params]:
   """`inputs [..., heads, head_dim]` projected to `[..., out_features]`.
 
   Params `module`'s `(name, 'kernel')` `[heads, head_dim, out_features]` and,
   with `use_bias`, `(name, 'bias')` `[out_features]`, created in that order.
   The kernel's initializer sees the flat `(heads * head_dim, out_features)`.
+  `param_dtype` and `dtype` as for `project_to_heads`.
   """
   kernel, bias, params = kernel_and_bias(
       module, params,
@@ -127,8 +145,40 @@ def merge_heads(
       rng=rng, use_bias=use_bias,
       kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
       kernel_name=(name, "kernel"), bias_name=(name, "bias"),
+      param_dtype=param_dtype,
   )
+  inputs, kernel, bias = _cast(dtype, inputs, kernel, bias)
   outputs = jnp.einsum("...hd,hdo->...o", inputs, kernel, precision=precision)
   if bias is not None:
     outputs = outputs + bias
   return outputs, params
+
+
+def normalize_heads(
+    module: Module,
+    params: Params,
+    name: str,
+    inputs: jax.Array,
+    *,
+    scale_init: Initializer,
+    scale_metadata: Mapping[str, Any] | None = None,
+    epsilon: float = 1e-6,
+    param_dtype: Any = None,
+) -> tuple[jax.Array, Params]:
+  """`inputs [..., heads, head_dim]` RMS-normalised over head_dim, times a scale.
+
+  Param `module`'s `(name, 'scale')` `[head_dim]`, shared by the heads and
+  created with `scale_init(None, shape, dtype)` (no key is drawn, as for
+  `RMSNorm`), in `param_dtype` (None: float32). The statistics are computed
+  in float32 at least; the result has the inputs' dtype.
+  """
+  scale: jax.Array
+  scale, params = module.get_param(
+      params, (name, "scale"), (inputs.shape[-1],), scale_init, dtype=param_dtype,
+      metadata=scale_metadata,
+  )
+  dtype = inputs.dtype
+  x = inputs.astype(jnp.promote_types(dtype, jnp.float32))
+  mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+  normalized = x * jax.lax.rsqrt(mean_square + jnp.asarray(epsilon, x.dtype))
+  return (normalized * scale.astype(x.dtype)).astype(dtype), params

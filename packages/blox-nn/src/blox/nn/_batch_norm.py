@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_is_training
+from blox.nn._precision import check_dtype, float32_init, resolve_dtypes
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
 from blox.params import Initializer, Params
@@ -77,6 +78,14 @@ class BatchNorm(Module):
     scale_metadata, bias_metadata, running_mean_metadata, running_var_metadata:
       metadata for each param, e.g. `{'sharding': ('model',)}`.
     axis_name: the named axis the batch is split over, or None.
+    param_dtype: the dtype `scale` and `bias` are created in; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32. The running
+      statistics are always created in float32: averaging many small updates
+      in a 16-bit float would lose them.
+    dtype: the dtype of the outputs; None: the policy's `compute_dtype`, else
+      the inputs' dtype. A policy's `output_dtype` wins over both. The
+      statistics and the normalisation itself are computed in float32 (or
+      float64 for float64 inputs) whatever this dtype.
   """
 
   def __init__(
@@ -96,6 +105,8 @@ class BatchNorm(Module):
       running_mean_metadata: Mapping[str, Any] | None = None,
       running_var_metadata: Mapping[str, Any] | None = None,
       axis_name: Hashable | None = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(graph)
     where = self.where()
@@ -115,6 +126,8 @@ class BatchNorm(Module):
     self.running_mean_metadata = running_mean_metadata
     self.running_var_metadata = running_var_metadata
     self.axis_name = axis_name
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", where)
+    self.dtype = check_dtype(dtype, "dtype", where)
 
   def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance per feature, over all axes but the last (and
@@ -140,7 +153,8 @@ class BatchNorm(Module):
     where = self.where()
     check_feature_axis(inputs, where)
     check_is_training(is_training, where)
-    compute, output = compute_dtypes(check_float_inputs(inputs, where))
+    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    compute, output = compute_dtypes(check_float_inputs(inputs, where), dtypes)
     x = jnp.asarray(inputs, compute)
     features = (x.shape[-1],)
     running_mean, params = self.get_param(
@@ -162,12 +176,16 @@ class BatchNorm(Module):
     y = (x - mean) * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self.get_param(
-          params, "scale", features, self.scale_init, metadata=self.scale_metadata
+          params, "scale", features, float32_init(self.scale_init, dtypes.param),
+          dtype=dtypes.param,
+          metadata=self.scale_metadata,
       )
       y = y * scale.astype(compute)
     if self.use_bias:
       bias, params = self.get_param(
-          params, "bias", features, self.bias_init, metadata=self.bias_metadata
+          params, "bias", features, float32_init(self.bias_init, dtypes.param),
+          dtype=dtypes.param,
+          metadata=self.bias_metadata,
       )
       y = y + bias.astype(compute)
     return y.astype(output), params

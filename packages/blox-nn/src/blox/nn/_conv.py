@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from blox.graph import Graph, Module
 from blox.nn._checks import check_float_inputs, check_positive_int
 from blox.nn._dense import kernel_and_bias
+from blox.nn._precision import check_dtype, resolve_dtypes, to_compute, to_output
 from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
 from blox.nn.initializers import lecun_normal, zeros
 from blox.params import Initializer, KeySource, Params
@@ -69,6 +70,8 @@ class _ConvBase(Module):
       kernel_metadata: Mapping[str, Any] | None,
       bias_metadata: Mapping[str, Any] | None,
       precision: jax.lax.PrecisionLike,
+      param_dtype: Any,
+      dtype: Any,
       paddings_allowed: tuple[str, ...],
   ) -> None:
     super().__init__(graph)
@@ -95,6 +98,8 @@ class _ConvBase(Module):
     self.kernel_metadata = kernel_metadata
     self.bias_metadata = bias_metadata
     self.precision = precision
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", where)
+    self.dtype = check_dtype(dtype, "dtype", where)
 
   def _dilated_kernel_size(self) -> tuple[int, ...]:
     """The extent of each kernel axis once the kernel dilation spreads it out."""
@@ -108,7 +113,8 @@ class _ConvBase(Module):
     """Convolves floating-point `inputs` of shape `(*batch, *spatial, channels)`.
 
     Returns `(outputs, params)`; outputs are `(*batch, *out_spatial,
-    output_size)`, in the promoted dtype of the inputs and the kernel.
+    output_size)`, in the compute dtype (`dtype`, else the policy's, else the
+    promoted dtype of the inputs and the kernel), or the policy's output dtype.
     """
     check_float_inputs(inputs, self.where())
     n = self.num_spatial_dims
@@ -126,20 +132,22 @@ class _ConvBase(Module):
           f"{self.where()}: the input channels ({channels}) must be divisible by"
           f" feature_group_count ({groups})."
       )
+    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
     kernel, bias, params = kernel_and_bias(
         self, params, kernel_shape=self.kernel_size + (channels // groups, self.output_size),
         bias_shape=(self.output_size,), kernel_init=self.kernel_init,
         bias_init=self.bias_init, rng=self.rng, use_bias=self.use_bias,
         kernel_metadata=self.kernel_metadata, bias_metadata=self.bias_metadata,
+        param_dtype=dtypes.param,
     )
-    dtype = jnp.result_type(inputs, kernel)
+    inputs, kernel, bias = to_compute(dtypes, inputs, kernel, bias)
     # lax convolutions take exactly one batch axis: fold the leading ones into it.
     batch_shape, item_shape = shape[: len(shape) - n - 1], shape[len(shape) - n - 1 :]
-    x = jnp.reshape(inputs, (math.prod(batch_shape),) + item_shape).astype(dtype)
-    y = self._convolve(x, kernel.astype(dtype))
+    x = jnp.reshape(inputs, (math.prod(batch_shape),) + item_shape)
+    y = self._convolve(x, kernel)
     if bias is not None:
-      y = y + bias.astype(dtype)
-    return jnp.reshape(y, batch_shape + y.shape[1:]), params
+      y = y + bias
+    return to_output(dtypes, jnp.reshape(y, batch_shape + y.shape[1:])), params
 
 
 class Conv(_ConvBase):
@@ -171,6 +179,11 @@ class Conv(_ConvBase):
     kernel_metadata, bias_metadata: metadata for the params, e.g.
       `{'sharding': (None, None, None, 'model')}` for a 2-D kernel.
     precision: the precision of the convolution (`jax.lax.Precision`).
+    param_dtype: the dtype of the params when they are created; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32.
+    dtype: the dtype of the computation; None: the policy's `compute_dtype`,
+      else the inputs' dtype promoted with the params'. The outputs come out
+      in the policy's `output_dtype` when it has one, else in this dtype.
   """
 
   def __init__(
@@ -191,13 +204,16 @@ class Conv(_ConvBase):
       kernel_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
       precision: jax.lax.PrecisionLike = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(
         graph, output_size, kernel_size, rng=rng, strides=strides, padding=padding,
         kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
         use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
         kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
-        precision=precision, paddings_allowed=("SAME", "VALID", "CIRCULAR"),
+        precision=precision, param_dtype=param_dtype, dtype=dtype,
+        paddings_allowed=("SAME", "VALID", "CIRCULAR"),
     )
     self.input_dilation = as_tuple(
         input_dilation, self.num_spatial_dims, "input_dilation", self.where()
@@ -257,7 +273,7 @@ class ConvTranspose(_ConvBase):
       `jax.lax.conv_transpose` with explicit pairs). Case-insensitive.
     feature_group_count: channel groups, as for `Conv`.
     use_bias, kernel_init, bias_init, kernel_metadata, bias_metadata,
-      precision: as for `Conv`.
+      precision, param_dtype, dtype: as for `Conv`.
   """
 
   def __init__(
@@ -277,13 +293,16 @@ class ConvTranspose(_ConvBase):
       kernel_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
       precision: jax.lax.PrecisionLike = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(
         graph, output_size, kernel_size, rng=rng, strides=strides, padding=padding,
         kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
         use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
         kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
-        precision=precision, paddings_allowed=("SAME", "VALID"),
+        precision=precision, param_dtype=param_dtype, dtype=dtype,
+        paddings_allowed=("SAME", "VALID"),
     )
 
   def _pads(self) -> Sequence[tuple[int, int]]:

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 
 from blox.graph import Module
+from blox.nn._precision import float32_init
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["kernel_and_bias"]
@@ -55,20 +56,25 @@ def kernel_and_bias(
   """Gets (creating on first use) `module`'s kernel and, with `use_bias`, its bias.
 
   The kernel is created before the bias, each drawing one key from `rng`.
+  With `param_dtype` both are created in it (a 16-bit one is initialised in
+  float32, then rounded, see `float32_init`); None creates float32 params
+  and accepts existing params of any dtype.
 
   Returns:
     `(kernel, bias, params)`; `bias` is None when `use_bias` is False.
   """
   kernel: jax.Array
   kernel, params = module.get_param(
-      params, kernel_name, kernel_shape, kernel_init, dtype=param_dtype,
+      params, kernel_name, kernel_shape, float32_init(kernel_init, param_dtype),
+      dtype=param_dtype,
       metadata=kernel_metadata, rng=rng,
   )
   if not use_bias:
     return kernel, None, params
   bias: jax.Array
   bias, params = module.get_param(
-      params, bias_name, bias_shape, bias_init, dtype=param_dtype,
+      params, bias_name, bias_shape, float32_init(bias_init, param_dtype),
+      dtype=param_dtype,
       metadata=bias_metadata, rng=rng,
   )
   return kernel, bias, params

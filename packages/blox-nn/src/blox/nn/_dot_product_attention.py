@@ -3,8 +3,12 @@
 A pure function over per-head arrays, usable without any module; the
 `MultiHeadAttention` layer projects its inputs to heads and calls the same
 code. The layout is `[*batch, length, heads, head_dim]`, the one of
-`jax.nn.dot_product_attention`, so that the two can be swapped behind one
-call.
+`jax.nn.dot_product_attention`, which computes it (its `implementation`
+option picks XLA or the fused cuDNN kernel); blox's own formula, the same
+math, covers what that function lacks (attention-weight dropout, an explicit
+matmul precision, float64). Keys and values may have fewer heads than the
+query (grouped-query attention): query head `n` attends with kv head
+`n // (heads // kv_heads)`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -16,6 +20,9 @@ Example:
   (2, 4, 3, 8)
   >>> bool(jnp.allclose(out[:, 0], kv[:, 0]))  # the first query sees only key 0
   True
+  >>> shared = kv[:, :, :1]  # one key/value head for the 3 query heads (MQA)
+  >>> dot_product_attention(q, shared, shared).shape
+  (2, 4, 3, 8)
 """
 
 from __future__ import annotations
@@ -43,27 +50,35 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     precision: jax.lax.PrecisionLike = None,
+    implementation: str | None = None,
 ) -> jax.Array:
   """Scaled dot-product attention of `query` over `key`/`value`, per head.
 
   Args:
     query: `[*batch, q_length, heads, head_dim]`, floating point.
-    key: `[*batch, kv_length, heads, head_dim]`, floating point.
-    value: `[*batch, kv_length, heads, head_dim]`, floating point.
+    key: `[*batch, kv_length, kv_heads, head_dim]`, floating point; `kv_heads`
+      divides `heads` (grouped-query attention; 1 is multi-query attention).
+    value: the shape of `key`, floating point.
     mask: optional booleans (True = attend) that broadcast to
       `[*batch, heads, q_length, kv_length]`, e.g. from `causal_mask` or
       `padding_mask` (combine several with `combine_masks`). A query row whose
       keys are all masked out attends uniformly to every key (it stays finite).
     scale: the factor of the logits; defaults to `1 / sqrt(head_dim)`. It
-      multiplies the query, in the query's dtype, before the product.
+      multiplies the logits, in float32 at least.
     dropout_rate: the dropout rate on the attention weights, in [0, 1); with
       a rate above 0, `dropout_key` is required.
     dropout_key: the PRNG key of the dropout mask.
-    precision: the matmul precision of both products.
+    precision: the matmul precision of both products; None is the default of
+      the backend.
+    implementation: passed to `jax.nn.dot_product_attention`: None (jax's
+      choice, XLA today), 'xla', or 'cudnn' (the fused GPU kernel; it supports
+      a subset of shapes and dtypes, and jax raises for the others). Dropout,
+      a `precision` or float64 inputs use blox's own formula instead.
 
-  The softmax is computed in float32 at least, whatever the input dtype
-  (bfloat16 logits lose too much to the exponential), and the weights are
-  cast back to the logits' dtype before the product with `value`.
+  The logits are accumulated and the softmax computed in float32 at least,
+  whatever the input dtype (bfloat16 logits lose too much to the
+  exponential); the weights are cast back to the inputs' dtype before the
+  product with `value`. Inputs of different float dtypes are promoted to one.
 
   Returns:
     `[*batch, q_length, heads, head_dim]`.
@@ -76,6 +91,7 @@ def dot_product_attention(
         f"{where}: dropout_rate={dropout_rate} needs a dropout_key; pass one, e.g."
         " dropout_key=jax.random.key(0), or dropout_rate=0.0 for evaluation."
     )
+  check_implementation(implementation, where)
   for name, array in (("query", query), ("key", key), ("value", value)):
     check_float_inputs(array, where, name)
   _check_heads(query, key, value, where)
@@ -83,7 +99,21 @@ def dot_product_attention(
       query, key, value, [] if mask is None else [mask], where,
       scale=scale, dropout_rate=dropout_rate,
       dropout_key=dropout_key if dropout_rate > 0.0 else None, precision=precision,
+      implementation=implementation,
   )
+
+
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def check_implementation(implementation: Any, where: str) -> None:
+  """Raises ValueError unless `implementation` is one jax's attention knows."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"{where}: implementation must be one of {IMPLEMENTATIONS} (that of"
+        f" jax.nn.dot_product_attention), got {implementation!r}; use None to let"
+        " jax choose, 'cudnn' for the fused GPU kernel."
+    )
 
 
 def _check_heads(query: jax.Array, key: jax.Array, value: jax.Array, where: str) -> None:
@@ -97,13 +127,18 @@ def _check_heads(query: jax.Array, key: jax.Array, value: jax.Array, where: str)
   if jnp.shape(key) != jnp.shape(value):
     raise ValueError(
         f"{where}: key {jnp.shape(key)} and value {jnp.shape(value)} must have the"
-        " same shape [*batch, kv_length, heads, head_dim]."
+        " same shape [*batch, kv_length, kv_heads, head_dim]."
     )
   q_shape, kv_shape = jnp.shape(query), jnp.shape(key)
-  if q_shape[:-3] != kv_shape[:-3] or q_shape[-2:] != kv_shape[-2:]:
+  if q_shape[:-3] != kv_shape[:-3] or q_shape[-1] != kv_shape[-1]:
     raise ValueError(
-        f"{where}: query {q_shape} and key {kv_shape} must agree on the batch axes,"
-        " the heads and head_dim ([*batch, length, heads, head_dim] both)."
+        f"{where}: query {q_shape} and key {kv_shape} must agree on the batch axes"
+        " and head_dim ([*batch, length, heads, head_dim] both)."
+    )
+  if q_shape[-2] % kv_shape[-2]:
+    raise ValueError(
+        f"{where}: the query's {q_shape[-2]} heads are not a multiple of the key's"
+        f" {kv_shape[-2]}; grouped-query attention needs kv_heads dividing heads."
     )
 
 
@@ -138,6 +173,7 @@ def _attend(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     precision: jax.lax.PrecisionLike = None,
+    implementation: str | None = None,
 ) -> jax.Array:
   """The math of `dot_product_attention`, with the checked inputs.
 
@@ -146,23 +182,98 @@ def _attend(
   errors (a module's `where()` when a layer calls this). Dropout applies when
   `dropout_key` is given (the caller decides, e.g. only when training).
   """
+  dtype = jnp.result_type(query, key, value)
+  query, key, value = (jnp.asarray(a, dtype) for a in (query, key, value))
+  *batch, q_length, heads, head_dim = query.shape
+  logits_shape = (*batch, heads, q_length, key.shape[-3])
+  allowed = None
+  for mask in masks:
+    checked = _check_mask(mask, logits_shape, where)
+    allowed = checked if allowed is None else allowed & checked
   if scale is None:
-    scale = 1.0 / math.sqrt(query.shape[-1])
-  logits = jnp.einsum(
-      "...qhd,...khd->...hqk", query * jnp.asarray(scale, query.dtype), key,
-      precision=precision,
+    scale = 1.0 / math.sqrt(head_dim)
+  compute = jnp.promote_types(dtype, jnp.float32)
+  if dropout_key is not None or precision is not None or compute != jnp.float32:
+    return _formula(
+        query, key, value, allowed, scale, compute, dropout_rate, dropout_key, precision, where
+    )
+  # jax's function takes exactly one batch axis and a mask [B, N, T, S].
+  flat = [jnp.reshape(a, (-1, *a.shape[-3:])) for a in (query, key, value)]
+  flat_mask = None
+  if allowed is not None:
+    flat_mask = _flat_mask(allowed, logits_shape, full=implementation == "cudnn")
+  out = jax.nn.dot_product_attention(
+      flat[0], flat[1], flat[2], mask=flat_mask, scale=scale,
+      implementation=implementation,  # type: ignore[arg-type]  # a name checked above
   )
-  compute = jnp.promote_types(logits.dtype, jnp.float32)
-  logits_32 = logits.astype(compute)
-  if masks:
-    allowed = jnp.ones((), jnp.bool_)
-    for mask in masks:
-      allowed = allowed & _check_mask(mask, logits.shape, where)
+  if implementation == "cudnn" and flat_mask is not None:
+    # XLA gives a fully masked row the same large negative logits, so
+    # uniform weights, as blox's formula does; the fused kernel promises no
+    # such thing, so those rows are set to the mean of the values here.
+    out = _uniform_where_fully_masked(out, flat[2], flat_mask)
+  return jnp.reshape(out, query.shape)
+
+
+def _flat_mask(allowed: jax.Array, logits_shape: tuple[int, ...], full: bool) -> jax.Array:
+  """`allowed` as `[B or 1, N or 1, T, S]` for logits `[*batch, N, T, S]`.
+
+  Axes of size 1 that jax's XLA path broadcasts itself (a mask shared by the
+  batch or the heads, such as a causal mask) stay 1, so no copy per example
+  or head is made; with `full` (for the cuDNN kernel, whose mask layouts are
+  narrower) the mask is broadcast to `[B, N, T, S]`.
+  """
+  mask = jnp.reshape(allowed, (1,) * (len(logits_shape) - allowed.ndim) + allowed.shape)
+  batch = logits_shape[:-3]
+  shared_batch = not full and all(size == 1 for size in mask.shape[:-3])
+  heads = 1 if mask.shape[-3] == 1 and not full else logits_shape[-3]
+  shape = (*((1,) * len(batch) if shared_batch else batch), heads, *logits_shape[-2:])
+  return jnp.reshape(jnp.broadcast_to(mask, shape), (-1, *shape[-3:]))
+
+
+def _grouped(query: jax.Array, kv_heads: int) -> jax.Array:
+  """`[..., length, heads, d]` as `[..., length, kv_heads, heads // kv_heads, d]`."""
+  *rest, heads, head_dim = query.shape
+  return jnp.reshape(query, (*rest, kv_heads, heads // kv_heads, head_dim))
+
+
+def _formula(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    allowed: jax.Array | None,
+    scale: float,
+    compute: Any,
+    dropout_rate: float,
+    dropout_key: jax.Array | None,
+    precision: jax.lax.PrecisionLike,
+    where: str,
+) -> jax.Array:
+  """blox's own attention: the math of jax's XLA path, plus dropout and precision."""
+  kv_heads = key.shape[-2]
+  logits = jnp.einsum(
+      "...qkgd,...skd->...kgqs", _grouped(query, kv_heads), key,
+      precision=precision, preferred_element_type=compute,
+  )
+  logits = jnp.reshape(logits, (*logits.shape[:-4], -1, *logits.shape[-2:]))
+  logits = logits * jnp.asarray(scale, compute)
+  if allowed is not None:
     # The lowest finite value (not -inf) keeps a fully masked row finite: it
     # attends uniformly. jnp.finfo has no annotations.
     lowest = jnp.finfo(compute).min  # type: ignore[no-untyped-call]
-    logits_32 = jnp.where(allowed, logits_32, lowest)
-  weights = jax.nn.softmax(logits_32, axis=-1).astype(logits.dtype)
+    logits = jnp.where(allowed, logits, lowest)
+  weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
   if dropout_key is not None:
     weights = _drop(dropout_key, weights, dropout_rate, where)
-  return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
+  *batch, heads, q_length, kv_length = weights.shape
+  grouped = jnp.reshape(weights, (*batch, kv_heads, heads // kv_heads, q_length, kv_length))
+  out = jnp.einsum("...kgqs,...skd->...qkgd", grouped, value, precision=precision)
+  return jnp.reshape(out, query.shape)
+
+
+def _uniform_where_fully_masked(out: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+  """`out [B, T, N, H]` with the rows whose `mask [B, N, T, S]` is all False
+  replaced by the mean of `value [B, S, K, H]` (uniform weights)."""
+  heads, kv_heads = out.shape[-2], value.shape[-2]
+  mean = jnp.repeat(jnp.mean(value, axis=1), heads // kv_heads, axis=-2)  # [B, N, H]
+  any_allowed = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)  # [B, T, N]
+  return jnp.where(any_allowed[..., None], out, mean[:, None].astype(out.dtype))

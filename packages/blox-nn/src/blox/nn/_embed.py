@@ -28,6 +28,14 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_float_inputs, check_positive_int
+from blox.nn._precision import (
+    Dtypes,
+    check_dtype,
+    float32_init,
+    resolve_dtypes,
+    to_compute,
+    to_output,
+)
 from blox.nn.initializers import variance_scaling
 from blox.params import Initializer, KeySource, Params
 
@@ -55,6 +63,12 @@ class Embed(Module):
       looked-up vectors and `attend` scores of unit-scale inputs near unit scale.
     embedding_metadata: metadata for the table, e.g. `{'sharding': ('model', None)}`.
     precision: the precision of the product in `attend` (`jax.lax.Precision`).
+    param_dtype: the dtype of the table when it is created; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32.
+    dtype: the dtype of the looked-up vectors and of `attend`'s product;
+      None: the policy's `compute_dtype`, else the table's dtype for lookups
+      and the inputs' dtype promoted with the table's for `attend`. Outputs
+      of both come out in the policy's `output_dtype` when it has one.
   """
 
   def __init__(
@@ -69,6 +83,8 @@ class Embed(Module):
       ),
       embedding_metadata: Mapping[str, Any] | None = None,
       precision: jax.lax.PrecisionLike = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(graph)
     check_positive_int(num_embeddings, "num_embeddings", self.where())
@@ -79,15 +95,25 @@ class Embed(Module):
     self.embedding_init = embedding_init
     self.embedding_metadata = embedding_metadata
     self.precision = precision
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
+    self.dtype = check_dtype(dtype, "dtype", self.where())
 
   def table(self, params: Params) -> tuple[jax.Array, Params]:
-    """Returns `(table, params)`, creating the table if it is missing."""
+    """Returns `(table, params)`, creating the table if it is missing.
+
+    The table is returned as stored (in its param dtype), not cast.
+    """
     table: jax.Array
+    param_dtype = self._dtypes().param
     table, params = self.get_param(
         params, "embedding", (self.num_embeddings, self.embedding_size),
-        self.embedding_init, rng=self.rng, metadata=self.embedding_metadata,
+        float32_init(self.embedding_init, param_dtype), rng=self.rng,
+        metadata=self.embedding_metadata, dtype=param_dtype,
     )
     return table, params
+
+  def _dtypes(self) -> Dtypes:
+    return resolve_dtypes(self, self.param_dtype, self.dtype)
 
   def __call__(self, params: Params, ids: jax.Array) -> tuple[jax.Array, Params]:
     """Looks up `ids` (integers of any shape); outputs are `(*ids.shape, embedding_size)`.
@@ -102,7 +128,10 @@ class Embed(Module):
           " them with ids.astype(jnp.int32)."
       )
     table, params = self.table(params)
-    return jnp.take(table, ids, axis=0), params
+    dtypes = self._dtypes()
+    # Only the rows looked up are cast, not the whole table.
+    (vectors,) = to_compute(dtypes, jnp.take(table, ids, axis=0))
+    return to_output(dtypes, vectors), params
 
   def attend(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Scores `inputs` `(..., embedding_size)` against every row: `inputs @ table.T`.
@@ -117,4 +146,6 @@ class Embed(Module):
           f" embedding_size={self.embedding_size}; got shape {shape}."
       )
     table, params = self.table(params)
-    return jnp.dot(inputs, table.T, precision=self.precision), params
+    dtypes = self._dtypes()
+    inputs, table = to_compute(dtypes, inputs, table)
+    return to_output(dtypes, jnp.dot(inputs, table.T, precision=self.precision)), params

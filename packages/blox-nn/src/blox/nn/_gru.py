@@ -61,6 +61,7 @@ class GRU(GatedCell):
     kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
       the params, e.g. `{'sharding': (None, 'model')}`.
     precision: the precision of the matrix products (`jax.lax.Precision`).
+    param_dtype, dtype: as for `LSTM` (the state is kept in the compute dtype).
   """
 
   num_gates = 3
@@ -69,7 +70,7 @@ class GRU(GatedCell):
       self, params: Params, inputs: jax.Array, **kwargs: Any
   ) -> tuple[GRUState, Params]:
     """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
-    return GRUState(hidden=zero_hidden(inputs, self.hidden_size)), params
+    return GRUState(hidden=zero_hidden(inputs, self.hidden_size, self._dtypes())), params
 
   def __call__(
       self,
@@ -83,8 +84,9 @@ class GRU(GatedCell):
     Returns:
       `((hidden, GRUState(hidden)), params)`.
     """
-    kernel, recurrent_kernel, bias, params = self._weights(params, inputs)
-    h = prev_state.hidden
+    inputs, (kernel, recurrent_kernel, bias), (h,), params = self._weights(
+        params, inputs, prev_state
+    )
     size = self.hidden_size
     x_r, x_z, x_n = jnp.split(self._dot(inputs, kernel) + bias, 3, axis=-1)
     h_rz = self._dot(h, recurrent_kernel[:, : 2 * size])
@@ -92,4 +94,4 @@ class GRU(GatedCell):
     z = jax.nn.sigmoid(x_z + h_rz[..., size:])
     n = jnp.tanh(x_n + self._dot(r * h, recurrent_kernel[:, 2 * size :]))
     hidden = (1 - z) * h + z * n
-    return (hidden, GRUState(hidden=hidden)), params
+    return (self._output(hidden), GRUState(hidden=hidden)), params

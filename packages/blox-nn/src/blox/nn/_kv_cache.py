@@ -29,7 +29,8 @@ class KVCache(NamedTuple):
   """The decoding state of `MultiHeadAttention`: the projected keys and values.
 
   Attributes:
-    key: `[*batch, max_length, num_heads, head_dim]`.
+    key: `[*batch, max_length, num_kv_heads, head_dim]` (`num_kv_heads` is
+      the layer's `num_heads` unless it uses grouped-query attention).
     value: same shape as `key`.
     position: int32 `[*batch]`, the position the next token is written to,
       per batch element. Cache positions at or after it are masked out.

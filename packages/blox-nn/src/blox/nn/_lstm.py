@@ -58,6 +58,11 @@ class LSTM(GatedCell):
     kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
       the params, e.g. `{'sharding': (None, 'model')}`.
     precision: the precision of the matrix products (`jax.lax.Precision`).
+    param_dtype: the dtype of the params when they are created; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32.
+    dtype: the dtype of the step and of the state; None: the policy's
+      `compute_dtype`, else the inputs' dtype promoted with the params'. The
+      outputs (not the state) come out in the policy's `output_dtype` if set.
   """
 
   num_gates = 4
@@ -66,7 +71,7 @@ class LSTM(GatedCell):
       self, params: Params, inputs: jax.Array, **kwargs: Any
   ) -> tuple[LSTMState, Params]:
     """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
-    zeros = zero_hidden(inputs, self.hidden_size)
+    zeros = zero_hidden(inputs, self.hidden_size, self._dtypes())
     return LSTMState(hidden=zeros, cell=zeros), params
 
   def __call__(
@@ -81,9 +86,11 @@ class LSTM(GatedCell):
     Returns:
       `((hidden, LSTMState(hidden, cell)), params)`.
     """
-    kernel, recurrent_kernel, bias, params = self._weights(params, inputs)
-    gates = self._dot(inputs, kernel) + self._dot(prev_state.hidden, recurrent_kernel) + bias
+    inputs, (kernel, recurrent_kernel, bias), (h, c), params = self._weights(
+        params, inputs, prev_state
+    )
+    gates = self._dot(inputs, kernel) + self._dot(h, recurrent_kernel) + bias
     i, g, f, o = jnp.split(gates, 4, axis=-1)
-    cell = jax.nn.sigmoid(f) * prev_state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    cell = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)
-    return (hidden, LSTMState(hidden=hidden, cell=cell)), params
+    return (self._output(hidden), LSTMState(hidden=hidden, cell=cell)), params

@@ -1,9 +1,12 @@
 """`LayerNorm` and `RMSNorm`: per-example normalisation over the feature axis.
 
 Both normalise over the last axis of each input, independently for every
-other position. Inputs must be floating point. Statistics are computed in
-float32 (or float64 for float64 inputs) whatever the input dtype, and the
-outputs take the input's dtype.
+other position. Inputs must be floating point. The statistics and the
+normalisation are computed in float32 (or float64 for float64 inputs)
+whatever the input and compute dtypes; the outputs take the policy's
+`output_dtype`, else the compute dtype (`dtype`, else the policy's
+`compute_dtype`), else the input's dtype. `param_dtype` (else the policy's,
+else float32) is the dtype the learned scale and bias are created in.
 
 Features sharded over a named axis (tensor parallelism inside `shard_map`, or
 `vmap` over feature chunks): pass that axis as `axis_name`, and each
@@ -34,6 +37,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_feature_axis, check_float_inputs
+from blox.nn._precision import check_dtype, float32_init, resolve_dtypes
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
 from blox.params import Initializer, Params
@@ -63,10 +67,14 @@ class _FeatureNorm(Module):
       init: Initializer,
       metadata: Mapping[str, Any] | None,
       dtype: Any,
+      param_dtype: Any,
   ) -> tuple[jax.Array, Params]:
-    """The scale or bias: shape `(features,)`, stored in float32, used in `dtype`."""
+    """The scale or bias: shape `(features,)`, stored in `param_dtype`, used in `dtype`."""
     value: jax.Array
-    value, params = self.get_param(params, name, (features,), init, metadata=metadata)
+    value, params = self.get_param(
+        params, name, (features,), float32_init(init, param_dtype), dtype=param_dtype,
+        metadata=metadata,
+    )
     return value.astype(dtype), params
 
 
@@ -87,6 +95,11 @@ class LayerNorm(_FeatureNorm):
     scale_metadata, bias_metadata: metadata for the params, e.g.
       `{'sharding': ('model',)}`.
     axis_name: the named axis the features are sharded over, or None.
+    param_dtype: the dtype of the params when they are created; None: the
+      policy's `param_dtype` (`Module.policy()`), else float32.
+    dtype: the dtype of the outputs (the statistics stay in float32); None:
+      the policy's `compute_dtype`, else the inputs' dtype. A policy's
+      `output_dtype` wins over both.
   """
 
   def __init__(
@@ -101,6 +114,8 @@ class LayerNorm(_FeatureNorm):
       scale_metadata: Mapping[str, Any] | None = None,
       bias_metadata: Mapping[str, Any] | None = None,
       axis_name: Hashable | None = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(graph)
     check_epsilon(epsilon, self.where())
@@ -112,10 +127,13 @@ class LayerNorm(_FeatureNorm):
     self.scale_metadata = scale_metadata
     self.bias_metadata = bias_metadata
     self.axis_name = axis_name
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
+    self.dtype = check_dtype(dtype, "dtype", self.where())
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
-    compute, output = compute_dtypes(self._check(inputs))
+    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    compute, output = compute_dtypes(self._check(inputs), dtypes)
     x = jnp.asarray(inputs, compute)
     mean = _feature_mean(x, self.axis_name, self.where())
     centered = x - mean
@@ -126,12 +144,14 @@ class LayerNorm(_FeatureNorm):
     y = centered * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self._learned(
-          params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute
+          params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute,
+          dtypes.param,
       )
       y = y * scale
     if self.use_bias:
       bias, params = self._learned(
-          params, "bias", x.shape[-1], self.bias_init, self.bias_metadata, compute
+          params, "bias", x.shape[-1], self.bias_init, self.bias_metadata, compute,
+          dtypes.param,
       )
       y = y + bias
     return y.astype(output), params
@@ -150,6 +170,7 @@ class RMSNorm(_FeatureNorm):
     scale_init: the scale's initializer, called with `key=None`.
     scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
     axis_name: the named axis the features are sharded over, or None.
+    param_dtype, dtype: as for `LayerNorm`.
   """
 
   def __init__(
@@ -161,6 +182,8 @@ class RMSNorm(_FeatureNorm):
       scale_init: Initializer = ones,
       scale_metadata: Mapping[str, Any] | None = None,
       axis_name: Hashable | None = None,
+      param_dtype: Any = None,
+      dtype: Any = None,
   ) -> None:
     super().__init__(graph)
     check_epsilon(epsilon, self.where())
@@ -169,16 +192,20 @@ class RMSNorm(_FeatureNorm):
     self.scale_init = scale_init
     self.scale_metadata = scale_metadata
     self.axis_name = axis_name
+    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
+    self.dtype = check_dtype(dtype, "dtype", self.where())
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
-    compute, output = compute_dtypes(self._check(inputs))
+    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    compute, output = compute_dtypes(self._check(inputs), dtypes)
     x = jnp.asarray(inputs, compute)
     mean_square = _feature_mean(jnp.square(x), self.axis_name, self.where())
     y = x * jax.lax.rsqrt(mean_square + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self._learned(
-          params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute
+          params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute,
+          dtypes.param,
       )
       y = y * scale
     return y.astype(output), params

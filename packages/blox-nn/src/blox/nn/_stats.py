@@ -4,6 +4,9 @@ Example:
   >>> import jax.numpy as jnp
   >>> compute_dtypes(jnp.bfloat16)
   (dtype('float32'), dtype(bfloat16))
+  >>> from blox.nn._precision import Dtypes
+  >>> compute_dtypes(jnp.float32, Dtypes(None, jnp.dtype(jnp.bfloat16), None))
+  (dtype('float32'), dtype(bfloat16))
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from blox.nn._precision import Dtypes
 
 __all__ = ["check_epsilon", "compute_dtypes", "pmean"]
 
@@ -35,14 +40,22 @@ def pmean(x: jax.Array, axis_name: Hashable, where: str) -> jax.Array:
     ) from error
 
 
-def compute_dtypes(dtype: Any) -> tuple[Any, Any]:
-  """`(compute dtype, output dtype)` for normalising inputs of `dtype`.
+def compute_dtypes(dtype: Any, dtypes: Dtypes | None = None) -> tuple[Any, Any]:
+  """`(statistics dtype, output dtype)` for normalising inputs of `dtype`.
 
-  Computing in at least float32 keeps the mean of squares of bfloat16 or
-  float16 inputs from losing most of its precision (or overflowing). The
-  outputs keep the dtype of the (floating-point) inputs.
+  The whole normalisation (statistics, scale and bias) runs in at least
+  float32, whatever the compute dtype: that keeps the mean of squares of
+  bfloat16 or float16 inputs from losing most of its precision (or
+  overflowing). The outputs take the layer's output dtype, else its compute
+  dtype (`dtypes`), else the dtype of the (floating-point) inputs.
   """
-  return jnp.promote_types(dtype, jnp.float32), jnp.dtype(dtype)
+  statistics, output = jnp.promote_types(dtype, jnp.float32), jnp.dtype(dtype)
+  if dtypes is not None and dtypes.compute is not None:
+    statistics = jnp.promote_types(statistics, dtypes.compute)
+    output = dtypes.compute
+  if dtypes is not None and dtypes.output is not None:
+    output = dtypes.output
+  return statistics, output
 
 
 def check_epsilon(epsilon: float, where: str) -> None:

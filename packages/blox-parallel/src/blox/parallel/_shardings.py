@@ -5,7 +5,10 @@ metadata entry: one
 entry per dimension, each a mesh axis name, a tuple of names, or None
 (not sharded); a single name `v` means `(v,)`. Missing entries at the end
 mean None; no entry at all means replicated. Write a tuple, not a
-`PartitionSpec`. `param_shardings` turns that into a `Params`-shaped pytree of
+`PartitionSpec`. A param stacked for a layer stack (`blox.graph.Repeat`,
+metadata `blox.params.STACKED`) has one leading axis per stacked size; its
+sharding metadata describes the dims after those, and the stacked axes get
+no mesh axis. `param_shardings` turns that into a `Params`-shaped pytree of
 `NamedSharding`s for `jax.jit(in_shardings=..., out_shardings=...)`, and
 `init_sharded` runs an init function so that every param is born on its
 devices.
@@ -29,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from blox.params import SHARDING, Param, Params, Path, is_array, path_text
+from blox.params import SHARDING, STACKED, Param, Params, Path, is_array, path_text
 from blox.parallel._util import spec
 
 __all__ = ["init_sharded", "param_shardings", "partition_spec"]
@@ -42,7 +45,9 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
 
   The metadata is read as `Param.sharding` reads it: a tuple gives one entry
   per dimension, any other value `v` means `(v,)`, and no entry (or None)
-  means replicated.
+  means replicated. For a stacked param (metadata `STACKED: (n, ...)`, from
+  `blox.graph.Repeat`) the entries describe the dims after the stacked ones,
+  and the spec starts with one None per stacked axis.
 
   Args:
     path: the param's path, used in error messages.
@@ -52,9 +57,13 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
   Raises:
     TypeError: the metadata is a `PartitionSpec` rather than a tuple.
     ValueError: the metadata names an axis the mesh lacks or one axis twice,
-      has more entries than the value has dimensions, or splits a dimension
-      into a number of parts that does not divide it.
+      has more entries than the value has (per-layer) dimensions, splits a
+      dimension into a number of parts that does not divide it, or its
+      `STACKED` entry is not a tuple of sizes matching the leading dims.
   """
+  value = param.value
+  shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+  stacked = _stacked_axes(path, param, shape)
   raw = param.metadata.get(SHARDING)
   if raw is None:
     return spec()
@@ -65,13 +74,17 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
         " builds the PartitionSpec from it)."
     )
   entries = param.sharding
-  value = param.value
-  shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
-  if len(entries) > len(shape):
+  layer_shape = shape[stacked:]
+  if len(entries) > len(layer_shape):
+    layers = (
+        f" of which the first {stacked} are stacked layer axes ({STACKED!r}"
+        f" metadata {param.metadata[STACKED]!r}), so one layer has rank"
+        f" {len(layer_shape)}" if stacked else ""
+    )
     raise ValueError(
         f"Param {path_text(path)} has sharding metadata {raw!r} with {len(entries)}"
-        f" entries, but its value has rank {len(shape)} (shape {shape}); give at"
-        " most one mesh axis (or None) per dimension."
+        f" entries, but its value has rank {len(shape)} (shape {shape}){layers}; give"
+        " at most one mesh axis (or None) per dimension."
     )
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   used: set[str] = set()
@@ -93,13 +106,31 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
         )
       used.add(name)
     parts = math.prod(sizes[name] for name in names)
-    if shape[dim] % parts:
+    if shape[stacked + dim] % parts:
       raise ValueError(
-          f"Param {path_text(path)} has shape {shape}: dimension {dim} (size"
-          f" {shape[dim]}) cannot be split over mesh axis {entry!r} into {parts}"
-          " equal parts. Change the size, the mesh or the sharding metadata."
+          f"Param {path_text(path)} has shape {shape}: dimension {stacked + dim} (size"
+          f" {shape[stacked + dim]}) cannot be split over mesh axis {entry!r} into"
+          f" {parts} equal parts. Change the size, the mesh or the sharding metadata."
       )
-  return spec(*entries)
+  return spec(*([None] * stacked), *entries)
+
+
+def _stacked_axes(path: Path, param: Param, shape: tuple[int, ...]) -> int:
+  """How many leading dims of the param are stacked layer axes (`STACKED`)."""
+  sizes = param.metadata.get(STACKED)
+  if sizes is None:
+    return 0
+  if (
+      not isinstance(sizes, tuple)
+      or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)
+      or tuple(shape[: len(sizes)]) != sizes
+  ):
+    raise ValueError(
+        f"Param {path_text(path)} has {STACKED!r} metadata {sizes!r}, but its shape is"
+        f" {shape}; the entry must be a tuple of the sizes of its leading stacked"
+        " (layer) axes, as blox.graph.Repeat writes it."
+    )
+  return len(sizes)
 
 
 def param_shardings(params: Params, mesh: Mesh) -> Params:

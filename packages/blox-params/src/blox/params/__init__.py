@@ -27,6 +27,7 @@ from blox.params._key_source import KeySource as KeySource
 from blox.params._metadata import Metadata as Metadata
 from blox.params._param import Param as Param
 from blox.params._paths import SHARDING as SHARDING
+from blox.params._paths import STACKED as STACKED
 from blox.params._paths import Path as Path
 from blox.params._paths import path_text as path_text
 from blox.params._training import param_mask as param_mask
@@ -47,6 +48,7 @@ __all__ = [
     "RNG_SEED",
     "RNG_STREAM",
     "SHARDING",
+    "STACKED",
     "__version__",
     "is_array",
     "is_prng_key",

@@ -23,7 +23,7 @@ import difflib
 from collections.abc import Sequence
 from typing import TypeGuard
 
-__all__ = ["Path", "SHARDING", "check_path", "closest_hint", "is_path", "path_text"]
+__all__ = ["Path", "SHARDING", "STACKED", "check_path", "closest_hint", "is_path", "path_text"]
 
 Path = tuple[str, ...]
 
@@ -31,6 +31,13 @@ Path = tuple[str, ...]
 # mesh: one entry per dimension (a mesh or logical axis name, a tuple of
 # names, or None). Layers write it, blox.parallel reads it.
 SHARDING = "sharding"
+
+# The metadata key under which a param stored for a stack of identical layers
+# (`blox.graph.Repeat`) records the sizes of its leading stacked axes, a tuple
+# of ints, outermost first: `(num_layers,)`, or `(outer, inner)` for a stack
+# inside a stack. Its other metadata (SHARDING too) describes one layer's
+# dimensions, which follow the stacked ones.
+STACKED = "stacked"
 
 
 def is_path(path: object) -> TypeGuard[Path]:
