@@ -2,8 +2,8 @@
 
 Usage, from the repository root:
 
-  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md (a few minutes)
-  uv run benchmarks/run.py --smoke   # tiny sizes, a few seconds (CI)
+  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md (about four minutes)
+  uv run benchmarks/run.py --smoke   # tiny sizes, under a minute (CI)
 
 All rows come from this one process, so the ratios are comparable with each
 other. A ratio is blox time / hand-written JAX time: 1.00x means no overhead.
