@@ -26,7 +26,7 @@ one program, instead of dispatching each initializer op by op.
 
 Run from the repository root:
 
-  uv run examples/transformer_lm.py          # the full run (under 2 minutes on 2 cores)
+  uv run examples/transformer_lm.py          # the full run (30 s on 2 idle cores)
   uv run examples/transformer_lm.py --fast   # a tiny model for a few steps, a smoke test
 
 It prints the loss as it falls, `loss A -> B` (first step vs the mean of
@@ -56,7 +56,7 @@ import optax
 
 import blox as bx
 
-PROMPT = "def "
+PROMPT = "    def __init__(self"
 # bfloat16 keeps 8 significant bits: two orders of the same sums may differ
 # by a few units in the last place of the largest score (1/128 of it).
 RELATIVE_TOLERANCE = 0.02

@@ -29,7 +29,8 @@ def test_transformer_lm_trains_reloads_decodes_and_samples() -> None:
   assert difference <= tolerance, check
   (sample,) = [line for line in lines if line.startswith("sample: ")]
   text = ast.literal_eval(sample.split(": ", 1)[1])
-  assert isinstance(text, str) and text.startswith("def ") and len(text) == 4 + 120
+  prompt = "    def __init__(self"
+  assert isinstance(text, str) and text.startswith(prompt) and len(text) == len(prompt) + 120
   assert not any(line.startswith("ERROR") for line in lines), lines
 
 
