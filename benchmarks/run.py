@@ -2,8 +2,8 @@
 
 Usage, from the repository root:
 
-  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md
-  uv run benchmarks/run.py --smoke   # tiny sizes, a few seconds (CI)
+  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md (about four minutes)
+  uv run benchmarks/run.py --smoke   # tiny sizes, under a minute (CI)
 
 All rows come from this one process, so the ratios are comparable with each
 other. A ratio is blox time / hand-written JAX time: 1.00x means no overhead.
@@ -25,7 +25,7 @@ if str(_ROOT) not in sys.path:
 
 import jax  # noqa: E402
 
-from benchmarks import container, lstm, train_step  # noqa: E402
+from benchmarks import container, lstm, train_step, transformer  # noqa: E402
 from benchmarks.timing import Row, format_seconds, format_table  # noqa: E402
 
 
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
       ("container", container_rows),
       ("train step", train_step.run),
       ("lstm", lstm.run),
+      ("transformer", transformer.run),
   ):
     print(f"running: {name} ...", file=sys.stderr, flush=True)
     rows.extend(benchmark(args.smoke))

@@ -17,6 +17,11 @@ def test_benchmark_runner_prints_one_table() -> None:
       "time to first step: compile",
       "lstm forward",
       "lstm train step",
+      "compile train step, Repeat",
+      "transformer train step, Repeat",
+      "cached decoding per token",
+      "train step temp memory",
+      "init, jax.jit(init)()",
   ):
     assert any(name.startswith(prefix) for name in names), (prefix, names)
   # Every measured row carries a positive ratio.

@@ -168,6 +168,17 @@ def test_nn_combine_masks() -> None:
     combine_masks(causal_mask(3), jnp.ones((2, 4), bool))
 
 
+def test_nn_kv_cache_write_of_one_token_lands_per_row_and_drops_past_the_end() -> None:
+  cache = _allocate((3,), max_length=3, num_heads=1, head_dim=1, dtype=jnp.float32)
+  token = jnp.array([1.0, 2.0, 3.0]).reshape(3, 1, 1, 1)
+  for write in (_write, jax.jit(_write)):
+    written = write(cache.key + 9.0, token, jnp.array([0, 2, 3]))
+    # Row 2 starts past the end: its token is dropped, not clamped onto slot 2.
+    np.testing.assert_array_equal(
+        written[..., 0, 0], [[1.0, 9.0, 9.0], [9.0, 9.0, 2.0], [9.0, 9.0, 9.0]]
+    )
+
+
 def test_nn_kv_cache_write_drops_what_does_not_fit() -> None:
   cache = _allocate((2,), max_length=3, num_heads=1, head_dim=1, dtype=jnp.float32)
   assert isinstance(cache, KVCache)
