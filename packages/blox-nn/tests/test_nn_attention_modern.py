@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import blox as bx
 from blox.graph import Graph
 from blox.nn import KVCache, MultiHeadAttention, Rng, causal_mask, dot_product_attention, rope
 from blox.nn import initializers
@@ -245,7 +244,6 @@ def test_nn_rope_matches_its_formula() -> None:
   )
   low = rope(x.astype(jnp.bfloat16), jnp.arange(5))
   assert low.dtype == jnp.bfloat16
-  assert bx.rope is rope
 
 
 def test_nn_rope_dot_products_depend_on_the_position_difference() -> None:
