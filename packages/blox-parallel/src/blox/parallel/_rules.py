@@ -32,8 +32,12 @@ __all__ = ["Rules", "check_rules", "resolve"]
 Rules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 
 
-def check_rules(rules: Any, where: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
-  """`rules` as a tuple of `(name, mesh axes tuple or None)` pairs, or a ValueError."""
+def check_rules(rules: Any, where: str) -> tuple[tuple[str, tuple[str, ...] | None, Any], ...]:
+  """`rules` as `(name, mesh axes tuple or None, the rule as written)` triples.
+
+  Raises:
+    ValueError: `rules` is not a sequence of `(name, mesh_axes)` pairs.
+  """
   if rules is None:
     return ()
   if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
@@ -55,7 +59,7 @@ def check_rules(rules: Any, where: str) -> tuple[tuple[str, tuple[str, ...] | No
           " is a logical axis name and a mesh axis name, a tuple of them, or None,"
           " e.g. ('mlp', 'model')."
       )
-    checked.append((rule[0], axes))
+    checked.append((rule[0], axes, tuple(rule)))
   return tuple(checked)
 
 
@@ -81,8 +85,8 @@ def resolve(
       dim that the mesh axes' sizes do not divide.
   """
   table: dict[str, tuple[tuple[str, ...] | None, Any]] = {}
-  for name, axes in check_rules(rules, where):
-    table.setdefault(name, (axes, (name, axes[0] if axes and len(axes) == 1 else axes)))
+  for name, axes, rule in check_rules(rules, where):
+    table.setdefault(name, (axes, rule))
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   used: dict[str, str] = {}
   resolved: list[Any] = []
