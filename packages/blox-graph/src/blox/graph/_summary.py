@@ -40,7 +40,13 @@ from blox.params import Params
 __all__ = ["summary"]
 
 
-def summary(params: Params, graph: Graph | None = None, *, width: int = 100) -> str:
+def summary(
+    params: Params,
+    graph: Graph | None = None,
+    *,
+    width: int = 100,
+    shardings: Params | None = None,
+) -> str:
   """A table of `params`: one row per param, grouped by module, with totals.
 
   Without `graph`, rows are grouped by `path[:-1]`. With `graph`, each param
@@ -61,17 +67,31 @@ def summary(params: Params, graph: Graph | None = None, *, width: int = 100) -> 
   `width` (numbers are never cut, so a very small `width` can still be
   exceeded).
 
+  A param with sharding metadata (`blox.params.SHARDING`, mesh or logical
+  axis names) shows it in a last `sharding` column (`embed,mlp`; `-` is an
+  unsharded dim, `(a,b)` a dim over several axes). With `shardings`, the
+  `Params`-shaped tree of `NamedSharding`s that
+  `blox.parallel.param_shardings(params, mesh, rules)` returns, the column
+  also shows the mesh axes each param resolved to (`embed,mlp -> data,model`;
+  a stacked param's leading layer axes show as `-`). Tables of params without
+  sharding metadata (and without `shardings`) have no such column.
+
   Args:
     params: concrete or abstract params (e.g. `jax.eval_shape` output).
     graph: a graph node (usually the root) whose modules own and label the
       groups.
     width: the longest line allowed, in characters.
+    shardings: the params' `NamedSharding`s, shaped like `params`, to show
+      the resolved mesh axes.
 
   Returns:
     The table as one string, without a trailing newline.
 
   Raises:
-    TypeError: `params` is not a `Params`, or `graph` is not a `Graph`.
+    TypeError: `params` or `shardings` is not a `Params`, or `graph` is not a
+      `Graph`.
+    ValueError: `shardings` lacks a param of `params` or holds something
+      other than a `NamedSharding` for one.
   """
   if not isinstance(params, Params):
     raise TypeError(
@@ -83,5 +103,11 @@ def summary(params: Params, graph: Graph | None = None, *, width: int = 100) -> 
         f"summary(params, graph): graph must be a Graph node, got"
         f" {type(graph).__name__}; pass the root Graph the modules were built on."
     )
-  groups = collect_groups(params, graph)
+  if shardings is not None and not isinstance(shardings, Params):
+    raise TypeError(
+        f"summary(params, shardings=...): shardings must be a Params of NamedShardings,"
+        f" got {type(shardings).__name__}; pass what"
+        " blox.parallel.param_shardings(params, mesh, rules) returns."
+    )
+  groups = collect_groups(params, graph, shardings)
   return render_table(groups, width, is_locked=params.is_locked)

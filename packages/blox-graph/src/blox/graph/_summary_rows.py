@@ -29,9 +29,11 @@ import numpy as np
 from blox.graph._graph import Graph
 from blox.graph._module import Module
 from blox.graph._repeat import Repeat
-from blox.params import Params, Path, is_prng_key
+from blox.params import SHARDING, Param, Params, Path, is_prng_key, path_text
 
-__all__ = ["ModuleGroup", "ParamRow", "collect_groups", "compute_dtype_name", "total"]
+__all__ = [
+    "ModuleGroup", "ParamRow", "collect_groups", "compute_dtype_name", "sharding_text", "total",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class ParamRow:
   trainable: bool
   count: int
   nbytes: int
+  sharding: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,62 @@ def _measure(value: Any) -> tuple[tuple[int, ...], Any, int, int]:
   return shape, dtype, count, count * np.dtype(dtype).itemsize
 
 
+def _axes_text(entries: Any) -> str:
+  """Sharding entries as `embed,mlp`: `-` for None, `(data,model)` for a tuple."""
+  def one(entry: Any) -> str:
+    if entry is None:
+      return "-"
+    if isinstance(entry, (tuple, list)):
+      return f"({','.join(one(e) for e in entry)})"
+    return str(entry)
+  return ",".join(one(e) for e in entries)
+
+
+def sharding_text(param: Param, spec: Any = None) -> str:
+  """A param's sharding for the table: its `SHARDING` metadata, and the mesh
+  axes it resolved to when `spec` (a `PartitionSpec`) is given.
+
+  `embed,mlp -> data,model`; `''` for a param without metadata that is
+  replicated (or whose spec is unknown); a spec with no entries is
+  `replicated`.
+
+  Example:
+    >>> import numpy as np
+    >>> from jax.sharding import PartitionSpec
+    >>> param = Param(np.zeros((2, 4)), metadata={SHARDING: ('embed', 'mlp')})
+    >>> sharding_text(param), sharding_text(param, PartitionSpec(None, 'model'))
+    ('embed,mlp', 'embed,mlp -> -,model')
+  """
+  meta = _axes_text(param.sharding) if param.metadata.get(SHARDING) is not None else ""
+  if spec is None:
+    return meta
+  resolved = _axes_text(tuple(spec)) or "replicated"
+  if not meta and resolved == "replicated":
+    return ""
+  return f"{meta} -> {resolved}" if meta else f"-> {resolved}"
+
+
+def _spec_of(shardings: Params | None, path: Path) -> Any:
+  """The `PartitionSpec` that `shardings` holds for `path`, or None without shardings."""
+  if shardings is None:
+    return None
+  if path not in shardings:
+    raise ValueError(
+        f"summary(params, shardings=...): shardings has no entry for the param"
+        f" {path_text(path)}; pass the tree that param_shardings(params, mesh, rules)"
+        " returns for these same params."
+    )
+  sharding = shardings[path].value
+  spec = getattr(sharding, "spec", None)
+  if spec is None:
+    raise ValueError(
+        f"summary(params, shardings=...): the entry for the param {path_text(path)} is"
+        f" {type(sharding).__name__}, not a NamedSharding; pass the tree that"
+        " param_shardings(params, mesh, rules) returns."
+    )
+  return spec
+
+
 def _owner(path: Path, modules: dict[Path, Module]) -> Path | None:
   """The longest proper prefix of `path` at which a module is bound, or None."""
   for end in range(len(path) - 1, 0, -1):
@@ -117,13 +176,17 @@ def _owner(path: Path, modules: dict[Path, Module]) -> Path | None:
   return None
 
 
-def collect_groups(params: Params, graph: Graph | None = None) -> list[ModuleGroup]:
+def collect_groups(
+    params: Params, graph: Graph | None = None, shardings: Params | None = None
+) -> list[ModuleGroup]:
   """One `ModuleGroup` per module of `params`, in the params' creation order.
 
   Args:
     params: concrete or abstract params (e.g. `jax.eval_shape` output).
     graph: a graph node (usually the root) whose modules (`graph.walk()`)
       own and label the groups; None groups by `path[:-1]`.
+    shardings: a `Params`-shaped tree of `NamedSharding`s for `params`;
+      each row's `sharding` then shows the resolved mesh axes too.
   """
   modules = dict(graph.walk()) if graph is not None else {}
   members: dict[Path, list[ParamRow]] = {}
@@ -143,6 +206,7 @@ def collect_groups(params: Params, graph: Graph | None = None) -> list[ModuleGro
         trainable=param.trainable,
         count=count,
         nbytes=nbytes,
+        sharding=sharding_text(param, _spec_of(shardings, path)),
     ))
   groups = [
       ModuleGroup(

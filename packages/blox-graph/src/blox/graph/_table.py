@@ -3,8 +3,10 @@
 `render_table` lays out the `ModuleGroup`s of `blox.graph._summary_rows`: a
 heading, a line per module (path, label, compute dtype when known,
 subtotals) with its param rows indented below, and the trainable,
-non-trainable and overall totals. Text columns are cut with `...` to fit the
-width; numbers never are.
+non-trainable and overall totals. When any param row has a sharding text
+(`ParamRow.sharding`), a last `sharding` column shows it; otherwise the table
+has no such column. Text columns are cut with `...` to fit the width; numbers
+never are.
 
 Example:
   >>> from blox.graph._summary_rows import ModuleGroup, ParamRow
@@ -36,8 +38,11 @@ _GAP = "  "  # between columns
 _INDENT = "  "  # param rows under their module line
 _ELLIPSIS = "..."
 _HEADINGS = ("module / param", "shape", "dtype", "train", "count", "bytes")
-# The narrowest the name, shape and dtype columns get when cut to the width.
-_FLOORS = (12, 8, 7)
+# Shown last, only when some param has sharding metadata (or a resolved spec).
+_SHARDING = "sharding"
+# The columns cut to fit the width, in this order, and the narrowest each
+# gets: name, sharding, shape, dtype.
+_FLOORS = ((0, 12), (6, 12), (1, 8), (2, 7))
 
 
 def _clip(text: str, width: int) -> str:
@@ -95,15 +100,17 @@ def _module_text(
 
 
 def _fit(widths: list[int], width: int) -> list[int]:
-  """Shrinks the name, then the shape, then the dtype column to fit `width`.
+  """Shrinks the name, then the sharding, shape and dtype columns to fit `width`.
 
   The numeric columns are never cut: a clipped count would be a wrong count.
   """
   widths = list(widths)
   excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
-  for column, floor in enumerate(_FLOORS):
+  for column, floor in _FLOORS:
     if excess <= 0:
       break
+    if column >= len(widths):
+      continue
     cut = min(excess, max(widths[column] - floor, 0))
     widths[column] -= cut
     excess -= cut
@@ -125,6 +132,8 @@ def _column_widths(
       max(len(_HEADINGS[4]), *(len(f"{n:,}") for n in counts)),
       max(len(_HEADINGS[5]), *(len(f"{n:,}") for n in sizes)),
   ]
+  if any(r.sharding for r in rows):
+    widths.append(max([len(_SHARDING)] + [len(r.sharding) for r in rows]))
   # A module line spans the text columns (name to train), then the numbers.
   spanned = sum(widths[1:4]) + 3 * len(_GAP)
   wanted = max(
@@ -150,6 +159,7 @@ def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) 
       "total": total(rows),
   }
   widths = _column_widths(groups, totals, width)
+  sharded = len(widths) > len(_HEADINGS)
   label_width = sum(widths[:4]) + 3 * len(_GAP)
 
   def numbers(count: int, nbytes: int) -> str:
@@ -157,21 +167,22 @@ def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) 
 
   def line(cells: Sequence[str]) -> str:
     left = [f"{cell:<{w}}" for cell, w in zip(cells[:4], widths[:4])]
-    right = [f"{cell:>{w}}" for cell, w in zip(cells[4:], widths[4:])]
-    return _GAP.join(left + right)
+    right = [f"{cell:>{w}}" for cell, w in zip(cells[4:6], widths[4:6])]
+    last = [f"{cell:<{w}}" for cell, w in zip(cells[6:], widths[6:])]
+    return _GAP.join(left + right + last)
 
   def param_line(row: ParamRow) -> str:
     return line([
         _clip(_INDENT + row.name, widths[0]), _clip(row.shape, widths[1]),
         _clip(row.dtype, widths[2]), "yes" if row.trainable else "no",
-        f"{row.count:,}", f"{row.nbytes:,}",
+        f"{row.count:,}", f"{row.nbytes:,}", *([_clip(row.sharding, widths[6])] if sharded else []),
     ])
 
   rule = "-" * (sum(widths) + len(_GAP) * (len(widths) - 1))
   state = "locked" if is_locked else "unlocked"
   lines = [
       _clip(f"{len(rows):,} params in {len(groups):,} modules, {state}", width),
-      line(_HEADINGS),
+      line((*_HEADINGS, _SHARDING) if sharded else _HEADINGS),
       rule,
   ]
   for group in groups:

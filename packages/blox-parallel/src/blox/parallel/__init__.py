@@ -5,9 +5,12 @@ Depends on jax and blox-params only.
 - `make_mesh(shape, names)`: a mesh with automatically partitioned axes.
 - `per_lane_rng(fn, axis_name)`: each lane of `vmap` / `shard_map` draws
   its own keys at runtime; initialisation stays identical in every lane.
-- `param_shardings(params, mesh)`: `NamedSharding`s from sharding
-  (`blox.params.SHARDING`) metadata, for `jax.jit(in_shardings=..., out_shardings=...)`.
-- `init_sharded(init_fn, mesh, *args)`: params born on their devices.
+- `param_shardings(params, mesh, rules=None)`: `NamedSharding`s from sharding
+  (`blox.params.SHARDING`) metadata, for `jax.jit(in_shardings=..., out_shardings=...)`;
+  the metadata names mesh axes, or logical axes that `rules` map to mesh axes.
+- `init_sharded(init_fn, mesh, *args, rules=None)`: params born on their devices.
+- `constrain(x, logical_axes, mesh, rules=None)`: an activation laid out by
+  the same rules.
 - `shard_batch(batch, mesh, axis='data')`: a batch split over a mesh axis,
   across processes too.
 - `seed_paths(params)` and `partition_spec(path, param, mesh)`: the pieces
@@ -25,6 +28,7 @@ Example:
   True
 """
 
+from blox.parallel._constrain import constrain as constrain
 from blox.parallel._lanes import LaneAxisError as LaneAxisError
 from blox.parallel._lanes import per_lane_rng as per_lane_rng
 from blox.parallel._lanes import seed_paths as seed_paths
@@ -38,6 +42,7 @@ from blox.parallel._version import __version__ as __version__
 __all__ = [
     "LaneAxisError",
     "__version__",
+    "constrain",
     "init_sharded",
     "make_mesh",
     "param_shardings",

@@ -2,7 +2,8 @@
 
 A param says how it is laid out with a `blox.params.SHARDING` (`'sharding'`)
 metadata entry: one
-entry per dimension, each a mesh axis name, a tuple of names, or None
+entry per dimension, each a mesh axis name, a logical axis name that
+`rules` map to mesh axes (`blox.parallel._rules`), a tuple of names, or None
 (not sharded); a single name `v` means `(v,)`. Missing entries at the end
 mean None; no entry at all means replicated. Write a tuple, not a
 `PartitionSpec`. A param stacked for a layer stack (`blox.graph.Repeat`,
@@ -24,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from blox.params import SHARDING, STACKED, Param, Params, Path, is_array, path_text
+from blox.parallel._rules import Rules, check_rules, resolve
 from blox.parallel._util import spec
 
 __all__ = ["init_sharded", "param_shardings", "partition_spec"]
@@ -40,7 +41,7 @@ __all__ = ["init_sharded", "param_shardings", "partition_spec"]
 T = TypeVar("T")
 
 
-def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
+def partition_spec(path: Path, param: Param, mesh: Mesh, *, rules: Rules | None = None) -> PartitionSpec:
   """The `PartitionSpec` that `param`'s `SHARDING` metadata asks for.
 
   The metadata is read as `Param.sharding` reads it: a tuple gives one entry
@@ -52,11 +53,17 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
   Args:
     path: the param's path, used in error messages.
     param: the param; its value may be an array or a `jax.ShapeDtypeStruct`.
-    mesh: the mesh whose axis names the metadata refers to.
+    mesh: the mesh whose axis names the metadata (or the rules) refer to.
+    rules: logical axis rules, `(logical_name, mesh_axes)` pairs (see
+      `blox.parallel` `constrain`): metadata entries that name a logical
+      axis map to the first rule's mesh axes (None: replicated); a name
+      with no rule that is a mesh axis is taken as is.
 
   Raises:
     TypeError: the metadata is a `PartitionSpec` rather than a tuple.
-    ValueError: the metadata names an axis the mesh lacks or one axis twice,
+    ValueError: the metadata names an axis that is neither a mesh axis nor
+      has a rule, a rule names an axis the mesh lacks, the rules are not
+      pairs, one mesh axis is used twice after resolution, the metadata
       has more entries than the value has (per-layer) dimensions, splits a
       dimension into a number of parts that does not divide it, or its
       `STACKED` entry is not a tuple of sizes matching the leading dims.
@@ -86,33 +93,9 @@ def partition_spec(path: Path, param: Param, mesh: Mesh) -> PartitionSpec:
         f" entries, but its value has rank {len(shape)} (shape {shape}){layers}; give"
         " at most one mesh axis (or None) per dimension."
     )
-  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-  used: set[str] = set()
-  for dim, entry in enumerate(entries):
-    if entry is None:
-      continue
-    names = entry if isinstance(entry, tuple) else (entry,)
-    for name in names:
-      if not isinstance(name, str) or name not in sizes:
-        raise ValueError(
-            f"Param {path_text(path)} has sharding metadata {raw!r} naming the mesh"
-            f" axis {name!r}, but the mesh has axes {tuple(mesh.axis_names)}."
-            " Rename the axis in the metadata or build the mesh with that axis."
-        )
-      if name in used:
-        raise ValueError(
-            f"Param {path_text(path)} has sharding metadata {raw!r} that uses the"
-            f" mesh axis {name!r} twice; each mesh axis may shard one dimension."
-        )
-      used.add(name)
-    parts = math.prod(sizes[name] for name in names)
-    if shape[stacked + dim] % parts:
-      raise ValueError(
-          f"Param {path_text(path)} has shape {shape}: dimension {stacked + dim} (size"
-          f" {shape[stacked + dim]}) cannot be split over mesh axis {entry!r} into"
-          f" {parts} equal parts. Change the size, the mesh or the sharding metadata."
-      )
-  return spec(*([None] * stacked), *entries)
+  where = f"Param {path_text(path)} has sharding metadata {raw!r}"
+  resolved = resolve(entries, shape, rules, mesh, where, offset=stacked)
+  return spec(*([None] * stacked), *resolved)
 
 
 def _stacked_axes(path: Path, param: Param, shape: tuple[int, ...]) -> int:
@@ -133,7 +116,7 @@ def _stacked_axes(path: Path, param: Param, shape: tuple[int, ...]) -> int:
   return len(sizes)
 
 
-def param_shardings(params: Params, mesh: Mesh) -> Params:
+def param_shardings(params: Params, mesh: Mesh, rules: Rules | None = None) -> Params:
   """A `Params`-shaped pytree of `NamedSharding`s built from sharding metadata.
 
   Works on concrete params and on the abstract ones from `jax.eval_shape`. The
@@ -156,20 +139,21 @@ def param_shardings(params: Params, mesh: Mesh) -> Params:
         f"param_shardings takes a blox Params, got {type(params).__name__}; for"
         " other pytrees build NamedShardings with jax.sharding directly."
     )
-  return params.map(lambda path, param: NamedSharding(mesh, partition_spec(path, param, mesh)))
+  check_rules(rules, "param_shardings")
+  return params.map(lambda path, param: NamedSharding(mesh, partition_spec(path, param, mesh, rules=rules)))
 
 
-def _tree_shardings(tree: Any, mesh: Mesh) -> Any:
+def _tree_shardings(tree: Any, mesh: Mesh, rules: Rules | None) -> Any:
   """Shardings for an init function's output: Params by metadata, the rest replicated."""
   replicated = NamedSharding(mesh, spec())
   return jax.tree.map(
-      lambda node: param_shardings(node, mesh) if isinstance(node, Params) else replicated,
+      lambda node: param_shardings(node, mesh, rules) if isinstance(node, Params) else replicated,
       tree,
       is_leaf=lambda node: isinstance(node, Params),
   )
 
 
-def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any) -> T:
+def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules | None = None) -> T:
   """Runs `init_fn(*args)` so that every param is created on its devices.
 
   The output's shapes come from `jax.eval_shape` (nothing is computed), then
@@ -202,5 +186,5 @@ def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any) -> T:
 
   arrays = [leaves[i] for i in traced]
   abstract = jax.eval_shape(run, *arrays)
-  shardings = _tree_shardings(abstract, mesh)
+  shardings = _tree_shardings(abstract, mesh, rules)
   return jax.jit(run, out_shardings=shardings)(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
