@@ -38,8 +38,9 @@ from blox.params._checkpoint_format import (
     CheckpointError,
     Entry,
     Header,
+    Leaf,
     array_member,
-    decode_header,
+    decode_leaves,
     storage_dtype,
 )
 from blox.params._container import Params
@@ -57,11 +58,16 @@ class CheckpointWarning(UserWarning):
 
 def load(
     path: str | os.PathLike[str],
-    like: Params | None = None,
+    like: Any = None,
     shardings: Shardings | None = None,
     strict: bool = True,
-) -> Params:
-  """Reads params saved by `save`. Never unpickles or runs code from the file.
+) -> Any:
+  """Reads params (or a whole pytree state) saved by `save`. Never unpickles.
+
+  A file holding a pytree (e.g. params and an optax state) needs a template,
+  `like=`: the same pytree, concrete or abstract (`jax.eval_shape`); the
+  file's leaves are checked against it by key path and the result has its
+  structure (see `blox.params._checkpoint_tree`).
 
   Values come back as jax arrays with their saved dtypes, typed PRNG keys as
   typed keys of their saved implementation.
@@ -112,10 +118,20 @@ def load(
     [('b',), ('a',)]
   """
   source = os.fspath(path)
-  if like is not None and not isinstance(like, Params):
-    raise TypeError(f"like must be Params (or None), got {type(like).__name__}.")
   with open(source, "rb") as file, _open_archive(file, source) as archive:
-    header = _read_header(archive, source)
+    leaves = _read_leaves(archive, source)
+    if like is not None and not isinstance(like, Params):
+      # Imported here: the tree loader builds on this module's steps.
+      from blox.params._checkpoint_tree import load_tree
+
+      return load_tree(archive, leaves, like, shardings, strict, source)
+    if len(leaves) != 1 or leaves[0].params is None or leaves[0].key:
+      raise CheckpointError(
+          f"{source!r} holds a pytree of {len(leaves)} leaves, not one Params; pass"
+          " a template of the saved state, like=state (or"
+          " like=jax.eval_shape(init_fn)), to load it."
+      )
+    header = leaves[0].params
     selected = _select(header, like, strict, source)
     values = _read_and_place(archive, header, selected, shardings, source)
   return _rebuild(header, selected, values, like)
@@ -125,7 +141,9 @@ def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
   """The zip archive in `file`; anything else is a CheckpointError."""
   try:
     return zipfile.ZipFile(file)
-  except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as error:
+  # Any exception: a damaged archive makes zipfile fail in many ways
+  # (struct.error, NotImplementedError, UnicodeDecodeError, ...).
+  except Exception as error:
     raise CheckpointError(
         f"{source!r} is not a readable blox checkpoint: it is not a zip archive"
         f" ({type(error).__name__}: {error}). The file may be empty, truncated"
@@ -133,7 +151,7 @@ def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
     ) from error
 
 
-def _read_header(archive: zipfile.ZipFile, source: str) -> Header:
+def _read_leaves(archive: zipfile.ZipFile, source: str) -> tuple[Leaf, ...]:
   """The decoded header member; a missing or corrupt one is a CheckpointError."""
   if HEADER_MEMBER not in archive.namelist():
     raise CheckpointError(
@@ -142,7 +160,7 @@ def _read_header(archive: zipfile.ZipFile, source: str) -> Header:
     )
   with _format_errors(source, f"reading {HEADER_MEMBER}"):
     data = archive.read(HEADER_MEMBER)
-  return decode_header(data, source)
+  return decode_leaves(data, source)
 
 
 @contextlib.contextmanager
@@ -152,10 +170,9 @@ def _format_errors(source: str, what: str) -> Iterator[None]:
     yield
   except CheckpointError:
     raise
-  except (
-      zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
-      NotImplementedError, RuntimeError, OverflowError, OSError,
-  ) as error:
+  # Any exception: zipfile and numpy fail on damaged bytes in many ways
+  # (BadZipFile, struct.error, NotImplementedError, MemoryError, ...).
+  except Exception as error:
     raise CheckpointError(
         f"{source!r} is not a readable blox checkpoint: {what} failed"
         f" ({type(error).__name__}: {error})."
