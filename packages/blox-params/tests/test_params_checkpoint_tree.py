@@ -16,6 +16,8 @@ import pytest
 
 from blox.params import CheckpointError, Param, Params, load, save
 
+_structure: Any = jax.tree.structure  # unannotated in JAX
+
 _V1 = pathlib.Path(__file__).parent / "data" / "format_v1.npz"
 
 
@@ -29,7 +31,7 @@ def _bits(value: Any) -> Any:
 
 
 def assert_same_state(a: Any, b: Any) -> None:
-  assert jax.tree.structure(a) == jax.tree.structure(b)
+  assert _structure(a) == _structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert _bits(x) == _bits(y)
   for x, y in zip(jax.tree.leaves(a, is_leaf=lambda v: isinstance(v, Params)),
@@ -59,7 +61,7 @@ def test_a_training_state_round_trips(tmp_path: pathlib.Path) -> None:
   save(tmp_path / "state.npz", state)
   assert_same_state(load(tmp_path / "state.npz", like=state), state)
   abstract = load(tmp_path / "state.npz", like=jax.eval_shape(lambda: state))
-  assert jax.tree.structure(abstract) == jax.tree.structure(jax.eval_shape(lambda: state))
+  assert _structure(abstract) == _structure(jax.eval_shape(lambda: state))
   assert int(abstract["step"]) == 7 and abstract["params"][("net", "b")].trainable is False
   # A Python float that the abstract template's float32 cannot hold is refused.
   save(tmp_path / "inexact.npz", {"lr": 0.1})

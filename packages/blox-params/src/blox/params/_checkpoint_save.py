@@ -136,7 +136,7 @@ def _describe(state: Any) -> tuple[bytes, list[np.ndarray]]:
   host = jax.device_get(to_fetch)
   leaves: list[Leaf] = []
   arrays: list[np.ndarray] = []
-  for (key, path, value, param), fetched in zip(rows, host):
+  for (key, param_path, value, param), fetched in zip(rows, host):
     array = np.asarray(fetched, order="C")
     key_impl = None
     shape = array.shape
@@ -148,7 +148,7 @@ def _describe(state: Any) -> tuple[bytes, list[np.ndarray]]:
       entry = Entry((key,), False, {}, array.dtype, shape, key_impl)
       leaves.append(Leaf(key, None, entry, key in python))
       continue
-    entry = Entry(path or (), param.trainable, param.metadata, array.dtype, shape, key_impl)
+    entry = Entry(param_path or (), param.trainable, param.metadata, array.dtype, shape, key_impl)
     if not leaves or leaves[-1].key != key:
       leaves.append(Leaf(key, Header(_locked(flat, key), ()), None, False))
     last = leaves[-1]

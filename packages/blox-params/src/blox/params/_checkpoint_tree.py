@@ -86,9 +86,10 @@ def load_tree(
   skipped: list[str] = []
   plans: list[tuple[str, Any, Leaf, list[Entry]]] = []
   for key, template in wanted:
-    leaf = by_key.get(key)
-    if leaf is None:
+    found_leaf = by_key.get(key)
+    if found_leaf is None:
       continue
+    leaf = found_leaf
     if isinstance(template, Params):
       if leaf.params is None:
         problems.append(f"  leaf {key!r}: like holds Params, the checkpoint an array")
@@ -170,8 +171,9 @@ def _load_leaf(
         for entry in selected
     ]
     return _rebuild(leaf.params, selected, values, template)
-  entry = leaf.array
-  assert entry is not None
+  array_entry = leaf.array
+  assert array_entry is not None
+  entry = array_entry
   array = _read_array(archive, first, entry, source)
   if isinstance(template, _PYTHON_SCALARS):
     return type(template)(array.item())
