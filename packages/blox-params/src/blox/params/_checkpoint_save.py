@@ -130,6 +130,8 @@ def _describe(state: Any) -> tuple[bytes, list[np.ndarray]]:
     elif type(leaf) in (bool, int, float):
       python.add(key)
       rows.append((key, None, _python_scalar(key, leaf), None))
+    elif isinstance(leaf, np.generic):
+      rows.append((key, None, np.asarray(leaf), None))
     else:
       rows.append((key, None, leaf, None))
   to_fetch = [_host_ready(key if path is None else path, value) for key, path, value, _ in rows]
