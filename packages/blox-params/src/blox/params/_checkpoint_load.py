@@ -1,4 +1,4 @@
-"""`load`: a checkpoint file back into `Params`, exactly; never runs code from it.
+"""`load`: a checkpoint file back into `Params` (or a whole state), exactly; never runs code from it.
 
 Loading runs as named steps: open the archive and read its header, compare
 the header with the template `like` (if any), read each value and place it
@@ -27,7 +27,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,27 @@ Shardings: TypeAlias = Params | Mapping[Path, Any] | jax.sharding.Sharding
 
 class CheckpointWarning(UserWarning):
   """`load(..., strict=False)` skipped params that did not match `like`."""
+
+
+_State = TypeVar("_State")
+
+
+@overload
+def load(
+    path: str | os.PathLike[str],
+    like: None = None,
+    shardings: Shardings | None = None,
+    strict: bool = True,
+) -> Params: ...
+
+
+@overload
+def load(
+    path: str | os.PathLike[str],
+    like: _State,
+    shardings: Shardings | None = None,
+    strict: bool = True,
+) -> _State: ...
 
 
 def load(
@@ -86,11 +107,13 @@ def load(
   Args:
     path: the checkpoint file.
     like: optional template (concrete params, or abstract ones from
-      `jax.eval_shape`) that gives the result its structure. Paths missing
-      from the file, unexpected paths, and shape and dtype mismatches (a
-      typed PRNG key against plain data counts as a dtype mismatch) are
-      reported together.
-    shardings: where to place the values: `Params` whose values are
+      `jax.eval_shape`; or a whole pytree state holding them, arrays and
+      Python scalars) that gives the result its structure. Paths (and leaf
+      key paths) missing from the file, unexpected ones, and shape and dtype
+      mismatches (a typed PRNG key against plain data counts as a dtype
+      mismatch) are reported together.
+    shardings: where to place the values (with a pytree template: one
+      sharding for all, or None): `Params` whose values are
       `jax.sharding.Sharding`s (e.g. from `blox.parallel.param_shardings`), a
       mapping from path to sharding (or None for the default device), or one
       sharding for all. Each value is put on its devices directly. Entries
@@ -102,7 +125,8 @@ def load(
 
   Raises:
     CheckpointError: the file is truncated, corrupt, not a blox checkpoint,
-      or of a newer format version. The message names the file.
+      or of a newer format version; or it holds a pytree state and no `like`
+      is given. The message names the file.
     ValueError: `strict` and the file does not match `like` (one message
       listing every mismatch by path); `shardings` lacks a loaded path; or a
       64-bit value while JAX's 64-bit mode is off.
