@@ -5,13 +5,11 @@ from __future__ import annotations
 import pathlib
 import random
 import time
-import zipfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from blox.params import CheckpointError, Param, Params, load, save
@@ -42,16 +40,29 @@ def assert_same_state(a: Any, b: Any) -> None:
           (p.trainable, dict(p.metadata)) for p in y.values()]
 
 
+# Optimizer states shaped like optax's (blox-params is tested without optax;
+# tests/test_checkpoint_resume.py uses the real AdamW).
+class _AdamState(NamedTuple):
+  count: jax.Array  # type: ignore[assignment]  # optax names it so, shadowing tuple.count
+  mu: Params
+  nu: Params
+
+
+class _EmptyState(NamedTuple):
+  pass
+
+
 def _state() -> dict[str, Any]:
   params = Params({
       ("net", "w"): Param(jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3), metadata={"axes": ("a", None)}),
       ("net", "b"): Param(jnp.ones(2), trainable=False),
       ("rng", "key"): Param(jax.random.key(3), trainable=False),
   }).locked()
-  optimizer = optax.adamw(optax.linear_schedule(1e-2, 0.0, 10))
   trainable, _ = params.split()
+  zeros = trainable.map(lambda _, param: jnp.zeros_like(param.value))
+  opt = (_AdamState(jnp.asarray(4, jnp.int32), zeros, zeros), _EmptyState(), (jnp.asarray(4),))
   return {
-      "params": params, "opt": optimizer.init(trainable), "step": 7, "lr": 0.5, "done": False,
+      "params": params, "opt": opt, "step": 7, "lr": 0.5, "done": False,
       "keys": [jax.random.key(1), np.arange(3, dtype=np.int16)], "empty": Params(),
   }
 
@@ -157,4 +168,16 @@ def test_corrupted_files_fail_cleanly_or_load_exactly(tmp_path: pathlib.Path) ->
         assert_same_state(loaded, expected)
       outcomes["exact"] += 1
   elapsed = time.perf_counter() - start
+  print(f"\n2000 corruptions, 4000 loads in {elapsed:.1f}s: {outcomes}")
   assert outcomes["error"] > 1000 and elapsed < 60, (outcomes, elapsed)
+
+
+def test_an_unsupported_zip_version_is_a_checkpoint_error(tmp_path: pathlib.Path) -> None:
+  # Found by hand before the fuzz: zipfile raised NotImplementedError here.
+  save(tmp_path / "good.npz", _state())
+  data = bytearray((tmp_path / "good.npz").read_bytes())
+  central = data.index(b"PK\x01\x02")
+  data[central + 6] = 109  # "version needed to extract": zip 10.9
+  (tmp_path / "bad.npz").write_bytes(bytes(data))
+  with pytest.raises(CheckpointError, match="bad.npz.*NotImplementedError"):
+    load(tmp_path / "bad.npz", like=_state())
