@@ -3,18 +3,23 @@
 A small model with dropout (so the random stream matters) is trained N steps
 in one go, and separately k steps, saved, loaded into a fresh template and
 trained the remaining N - k steps. Both runs must end with identical params,
-random stream included.
+random stream included. The same holds for a whole training state (params,
+AdamW state with a learning-rate schedule, step counter) saved in one file
+and resumed in a fresh process: run as a script, this file resumes one.
 """
 
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import blox as bx
 
@@ -133,3 +138,82 @@ def test_fine_tuning_keeps_the_frozen_backbone_of_the_code(tmp_path: pathlib.Pat
   for path in hidden:
     assert loaded[path].metadata["note"] == "frozen"
     np.testing.assert_array_equal(_bits(loaded[path].value), _bits(pretrained[path].value))
+
+
+# The whole training state: params, AdamW with a schedule, the step counter.
+
+State = dict[str, Any]
+
+
+def _optimizer() -> optax.GradientTransformation:
+  return optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 0.05, 2, STEPS), weight_decay=0.01)
+
+
+def _initial_state(model: _Model) -> State:
+  params = model.init()
+  trainable, _ = params.split()
+  return {"params": params, "opt": _optimizer().init(trainable), "step": jnp.zeros((), jnp.int32)}
+
+
+def _make_optax_step(model: _Model) -> Callable[[State, jax.Array, jax.Array], State]:
+  optimizer = _optimizer()
+
+  def loss_fn(
+      trainable: bx.Params, rest: bx.Params, x: jax.Array, y: jax.Array
+  ) -> tuple[jax.Array, bx.Params]:
+    prediction, params = model(trainable.merge(rest), x)
+    return jnp.mean((prediction - y) ** 2), params
+
+  @jax.jit
+  def step(state: State, x: jax.Array, y: jax.Array) -> State:
+    trainable, rest = state["params"].split()
+    grads, params = jax.grad(loss_fn, has_aux=True)(trainable, rest, x, y)
+    trainable, rest = params.split()
+    updates, opt_state = optimizer.update(grads, state["opt"], trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    return {"params": trainable.merge(rest), "opt": opt_state, "step": state["step"] + 1}
+
+  return step
+
+
+def _train_state(model: _Model, state: State, stop: int) -> State:
+  step = _make_optax_step(model)
+  x, y = _batches()
+  for i in range(int(state["step"]), stop):
+    state = step(state, x[i], y[i])
+  return state
+
+
+def _resume(checkpoint: str, out: str) -> None:
+  """In a fresh process: load the state saved at SAVE_AT, finish, save the end."""
+  model = _Model()
+  state = bx.load(checkpoint, like=jax.eval_shape(lambda: _initial_state(model)))
+  assert int(state["step"]) == SAVE_AT
+  bx.save(out, _train_state(model, state, STEPS))
+
+
+def test_a_whole_training_state_resumes_bit_for_bit_in_a_fresh_process(
+    tmp_path: pathlib.Path,
+) -> None:
+  model = _Model()
+  initial = _initial_state(model)
+  straight = _train_state(model, initial, STEPS)
+  bx.save(tmp_path / "halfway.npz", _train_state(model, initial, SAVE_AT))
+  subprocess.run(
+      [sys.executable, __file__, str(tmp_path / "halfway.npz"), str(tmp_path / "end.npz")],
+      check=True, timeout=120,
+  )
+  resumed = bx.load(tmp_path / "end.npz", like=jax.eval_shape(lambda: initial))
+  assert _structure(resumed) == _structure(straight)
+  leaves = jax.tree_util.tree_leaves_with_path(straight)
+  for (key, expected), got in zip(leaves, jax.tree.leaves(resumed)):
+    assert got.dtype == expected.dtype, jax.tree_util.keystr(key)
+    np.testing.assert_array_equal(_bits(got), _bits(expected), err_msg=jax.tree_util.keystr(key))
+  # Training, the optimizer and the dropout stream really moved on.
+  assert int(resumed["step"]) == STEPS and int(resumed["opt"][0].count) == STEPS
+  assert int(model.rng.get_counter(resumed["params"])) > int(model.rng.get_counter(initial["params"]))
+  assert not np.array_equal(np.asarray(resumed["opt"][0].mu[("resume", "out", "kernel")].value), 0)
+
+
+if __name__ == "__main__":
+  _resume(sys.argv[1], sys.argv[2])

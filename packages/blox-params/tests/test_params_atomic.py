@@ -64,3 +64,12 @@ def test_a_missing_folder_is_named(tmp_path: pathlib.Path) -> None:
       f" {str(tmp_path / 'missing')!r} does not exist; create it first (os.makedirs)."
   )
   assert ".tmp" not in str(info.value)
+
+
+def test_the_next_write_removes_temporaries_left_by_killed_writes(tmp_path: pathlib.Path) -> None:
+  target = tmp_path / "ckpt.npz"
+  for stale in (".ckpt.npz.0123456789ab.tmp", ".ckpt.npz.ba9876543210.tmp"):
+    (tmp_path / stale).write_bytes(b"half")
+  (tmp_path / ".other.npz.0123456789ab.tmp").write_bytes(b"not ours")
+  write_atomically(target, b"new")
+  assert sorted(os.listdir(tmp_path)) == [".other.npz.0123456789ab.tmp", "ckpt.npz"]

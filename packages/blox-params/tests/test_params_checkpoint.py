@@ -160,7 +160,10 @@ def test_numpy_alone_reads_the_file(tmp_path: pathlib.Path) -> None:
   save(tmp_path / "ckpt.npz", params)
   with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as archive:
     header = json.loads(archive["blox_checkpoint.json"])
-    assert header["format"] == "blox.params.checkpoint" and header["version"] == 1
+    assert header["format"] == "blox.params.checkpoint" and header["version"] == 2
+    # One Params is one leaf, at the empty key path.
+    assert [(leaf["key"], leaf["kind"]) for leaf in header["leaves"]] == [("", "params")]
+    header = header["leaves"][0]
     assert [p["path"] for p in header["params"]] == [["ck_numpy", "w"], ["ck_numpy", "b"]]
     assert header["params"][1]["trainable"] is False
     # bfloat16 is stored as its raw 16 bits.

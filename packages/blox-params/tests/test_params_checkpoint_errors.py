@@ -124,8 +124,9 @@ def test_matching_template_gives_no_warning(saved: pathlib.Path, recwarn: Any) -
 
 
 def test_template_and_shardings_are_checked(saved: pathlib.Path) -> None:
-  with pytest.raises(TypeError, match="like must be Params"):
-    load(saved, like={("ck_err", "bias"): jnp.zeros(3)})  # type: ignore[arg-type]  # the misuse under test
+  # A pytree template against a file of one Params: every leaf is named.
+  with pytest.raises(ValueError, match=r"(?s)missing from the checkpoint: leaf \"\[\('ck_err', 'bias'\)\]\".*unexpected.*leaf ''.*like="):
+    load(saved, like={("ck_err", "bias"): jnp.zeros(3)})
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with pytest.raises(ValueError, match=r"shardings has no entry for the params \[\('ck_err', 'bias'\)"):
     load(saved, shardings={p: device for p in _params() if p != ("ck_err", "bias")})
@@ -232,7 +233,7 @@ def test_corrupt_headers_are_refused(
     saved: pathlib.Path, tmp_path: pathlib.Path, field: str, value: Any, match: str
 ) -> None:
   header = _header(saved)
-  header["params"][0][field] = value
+  header["leaves"][0]["params"][0][field] = value
   corrupt = tmp_path / "corrupt.npz"
   _rewrite(saved, corrupt, blox_checkpoint_json=json.dumps(header).encode())
   _expect_unreadable(corrupt, match)
@@ -283,8 +284,8 @@ def test_object_arrays_are_never_saved(tmp_path: pathlib.Path) -> None:
 def test_abstract_and_non_array_values_are_refused(tmp_path: pathlib.Path) -> None:
   with pytest.raises(TypeError, match=r"\('ck_err', 'kernel'\).*ShapeDtypeStruct"):
     save(tmp_path / "ckpt.npz", jax.eval_shape(_params))
-  with pytest.raises(TypeError, match="save\\(\\) takes Params"):
-    save(tmp_path / "ckpt.npz", {"w": jnp.ones(2)})  # type: ignore[arg-type]  # the misuse under test
+  with pytest.raises(TypeError, match=r"leaf \"\['w'\]\": its value is str, not an array"):
+    save(tmp_path / "ckpt.npz", {"w": "text"})
   assert os.listdir(tmp_path) == []
 
 

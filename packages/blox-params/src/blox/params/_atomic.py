@@ -4,7 +4,10 @@
 writes to an open binary file) under a temporary name in the same folder,
 flushes and fsyncs it, gives it the mode of the file it replaces (or, for a
 new file, the mode any new file gets: 0o666 less the umask), renames it over
-`path` with `os.replace` and fsyncs the folder. On any failure (an exception
+`path` with `os.replace` and fsyncs the folder. A process killed midway
+(SIGKILL, power loss) can leave its temporary `.NAME.XXXXXXXXXXXX.tmp`
+behind; the next successful write of the same path removes such leftovers
+(so two processes must not write the same path at once). On any failure (an exception
 from the callback, a full disk, Ctrl-C) the temporary file is removed and
 `path` is left as it was. It knows nothing of what the bytes mean.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable
@@ -65,6 +69,7 @@ def write_atomically(
     if mode is not None:
       os.chmod(temporary, mode)
     os.replace(temporary, target)
+    _remove_leftovers(directory, name)
   except BaseException:
     # The temporary file is ours alone; remove it whatever went wrong (also
     # on KeyboardInterrupt), and leave `path` untouched.
@@ -72,6 +77,16 @@ def write_atomically(
       os.unlink(temporary)
     raise
   _fsync_directory(directory)
+
+
+def _remove_leftovers(directory: str, name: str) -> None:
+  """Removes temporaries of `name` left by writes that were killed midway."""
+  pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp")
+  with contextlib.suppress(OSError):
+    for entry in os.listdir(directory):
+      if pattern.fullmatch(entry):
+        with contextlib.suppress(OSError):
+          os.unlink(os.path.join(directory, entry))
 
 
 def _existing_mode(target: str) -> int | None:

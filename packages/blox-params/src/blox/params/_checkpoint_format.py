@@ -2,7 +2,9 @@
 
 A checkpoint is an uncompressed zip archive, the same container as numpy's
 `.npz`. It holds one JSON member, `blox_checkpoint.json` (the header), and one
-`.npy` member per param, `v0.npy`, `v1.npy`, ... in header order. The module
+`.npy` member per array, `v0.npy`, `v1.npy`, ... in header order. Format 2
+saves any pytree: the header lists its leaves by key path (`Leaf`), each an
+array or a whole `Params`; format 1 held one `Params` and still decodes. The module
 knows nothing of files or devices: it turns param descriptions into header
 bytes and back, and raises `CheckpointError` for anything it cannot trust.
 See the "Checkpoint format" section of the package README for the layout.
@@ -13,6 +15,9 @@ Example:
   >>> data = encode_header(False, [entry])
   >>> decode_header(data, 'ckpt.npz').entries[0].metadata['axes']
   ('data', None)
+  >>> leaves = decode_leaves(encode_leaves([Leaf('', Header(False, (entry,)), None, False)]), 'c')
+  >>> leaves[0].params.entries[0].path
+  ('net', 'w')
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_MEMBER",
     "Header",
+    "Leaf",
     "array_member",
     "decode_header",
+    "decode_leaves",
     "encode_header",
+    "encode_leaves",
     "encode_metadata",
     "storage_dtype",
     "supported_dtype",
@@ -45,7 +53,7 @@ __all__ = [
 FORMAT_NAME = "blox.params.checkpoint"
 # Bump on any change a version-1 reader could misread. Readers keep decoding
 # every older version, so old checkpoints stay loadable.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_MEMBER = "blox_checkpoint.json"
 
 _FLOAT_TAG = "float"
@@ -84,6 +92,28 @@ class Header:
 
   locked: bool
   entries: tuple[Entry, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """One leaf of the saved pytree, named by its key path (`jax.tree_util.keystr`).
+
+  Exactly one of `params` (a whole `Params`: its locked flag and entries) and
+  `array` (one array; its entry's path is `(key,)`) is set. `from_python`
+  marks an array saved from a Python bool, int or float.
+  """
+
+  key: str
+  params: Header | None
+  array: Entry | None
+  from_python: bool
+
+  def entries(self) -> tuple[Entry, ...]:
+    """The entries of this leaf's arrays, in file order."""
+    if self.params is not None:
+      return self.params.entries
+    assert self.array is not None
+    return (self.array,)
 
 
 def array_member(index: int) -> str:
@@ -178,24 +208,43 @@ def _decode_value(value: Any) -> Hashable:
 
 def encode_header(locked: bool, entries: Sequence[Entry]) -> bytes:
   """The header member's bytes (UTF-8 JSON) for `entries` in file order."""
-  params = []
-  for entry in entries:
-    described: dict[str, Any] = {
-        "path": list(entry.path),
-        "trainable": entry.trainable,
-        "metadata": encode_metadata(entry.path, entry.metadata),
-        "dtype": entry.dtype.name,
-        "shape": list(entry.shape),
-    }
-    if entry.key_impl is not None:
-      described["key_impl"] = entry.key_impl
-    params.append(described)
   header = {
       "format": FORMAT_NAME,
-      "version": FORMAT_VERSION,
+      "version": 1,
       "locked": locked,
-      "params": params,
+      "params": [_encode_entry(entry) for entry in entries],
   }
+  return json.dumps(header, allow_nan=False, ensure_ascii=True).encode("utf-8")
+
+
+def _encode_entry(entry: Entry) -> dict[str, Any]:
+  described: dict[str, Any] = {
+      "path": list(entry.path),
+      "trainable": entry.trainable,
+      "metadata": encode_metadata(entry.path, entry.metadata),
+      "dtype": entry.dtype.name,
+      "shape": list(entry.shape),
+  }
+  if entry.key_impl is not None:
+    described["key_impl"] = entry.key_impl
+  return described
+
+
+def encode_leaves(leaves: Sequence[Leaf]) -> bytes:
+  """The format-2 header's bytes for the pytree `leaves` in file order."""
+  described = []
+  for leaf in leaves:
+    if leaf.params is not None:
+      described.append({
+          "key": leaf.key, "kind": "params", "locked": leaf.params.locked,
+          "params": [_encode_entry(entry) for entry in leaf.params.entries],
+      })
+    else:
+      assert leaf.array is not None
+      record = _encode_entry(leaf.array)
+      del record["path"], record["trainable"], record["metadata"]
+      described.append({"key": leaf.key, "kind": "array", "python": leaf.from_python, **record})
+  header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "leaves": described}
   return json.dumps(header, allow_nan=False, ensure_ascii=True).encode("utf-8")
 
 
@@ -241,7 +290,21 @@ def _decode_entry(index: int, record: Any) -> Entry:
 
 
 def decode_header(data: bytes, source: str) -> Header:
-  """Parses and checks header bytes read from the file named `source`.
+  """Parses and checks format-1 header bytes read from the file named `source`.
+
+  Raises:
+    CheckpointError: the bytes are not a blox checkpoint header of format 1.
+  """
+  leaves = decode_leaves(data, source)
+  if len(leaves) != 1 or leaves[0].params is None or leaves[0].key:
+    raise CheckpointError(f"{source!r} holds a pytree, not one Params.")
+  return leaves[0].params
+
+
+def decode_leaves(data: bytes, source: str) -> tuple[Leaf, ...]:
+  """Parses and checks header bytes (any format version) read from `source`.
+
+  A format-1 file holds one `Params`: one leaf with the empty key path.
 
   Raises:
     CheckpointError: the bytes are not a blox checkpoint header, or one of a
@@ -268,14 +331,40 @@ def decode_header(data: bytes, source: str) -> Header:
         " to load it."
     )
   try:
-    locked = _field(header, "locked", bool, "the header")
-    records = _field(header, "params", list, "the header")
-    entries = tuple(_decode_entry(i, record) for i, record in enumerate(records))
+    if version == 1:
+      leaves: tuple[Leaf, ...] = (Leaf("", _decode_params(header, source), None, False),)
+    else:
+      records = _field(header, "leaves", list, "the header")
+      leaves = tuple(_decode_leaf(i, record, source) for i, record in enumerate(records))
   except ValueError as error:
     raise CheckpointError(f"{source!r} has a corrupt checkpoint header: {error}.") from None
+  keys = [leaf.key for leaf in leaves]
+  if len(set(keys)) != len(keys):
+    raise CheckpointError(f"{source!r} has a corrupt checkpoint header: a leaf key path appears twice.")
+  return leaves
+
+
+def _decode_leaf(index: int, record: Any, source: str) -> Leaf:
+  if not isinstance(record, dict):
+    raise ValueError(f"leaf {index} is not a JSON object")
+  key = _field(record, "key", str, f"leaf {index}")
+  kind = record.get("kind")
+  if kind == "params":
+    return Leaf(key, _decode_params(record, source), None, False)
+  if kind != "array":
+    raise ValueError(f"leaf {key!r} has an unknown kind {kind!r}")
+  from_python = _field(record, "python", bool, f"leaf {key!r}")
+  entry = _decode_entry(index, {**record, "path": [key], "trainable": False, "metadata": {}})
+  return Leaf(key, None, entry, from_python)
+
+
+def _decode_params(record: Mapping[str, Any], source: str) -> Header:
+  locked = _field(record, "locked", bool, "the header")
+  records = _field(record, "params", list, "the header")
+  entries = tuple(_decode_entry(i, item) for i, item in enumerate(records))
   seen: set[Path] = set()
   for entry in entries:
     if entry.path in seen:
-      raise CheckpointError(f"{source!r} has a corrupt checkpoint header: {path_text(entry.path)} appears twice.")
+      raise ValueError(f"{path_text(entry.path)} appears twice")
     seen.add(entry.path)
   return Header(locked, entries)

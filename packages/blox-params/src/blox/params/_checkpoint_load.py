@@ -1,4 +1,4 @@
-"""`load`: a checkpoint file back into `Params`, exactly; never runs code from it.
+"""`load`: a checkpoint file back into `Params` (or a whole state), exactly; never runs code from it.
 
 Loading runs as named steps: open the archive and read its header, compare
 the header with the template `like` (if any), read each value and place it
@@ -27,7 +27,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +38,9 @@ from blox.params._checkpoint_format import (
     CheckpointError,
     Entry,
     Header,
+    Leaf,
     array_member,
-    decode_header,
+    decode_leaves,
     storage_dtype,
 )
 from blox.params._container import Params
@@ -55,13 +56,39 @@ class CheckpointWarning(UserWarning):
   """`load(..., strict=False)` skipped params that did not match `like`."""
 
 
+_State = TypeVar("_State")
+
+
+@overload
 def load(
     path: str | os.PathLike[str],
-    like: Params | None = None,
+    like: None = None,
     shardings: Shardings | None = None,
     strict: bool = True,
-) -> Params:
-  """Reads params saved by `save`. Never unpickles or runs code from the file.
+) -> Params: ...
+
+
+@overload
+def load(
+    path: str | os.PathLike[str],
+    like: _State,
+    shardings: Shardings | None = None,
+    strict: bool = True,
+) -> _State: ...
+
+
+def load(
+    path: str | os.PathLike[str],
+    like: Any = None,
+    shardings: Shardings | None = None,
+    strict: bool = True,
+) -> Any:
+  """Reads params (or a whole pytree state) saved by `save`. Never unpickles.
+
+  A file holding a pytree (e.g. params and an optax state) needs a template,
+  `like=`: the same pytree, concrete or abstract (`jax.eval_shape`); the
+  file's leaves are checked against it by key path and the result has its
+  structure (see `blox.params._checkpoint_tree`).
 
   Values come back as jax arrays with their saved dtypes, typed PRNG keys as
   typed keys of their saved implementation.
@@ -80,11 +107,13 @@ def load(
   Args:
     path: the checkpoint file.
     like: optional template (concrete params, or abstract ones from
-      `jax.eval_shape`) that gives the result its structure. Paths missing
-      from the file, unexpected paths, and shape and dtype mismatches (a
-      typed PRNG key against plain data counts as a dtype mismatch) are
-      reported together.
-    shardings: where to place the values: `Params` whose values are
+      `jax.eval_shape`; or a whole pytree state holding them, arrays and
+      Python scalars) that gives the result its structure. Paths (and leaf
+      key paths) missing from the file, unexpected ones, and shape and dtype
+      mismatches (a typed PRNG key against plain data counts as a dtype
+      mismatch) are reported together.
+    shardings: where to place the values (with a pytree template: one
+      sharding for all, or None): `Params` whose values are
       `jax.sharding.Sharding`s (e.g. from `blox.parallel.param_shardings`), a
       mapping from path to sharding (or None for the default device), or one
       sharding for all. Each value is put on its devices directly. Entries
@@ -96,7 +125,8 @@ def load(
 
   Raises:
     CheckpointError: the file is truncated, corrupt, not a blox checkpoint,
-      or of a newer format version. The message names the file.
+      or of a newer format version; or it holds a pytree state and no `like`
+      is given. The message names the file.
     ValueError: `strict` and the file does not match `like` (one message
       listing every mismatch by path); `shardings` lacks a loaded path; or a
       64-bit value while JAX's 64-bit mode is off.
@@ -112,10 +142,20 @@ def load(
     [('b',), ('a',)]
   """
   source = os.fspath(path)
-  if like is not None and not isinstance(like, Params):
-    raise TypeError(f"like must be Params (or None), got {type(like).__name__}.")
   with open(source, "rb") as file, _open_archive(file, source) as archive:
-    header = _read_header(archive, source)
+    leaves = _read_leaves(archive, source)
+    if like is not None and not isinstance(like, Params):
+      # Imported here: the tree loader builds on this module's steps.
+      from blox.params._checkpoint_tree import load_tree
+
+      return load_tree(archive, leaves, like, shardings, strict, source)
+    if len(leaves) != 1 or leaves[0].params is None or leaves[0].key:
+      raise CheckpointError(
+          f"{source!r} holds a pytree of {len(leaves)} leaves, not one Params; pass"
+          " a template of the saved state, like=state (or"
+          " like=jax.eval_shape(init_fn)), to load it."
+      )
+    header = leaves[0].params
     selected = _select(header, like, strict, source)
     values = _read_and_place(archive, header, selected, shardings, source)
   return _rebuild(header, selected, values, like)
@@ -125,7 +165,9 @@ def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
   """The zip archive in `file`; anything else is a CheckpointError."""
   try:
     return zipfile.ZipFile(file)
-  except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as error:
+  # Any exception: a damaged archive makes zipfile fail in many ways
+  # (struct.error, NotImplementedError, UnicodeDecodeError, ...).
+  except Exception as error:
     raise CheckpointError(
         f"{source!r} is not a readable blox checkpoint: it is not a zip archive"
         f" ({type(error).__name__}: {error}). The file may be empty, truncated"
@@ -133,7 +175,7 @@ def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
     ) from error
 
 
-def _read_header(archive: zipfile.ZipFile, source: str) -> Header:
+def _read_leaves(archive: zipfile.ZipFile, source: str) -> tuple[Leaf, ...]:
   """The decoded header member; a missing or corrupt one is a CheckpointError."""
   if HEADER_MEMBER not in archive.namelist():
     raise CheckpointError(
@@ -142,7 +184,7 @@ def _read_header(archive: zipfile.ZipFile, source: str) -> Header:
     )
   with _format_errors(source, f"reading {HEADER_MEMBER}"):
     data = archive.read(HEADER_MEMBER)
-  return decode_header(data, source)
+  return decode_leaves(data, source)
 
 
 @contextlib.contextmanager
@@ -152,10 +194,9 @@ def _format_errors(source: str, what: str) -> Iterator[None]:
     yield
   except CheckpointError:
     raise
-  except (
-      zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
-      NotImplementedError, RuntimeError, OverflowError, OSError,
-  ) as error:
+  # Any exception: zipfile and numpy fail on damaged bytes in many ways
+  # (BadZipFile, struct.error, NotImplementedError, MemoryError, ...).
+  except Exception as error:
     raise CheckpointError(
         f"{source!r} is not a readable blox checkpoint: {what} failed"
         f" ({type(error).__name__}: {error})."

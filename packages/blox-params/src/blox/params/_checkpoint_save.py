@@ -1,4 +1,4 @@
-"""`save`: one `Params` to one checkpoint file, atomically and exactly.
+"""`save`: a training state (any pytree of arrays and `Params`) to one file, atomically.
 
 A checkpoint keeps every value bit for bit, the trainable flags, the metadata,
 the locked flag and typed PRNG keys (with their implementation), so training
@@ -36,8 +36,10 @@ from blox.params._atomic import write_atomically
 from blox.params._checkpoint_format import (
     HEADER_MEMBER,
     Entry,
+    Header,
+    Leaf,
     array_member,
-    encode_header,
+    encode_leaves,
     encode_metadata,
     storage_dtype,
     supported_dtype,
@@ -54,25 +56,29 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _MEMBER_MODE = 0o644
 
 
-def _host_ready(path: Path, value: Any) -> Any:
-  """Checks that `value` can be saved; returns what to fetch to the host."""
+def _host_ready(path: Path | str, value: Any) -> Any:
+  """Checks that `value` can be saved; returns what to fetch to the host.
+
+  `path` is a param path, or (a str) the key path of a pytree leaf.
+  """
+  what = f"leaf {path!r}" if isinstance(path, str) else f"param {path_text(path)}"
   if isinstance(value, jax.core.Tracer):
     raise TypeError(
-        f"Cannot save param {path_text(path)}: it is a traced value, so save() was called"
+        f"Cannot save {what}: it is a traced value, so save() was called"
         " inside jax.jit, grad or vmap. Save the concrete params outside the"
         " transformed function."
     )
   if isinstance(value, jax.Array):
     if value.is_deleted():
       raise ValueError(
-          f"Cannot save param {path_text(path)}: its array was deleted (donated to a jitted"
+          f"Cannot save {what}: its array was deleted (donated to a jitted"
           " call?). Save the params that call returned instead."
       )
     if not value.is_fully_addressable:
       # Gathering across processes would need every process to take part; a
       # checkpoint written by one process cannot do that, so refuse clearly.
       raise ValueError(
-          f"Cannot save param {path_text(path)}: it is sharded over devices of other"
+          f"Cannot save {what}: it is sharded over devices of other"
           " processes, and save() writes from one process. Gather it first"
           " (jax.experimental.multihost_utils.process_allgather) or use a"
           " multi-process checkpointer."
@@ -81,43 +87,88 @@ def _host_ready(path: Path, value: Any) -> Any:
       return jax.random.key_data(value)
   elif not isinstance(value, np.ndarray):
     raise TypeError(
-        f"Cannot save param {path_text(path)}: its value is {type(value).__name__}, not an"
+        f"Cannot save {what}: its value is {type(value).__name__}, not an"
         " array. Checkpoints hold concrete jax or numpy arrays (abstract params"
         " from jax.eval_shape have no values to save)."
     )
   if not supported_dtype(value.dtype):
     raise TypeError(
-        f"Cannot save param {path_text(path)}: dtype {value.dtype} is not a number or bool"
+        f"Cannot save {what}: dtype {value.dtype} is not a number or bool"
         " dtype. Checkpoints store numeric arrays only, never pickled objects."
     )
   return value
 
 
-def _describe(params: Params) -> tuple[bytes, list[np.ndarray]]:
-  """The header bytes and the host arrays to store, in container order.
+def _python_scalar(key: str, value: bool | int | float) -> np.ndarray:
+  """A Python bool, int or float as a 0-d numpy array that holds it exactly."""
+  try:
+    return np.asarray(value)
+  except OverflowError:
+    raise TypeError(
+        f"Cannot save leaf {key!r}: the int {value} does not fit in 64 bits; store"
+        " it as an array or a string elsewhere."
+    ) from None
 
-  Everything that can fail on the params' side happens here, before the
+
+def _describe(state: Any) -> tuple[bytes, list[np.ndarray]]:
+  """The header bytes and the host arrays to store, in file order.
+
+  Everything that can fail on the state's side happens here, before the
   temporary file exists: metadata encoding, dtype checks, device transfers.
   """
-  items = list(params.items())
-  # Metadata first: a bad entry should fail before a long device transfer.
-  for path, param in items:
-    encode_metadata(path, param.metadata)
-  to_fetch = [_host_ready(path, param.value) for path, param in items]
+  flat, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, Params))
+  # (leaf key, param path or None, value, Param or None) per stored array.
+  rows: list[tuple[str, Path | None, Any, Any]] = []
+  python: set[str] = set()
+  for key_path, leaf in flat:
+    key = jax.tree_util.keystr(key_path)
+    if isinstance(leaf, Params):
+      # Metadata first: a bad entry should fail before a long device transfer.
+      for path, param in leaf.items():
+        encode_metadata(path, param.metadata)
+        rows.append((key, path, param.value, param))
+    elif type(leaf) in (bool, int, float):
+      python.add(key)
+      rows.append((key, None, _python_scalar(key, leaf), None))
+    elif isinstance(leaf, np.generic):
+      rows.append((key, None, np.asarray(leaf), None))
+    else:
+      rows.append((key, None, leaf, None))
+  to_fetch = [_host_ready(key if path is None else path, value) for key, path, value, _ in rows]
   host = jax.device_get(to_fetch)
-  entries, arrays = [], []
-  for (path, param), fetched in zip(items, host):
+  leaves: list[Leaf] = []
+  arrays: list[np.ndarray] = []
+  for (key, param_path, value, param), fetched in zip(rows, host):
     array = np.asarray(fetched, order="C")
     key_impl = None
     shape = array.shape
-    if is_prng_key(param.value):
-      key_impl = str(jax.random.key_impl(param.value))
-      shape = tuple(param.value.shape)
-    entries.append(
-        Entry(path, param.trainable, param.metadata, array.dtype, shape, key_impl)
-    )
+    if is_prng_key(value):
+      key_impl = str(jax.random.key_impl(value))
+      shape = tuple(value.shape)
     arrays.append(array.view(storage_dtype(array.dtype)))
-  return encode_header(params.is_locked, entries), arrays
+    if param is None:
+      entry = Entry((key,), False, {}, array.dtype, shape, key_impl)
+      leaves.append(Leaf(key, None, entry, key in python))
+      continue
+    entry = Entry(param_path or (), param.trainable, param.metadata, array.dtype, shape, key_impl)
+    if not leaves or leaves[-1].key != key:
+      leaves.append(Leaf(key, Header(_locked(flat, key), ()), None, False))
+    last = leaves[-1]
+    assert last.params is not None
+    leaves[-1] = Leaf(key, Header(last.params.locked, last.params.entries + (entry,)), None, False)
+  for key_path, leaf in flat:
+    # An empty Params has no arrays, but is a leaf all the same.
+    key = jax.tree_util.keystr(key_path)
+    if isinstance(leaf, Params) and not len(leaf):
+      leaves.append(Leaf(key, Header(leaf.is_locked, ()), None, False))
+  return encode_leaves(leaves), arrays
+
+
+def _locked(flat: Any, key: str) -> bool:
+  for key_path, leaf in flat:
+    if jax.tree_util.keystr(key_path) == key:
+      return bool(leaf.is_locked)
+  raise AssertionError(key)
 
 
 def _member_info(name: str) -> zipfile.ZipInfo:
@@ -138,8 +189,15 @@ def _write_checkpoint(file: IO[bytes], header: bytes, arrays: Sequence[np.ndarra
         np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def save(path: str | os.PathLike[str], params: Params) -> None:
-  """Writes `params` to one checkpoint file at `path`, atomically.
+def save(path: str | os.PathLike[str], state: Any) -> None:
+  """Writes `state` to one checkpoint file at `path`, atomically.
+
+  `state` is `Params`, or any pytree (dicts, lists, tuples, NamedTuples such
+  as optax states, `None`s) whose leaves are `Params`, jax or numpy arrays
+  (typed PRNG keys included) and Python bools, ints and floats (stored
+  exactly, as 0-d arrays). The header records the key path of every leaf
+  (`jax.tree_util.keystr`), never a pickled tree; `load(path, like=...)`
+  rebuilds the structure from a template.
 
   Values are fetched from their devices (sharded arrays are assembled on the
   host) and stored bit for bit with their dtypes, together with the trainable
@@ -155,7 +213,8 @@ def save(path: str | os.PathLike[str], params: Params) -> None:
   Args:
     path: the file to write; its folder must exist. The name is used as given
       (`.npz` suits: numpy can open the file).
-    params: concrete params (not abstract ones from `jax.eval_shape`).
+    state: concrete params or a pytree holding them and arrays (not abstract
+      values from `jax.eval_shape`).
 
   Raises:
     TypeError: a value is not a numeric or bool array, or a metadata value is
@@ -175,10 +234,8 @@ def save(path: str | os.PathLike[str], params: Params) -> None:
     >>> load(path).is_locked
     True
   """
-  if not isinstance(params, Params):
-    raise TypeError(f"save() takes Params, got {type(params).__name__}.")
   target = os.path.abspath(os.fspath(path))
-  header, arrays = _describe(params)
+  header, arrays = _describe(state)
   write_atomically(
       target,
       lambda file: _write_checkpoint(file, header, arrays),
