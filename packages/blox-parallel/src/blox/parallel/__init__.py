@@ -9,6 +9,8 @@ Depends on jax and blox-params only.
   (`blox.params.SHARDING`) metadata, for `jax.jit(in_shardings=..., out_shardings=...)`;
   the metadata names mesh axes, or logical axes that `rules` map to mesh axes.
 - `init_sharded(init_fn, mesh, *args, rules=None)`: params born on their devices.
+- `abstract_params(init_fn, mesh, *args, rules=None)`: the same tree as
+  sharded `jax.ShapeDtypeStruct`s, nothing allocated (a restore target).
 - `constrain(x, logical_axes, mesh, rules=None)`: an activation laid out by
   the same rules.
 - `shard_batch(batch, mesh, axis='data')`: a batch split over a mesh axis,
@@ -34,6 +36,7 @@ from blox.parallel._lanes import per_lane_rng as per_lane_rng
 from blox.parallel._lanes import seed_paths as seed_paths
 from blox.parallel._mesh import make_mesh as make_mesh
 from blox.parallel._placement import shard_batch as shard_batch
+from blox.parallel._shardings import abstract_params as abstract_params
 from blox.parallel._shardings import init_sharded as init_sharded
 from blox.parallel._shardings import param_shardings as param_shardings
 from blox.parallel._shardings import partition_spec as partition_spec
@@ -42,6 +45,7 @@ from blox.parallel._version import __version__ as __version__
 __all__ = [
     "LaneAxisError",
     "__version__",
+    "abstract_params",
     "constrain",
     "init_sharded",
     "make_mesh",

@@ -36,9 +36,13 @@ from blox.params import SHARDING, STACKED, Param, Params, Path, is_array, path_t
 from blox.parallel._rules import Rules, check_rules, resolve
 from blox.parallel._util import spec
 
-__all__ = ["init_sharded", "param_shardings", "partition_spec"]
+__all__ = ["abstract_params", "init_sharded", "param_shardings", "partition_spec"]
 
 T = TypeVar("T")
+
+# jax.ShapeDtypeStruct's constructor has no annotations; calling it through a
+# typed alias keeps strict mypy on without an ignore at every call.
+_abstract_array: Callable[..., jax.ShapeDtypeStruct] = jax.ShapeDtypeStruct
 
 
 def partition_spec(path: Path, param: Param, mesh: Mesh, *, rules: Rules | None = None) -> PartitionSpec:
@@ -153,6 +157,25 @@ def _tree_shardings(tree: Any, mesh: Mesh, rules: Rules | None) -> Any:
   )
 
 
+def _with_traced_arrays(init_fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[Callable[..., T], list[Any]]:
+  """`init_fn` as a function of the array leaves of `args` only.
+
+  Array leaves are traced; every other leaf (ints, strings, modules) is
+  closed over as it is, so `jax.jit` and `jax.eval_shape` accept any
+  arguments an init function takes.
+  """
+  leaves, structure = jax.tree.flatten(args)
+  traced = [i for i, leaf in enumerate(leaves) if is_array(leaf)]
+
+  def run(*arrays: Any) -> T:
+    filled = list(leaves)
+    for i, array in zip(traced, arrays):
+      filled[i] = array
+    return init_fn(*jax.tree.unflatten(structure, filled))
+
+  return run, [leaves[i] for i in traced]
+
+
 def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules | None = None) -> T:
   """Runs `init_fn(*args)` so that every param is created on its devices.
 
@@ -175,16 +198,35 @@ def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules
     >>> init_sharded(init, mesh, np.ones(4))[('w',)].value.sharding.spec
     P('model',)
   """
-  leaves, structure = jax.tree.flatten(args)
-  traced = [i for i, leaf in enumerate(leaves) if is_array(leaf)]
+  run, arrays = _with_traced_arrays(init_fn, args)
+  shardings = _tree_shardings(jax.eval_shape(run, *arrays), mesh, rules)
+  return jax.jit(run, out_shardings=shardings)(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
 
-  def run(*arrays: Any) -> T:
-    filled = list(leaves)
-    for i, array in zip(traced, arrays):
-      filled[i] = array
-    return init_fn(*jax.tree.unflatten(structure, filled))
 
-  arrays = [leaves[i] for i in traced]
+def abstract_params(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules | None = None) -> T:
+  """What `init_sharded(init_fn, mesh, *args)` would return, without computing it.
+
+  Every array leaf of the result is a `jax.ShapeDtypeStruct` carrying the
+  shape, dtype and `NamedSharding` the real value would have (`Params` laid
+  out by their metadata and `rules`, other leaves replicated); `Params`
+  keep their paths, flags and metadata. Nothing is allocated: this is the
+  target tree that orbax's `StandardRestore` (or `jax.device_put` of a
+  loaded checkpoint) fills in, on whatever mesh this process runs.
+
+  Example:
+    >>> from blox.params import SHARDING, Param, Params
+    >>> mesh = jax.make_mesh((1,), ('model',))
+    >>> def init():
+    ...   return Params({('w',): Param(np.ones((2, 4)), metadata={SHARDING: (None, 'model')})})
+    >>> target = abstract_params(init, mesh)[('w',)].value
+    >>> target.shape, target.sharding.spec
+    ((2, 4), P(None, 'model'))
+  """
+  run, arrays = _with_traced_arrays(init_fn, args)
   abstract = jax.eval_shape(run, *arrays)
   shardings = _tree_shardings(abstract, mesh, rules)
-  return jax.jit(run, out_shardings=shardings)(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
+  return jax.tree.map(  # type: ignore[no-any-return]  # tree.map erases the return type
+      lambda leaf, sharding: _abstract_array(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract,
+      shardings,
+  )
