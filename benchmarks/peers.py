@@ -27,7 +27,7 @@ itself) for the noise of the machine.
 
 Example:
   >>> format_cell(0.002, 1.5)
-  '2 ms (1.50x)'
+  '2 ms (1.5x)'
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def checked(trainers: dict[str, Trainer], what: str) -> dict[str, tuple[Any, ...
 
 def format_cell(seconds: float, ratio: float | None) -> str:
   text = format_seconds(seconds)
-  return text if ratio is None else f"{text} ({ratio:.2f}x)"
+  return text if ratio is None else f"{text} ({ratio:.3g}x)"
 
 
 Cells = dict[str, str]
@@ -268,7 +268,7 @@ def decode_rows(setup: Setup) -> list[tuple[str, Cells]]:
   """blox vs hand-written from benchmarks/transformer.py; no peer ships a cache for this model."""
   base = transformer.SMOKE if setup is SMOKE else transformer.FULL
   (row,) = transformer.decode_rows(dataclasses.replace(base, model=setup.model))
-  cells = {HAND: row.baseline, BLOX: f"{row.blox} ({row.ratio:.2f}x)"}
+  cells = {HAND: row.baseline, BLOX: f"{row.blox} ({row.ratio:.3g}x)"}
   cells.update({column: "no cache" for column in PEERS})
   return [(row.name, cells)]
 
@@ -306,12 +306,19 @@ def main(argv: list[str] | None = None) -> int:
 
   from benchmarks.run import machine
 
-  print("running: train steps and compile ...", file=sys.stderr, flush=True)
+  start = time.perf_counter()
+
+  def progress(part: str) -> None:
+    print(f"running: {part} ({time.perf_counter() - start:.0f} s so far)", file=sys.stderr,
+          flush=True)
+
+  progress("train steps and compile")
   rows, mlp_count, lm_count = train_rows(setup)
-  print("running: init ...", file=sys.stderr, flush=True)
+  progress("init")
   rows.extend(init_rows(setup))
-  print("running: decoding ...", file=sys.stderr, flush=True)
+  progress("decoding")
   rows.extend(decode_rows(setup))
+  progress("done")
   print(f"machine: {machine()}")
   print(f"versions: {versions()}")
   print(f"mode: {'smoke (tiny sizes, numbers mean nothing)' if args.smoke else 'full'}")

@@ -123,13 +123,15 @@ class Attention(eqx.Module):
     length = x.shape[0]
 
     def heads(layer: eqx.nn.Linear, count: int) -> jax.Array:
-      return jax.vmap(layer)(x).reshape(1, length, count, -1)  # one sequence as a batch of 1
+      projected: jax.Array = jax.vmap(layer)(x)
+      return projected.reshape(1, length, count, -1)  # one sequence as a batch of 1
 
     attended = causal_attention(
         heads(self.query, self.num_heads), heads(self.key, self.num_kv_heads),
         heads(self.value, self.num_kv_heads), self.rope_base,
     )
-    return jax.vmap(self.out)(attended.reshape(length, -1))
+    out: jax.Array = jax.vmap(self.out)(attended.reshape(length, -1))
+    return out
 
 
 class Block(eqx.Module):
@@ -156,7 +158,8 @@ class Block(eqx.Module):
     x = x + self.attention(jax.vmap(self.attention_norm)(x))
     h = jax.vmap(self.mlp_norm)(x)
     hidden = jax.nn.silu(jax.vmap(self.gate)(h)) * jax.vmap(self.up)(h)
-    return x + jax.vmap(self.down)(hidden)
+    out: jax.Array = x + jax.vmap(self.down)(hidden)
+    return out
 
 
 class LanguageModel(eqx.Module):

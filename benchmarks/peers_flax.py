@@ -108,6 +108,7 @@ def mlp_nnx_jit(depth: int, width: int, x: jax.Array, y: jax.Array) -> Trainer:
   model = MLP(depth, width, rngs=nnx.Rngs(0))
 
   def step(model: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
+    loss: jax.Array
     loss, grads = nnx.value_and_grad(_mlp_loss)(model, x, y)
     nnx.update(model, sgd(nnx.state(model, nnx.Param), grads))
     return loss

@@ -112,7 +112,7 @@ class Attention(hk.Module):
     batch, length, _ = x.shape
 
     def heads(count: int, name: str) -> jax.Array:
-      projected = hk.Linear(count * d, with_bias=False, name=name)(x)
+      projected: jax.Array = hk.Linear(count * d, with_bias=False, name=name)(x)
       return projected.reshape(batch, length, count, d)
 
     attended = causal_attention(
