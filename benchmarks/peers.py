@@ -17,7 +17,8 @@ benchmarks/transformer.py's. Rows:
 - its compile time (trace, lower, compile a new copy of the step);
 - its init, eagerly and jitted, each in a fresh process (each library's
   documented way is marked in the output);
-- cached decoding per token, where the library has a cache.
+- cached decoding per token, where the library has a cache (Flax NNX:
+  `nnx.Cache` variables; Equinox and Haiku ship none).
 
 Before timing, every model is checked to have the hand-written one's
 parameter count and to compute a scalar float32 loss. All train steps of a
@@ -27,7 +28,7 @@ itself) for the noise of the machine.
 
 Example:
   >>> format_cell(0.002, 1.5)
-  '2 ms (1.5x)'
+  '2 ms (1.500x)'
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def checked(trainers: dict[str, Trainer], what: str) -> dict[str, tuple[Any, ...
 
 def format_cell(seconds: float, ratio: float | None) -> str:
   text = format_seconds(seconds)
-  return text if ratio is None else f"{text} ({ratio:.3g}x)"
+  if ratio is None:
+    return text
+  return f"{text} ({ratio:.3f}x)" if ratio >= 0.01 else f"{text} ({ratio:.1e}x)"
 
 
 Cells = dict[str, str]
@@ -264,13 +267,36 @@ def init_rows(setup: Setup) -> list[tuple[str, Cells]]:
   return rows
 
 
-def decode_rows(setup: Setup) -> list[tuple[str, Cells]]:
-  """blox vs hand-written from benchmarks/transformer.py; no peer ships a cache for this model."""
+def decode_rows(setup: Setup, lm_count: int) -> list[tuple[str, Cells]]:
+  """blox and hand-written (benchmarks/transformer.py's decoders), and Flax NNX's `nnx.Cache`.
+
+  Equinox and Haiku ship no key/value cache (nor attention layers that would
+  use one), so their cells say so.
+  """
   base = transformer.SMOKE if setup is SMOKE else transformer.FULL
-  (row,) = transformer.decode_rows(dataclasses.replace(base, model=setup.model))
-  cells = {HAND: row.baseline, BLOX: f"{row.blox} ({row.ratio:.3g}x)"}
-  cells.update({column: "no cache" for column in PEERS})
-  return [(row.name, cells)]
+  decoding = dataclasses.replace(base, model=setup.model)
+  blox, hand, _ = transformer.decoders(decoding)
+  tokens = hand[1][2]
+  flax_step, flax_state, flax_count = peer("Flax NNX").decoder(
+      setup.model, transformer.VOCAB_SIZE, tokens
+  )
+  if flax_count != lm_count:
+    raise AssertionError(f"decoding, Flax NNX: {flax_count:,} parameters, not {lm_count:,}.")
+  shapes = {name: step(*state)[-1].shape
+            for name, (step, state) in (("blox", blox), ("Flax NNX", (flax_step, flax_state)))}
+  if shapes["Flax NNX"] != shapes["blox"]:
+    raise AssertionError(
+        f"decoding: Flax NNX's scores are {shapes['Flax NNX']}, not blox's {shapes['blox']}."
+    )
+  cases = {HAND: hand, BLOX: blox, "Flax NNX": (flax_step, flax_state)}
+  times = interleave(cases, HAND, steps=decoding.decode_calls, rounds=decoding.rounds)
+  cells = {
+      name: format_cell(c.blox_s / decoding.decode_tokens, c.ratio) for name, c in times.items()
+  }
+  cells.update({column: "no cache" for column in ("Equinox", "Haiku")})
+  name = (f"cached decoding per token ({setup.model.num_layers} layers,"
+          f" batch {decoding.decode_batch}, {decoding.decode_tokens} tokens per scan)")
+  return [(name, cells)]
 
 
 def format_peers_table(rows: list[tuple[str, Cells]]) -> str:
@@ -317,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
   progress("init")
   rows.extend(init_rows(setup))
   progress("decoding")
-  rows.extend(decode_rows(setup))
+  rows.extend(decode_rows(setup, lm_count))
   progress("done")
   print(f"machine: {machine()}")
   print(f"versions: {versions()}")

@@ -163,7 +163,7 @@ class Block(eqx.Module):
 
 
 class LanguageModel(eqx.Module):
-  """Embed -> stacked blocks (`filter_vmap` to create, `lax.scan` to apply) -> RMSNorm -> tied readout."""
+  """Embed -> blocks (`filter_vmap` to create, `lax.scan` to apply) -> RMSNorm -> tied readout."""
 
   embed: eqx.nn.Embedding
   blocks: Block  # every array with a leading layer axis

@@ -10,6 +10,8 @@
 - `nnx.MultiHeadAttention` has neither grouped-query heads nor rotary
   embeddings, so the attention is built from `nnx.LinearGeneral`
   projections around the shared `causal_attention`.
+- Cached decoding keeps `nnx.Cache` variables on the attention, as
+  `nnx.MultiHeadAttention(decode=True)` does, stacked like the layers.
 - The train step is the "functional training loop" of Flax's performance
   guide (its fast path): `graphdef, state = nnx.split(model)` once, then a
   `jax.jit` step that `nnx.merge`s, takes `nnx.value_and_grad` and returns
@@ -37,15 +39,17 @@ from benchmarks.peers_common import (
     COMPUTE,
     EPSILON,
     Trainer,
+    attend,
     causal_attention,
     count_values,
     cross_entropy,
     head_dim,
+    rope,
     sgd,
 )
 from examples import transformer_lm as lm
 
-__all__ = ["MLP", "LanguageModel", "init", "mlp", "mlp_nnx_jit", "transformer"]
+__all__ = ["MLP", "LanguageModel", "decoder", "init", "mlp", "mlp_nnx_jit", "transformer"]
 
 NAME = "Flax NNX"
 
@@ -100,7 +104,8 @@ def _mlp_loss(model: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
 
 def mlp(depth: int, width: int, x: jax.Array, y: jax.Array) -> Trainer:
   """The MLP's SGD step, split/merge around `jax.jit` (the performance guide's fast path)."""
-  return _trainer(MLP(depth, width, rngs=nnx.Rngs(0)), _mlp_loss, (x, y), "nnx.split/merge + jax.jit")
+  model = MLP(depth, width, rngs=nnx.Rngs(0))
+  return _trainer(model, _mlp_loss, (x, y), "nnx.split/merge + jax.jit")
 
 
 def mlp_nnx_jit(depth: int, width: int, x: jax.Array, y: jax.Array) -> Trainer:
@@ -145,10 +150,33 @@ class Attention(nnx.Module):
     self.value = project(features, (kv_heads, d))
     self.out = project((heads, d), features, axis=(-2, -1))
     self.rope_base = sizes.rope_base
+    # Filled by `LanguageModel.init_cache`, as nnx.MultiHeadAttention's `init_cache` does.
+    self.cached_key: nnx.Cache | None = nnx.data(None)
+    self.cached_value: nnx.Cache | None = nnx.data(None)
+    self.cache_index: nnx.Cache | None = nnx.data(None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     attended = causal_attention(self.query(x), self.key(x), self.value(x), self.rope_base)
     out: jax.Array = self.out(attended)
+    return out
+
+  def decode(self, x: jax.Array) -> jax.Array:
+    """One token per row, `x [batch, 1, features]`, written into the cache at its index."""
+    if self.cached_key is None or self.cached_value is None or self.cache_index is None:
+      raise ValueError("Attention.decode: no cache; call LanguageModel.init_cache first.")
+    index = self.cache_index[...]
+    positions = index[None]
+    q = rope(self.query(x), positions, self.rope_base)
+    k = rope(self.key(x), positions, self.rope_base)
+    start = (0, index, 0, 0)
+    keys = jax.lax.dynamic_update_slice(self.cached_key[...], k.astype(COMPUTE), start)
+    values = jax.lax.dynamic_update_slice(
+        self.cached_value[...], self.value(x).astype(COMPUTE), start
+    )
+    self.cached_key[...], self.cached_value[...] = keys, values
+    self.cache_index[...] = index + 1
+    visible = (jnp.arange(keys.shape[1]) <= index)[None, :]
+    out: jax.Array = self.out(attend(q, keys, values, visible))
     return out
 
 
@@ -171,15 +199,16 @@ class Block(nnx.Module):
     self.up = dense(sizes.features, sizes.mlp_size)
     self.down = dense(sizes.mlp_size, sizes.features)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.attention(self.attention_norm(x))
+  def __call__(self, x: jax.Array, decode: bool = False) -> jax.Array:
+    attention = self.attention.decode if decode else self.attention
+    x = x + attention(self.attention_norm(x))
     h = self.mlp_norm(x)
     out: jax.Array = x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
     return out
 
 
 class LanguageModel(nnx.Module):
-  """Embed -> stacked blocks (`nnx.vmap` to create, `nnx.scan` to apply) -> RMSNorm -> tied readout."""
+  """Embed -> blocks (`nnx.vmap` to create, `nnx.scan` to apply) -> RMSNorm -> tied readout."""
 
   def __init__(self, sizes: lm.Sizes, vocab_size: int, *, rngs: nnx.Rngs) -> None:
     self.embed = nnx.Embed(
@@ -203,6 +232,25 @@ class LanguageModel(nnx.Module):
     scores: jax.Array = self.embed.attend(self.final_norm(x))
     return scores
 
+  def init_cache(self, batch: int, max_length: int) -> None:
+    """Empty key/value caches for every layer, stacked like the layers' params."""
+    attention = self.blocks.attention
+    num_layers, _, kv_heads, d = attention.key.kernel.shape
+    shape = (num_layers, batch, max_length, kv_heads, d)
+    attention.cached_key = nnx.Cache(jnp.zeros(shape, COMPUTE))
+    attention.cached_value = nnx.Cache(jnp.zeros(shape, COMPUTE))
+    attention.cache_index = nnx.Cache(jnp.zeros((num_layers,), jnp.int32))
+
+  def decode(self, token: jax.Array) -> jax.Array:
+    """Scores `[batch, vocab]` for one token per row `[batch]`, through the caches."""
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def forward(x: jax.Array, block: Block) -> jax.Array:
+      return block(x, decode=True)
+
+    x = forward(self.embed(token)[:, None], self.blocks)
+    scores: jax.Array = self.embed.attend(self.final_norm(x[:, 0]))
+    return scores
+
 
 def _lm_loss(model: LanguageModel, ids: jax.Array, targets: jax.Array) -> jax.Array:
   return cross_entropy(model(ids), targets)
@@ -222,3 +270,34 @@ def init(sizes: lm.Sizes, vocab_size: int, jitted: bool) -> Any:
 
   model = nnx.jit(create)() if jitted else create()
   return nnx.state(model, nnx.Param)
+
+
+def decoder(
+    sizes: lm.Sizes, vocab_size: int, tokens: jax.Array
+) -> tuple[Any, tuple[Any, ...], int]:
+  """Cached decoding of `tokens [tokens per call, batch]`, in benchmarks/transformer.py's form.
+
+  Each call decodes the given tokens into the empty caches (teacher forcing,
+  one `lax.scan` of `decode` steps, split/merge around each) and returns
+  the greedy choices, which the next call is fed. Returns the carried step,
+  its first state and the parameter count.
+  """
+  model = LanguageModel(sizes, vocab_size, rngs=nnx.Rngs(0))
+  model.init_cache(tokens.shape[1], tokens.shape[0])
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def decode(state: Any, forced: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+    def one(state: Any, token: jax.Array) -> tuple[Any, jax.Array]:
+      model = nnx.merge(graphdef, state)
+      scores = model.decode(token)
+      return nnx.state(model), scores
+
+    _, scores = jax.lax.scan(one, state, forced)
+    return state, jnp.argmax(scores, axis=-1), scores
+
+  def carry(state: Any, forced: jax.Array, _: Any) -> tuple[Any, ...]:
+    result: tuple[Any, ...] = decode(state, forced)
+    return result
+
+  return carry, (state, tokens, None), count_values(nnx.state(model, nnx.Param))

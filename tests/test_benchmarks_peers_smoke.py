@@ -54,4 +54,5 @@ def test_peers_benchmark_prints_one_row_per_benchmark_and_a_column_per_library()
         ratio = cell.split("(")[-1].split("x")[0]
         assert float(ratio) > 0, (name, cells)
   decoding = next(cells for name, cells in rows.items() if name.startswith("cached decoding"))
-  assert decoding[2:] == ["no cache"] * 3, decoding
+  assert decoding[-2:] == ["no cache"] * 2, decoding
+  assert all(float(cell.split("(")[-1].split("x")[0]) > 0 for cell in decoding[:3]), decoding
