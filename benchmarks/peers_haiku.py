@@ -9,7 +9,7 @@
   (`features -> heads * head_dim`, as `hk.MultiHeadAttention` projects)
   around the shared `causal_attention`.
 - Mixed precision is Haiku's `hk.mixed_precision.set_policy` with a `jmp`
-  policy (float32 params, bfloat16 compute) on the model's modules, and a
+  policy (float32 params, bfloat16 compute) on the model's class, and a
   float32 policy on `hk.RMSNorm`, as Haiku's mixed-precision docs keep
   normalisation in full precision.
 - The blocks are stacked with `hk.layer_stack` (one `lax.scan` over
@@ -164,8 +164,8 @@ class LanguageModel(hk.Module):
 
 def lm_transform(sizes: lm.Sizes, vocab_size: int) -> Any:
   """The example's model as an `init`/`apply` pair, under the mixed-precision policies."""
-  for module in (LanguageModel, Block, Attention, hk.Linear, hk.Embed):
-    hk.mixed_precision.set_policy(module, MIXED)
+  # A module's policy holds for the modules it calls, unless they have their own.
+  hk.mixed_precision.set_policy(LanguageModel, MIXED)
   hk.mixed_precision.set_policy(hk.RMSNorm, FULL)
   return hk.without_apply_rng(hk.transform(lambda ids: LanguageModel(sizes, vocab_size)(ids)))
 
