@@ -50,9 +50,11 @@ def abstract(tree: Any) -> Any:
       return leaf
     if isinstance(leaf, jax.Array) or hasattr(leaf, "aval"):
       aval = jax.typeof(leaf)
-      return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=getattr(aval, "weak_type", False))
+      weak = getattr(aval, "weak_type", False)
+      # jax leaves ShapeDtypeStruct.__init__ unannotated.
+      return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=weak)  # type: ignore[no-untyped-call]
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)  # type: ignore[no-untyped-call]
     return leaf
   return jax.tree.map(one, tree)
 
