@@ -37,7 +37,7 @@ _GAP = "  "
 _INDENT = "  "
 _HEADINGS = ("call / param", "in / shape", "out / sharding", "compute", "params", "bytes", "flops")
 # The narrowest each wrapped text column gets: call, inputs, outputs.
-_FLOORS = (24, 12, 12)
+_FLOORS = (16, 10, 10)
 # How many lines a wrapped cell may take before it is cut with '...'.
 _MAX_LINES = 3
 _TOTAL = "module calls (Repeat layers x their count)"
@@ -90,13 +90,13 @@ def _param_cells(param: ParamLine) -> tuple[str, ...]:
           f"{param.count:,}", f"{param.nbytes:,}", "")
 
 
-# Where a line may break: after a space, a comma, an opening bracket or '='.
-_PIECES = re.compile(r"[^\s,(\[{=]*[,(\[{=]?\s*")
+# Where a line may break: after a space, a comma, a slash, an opening bracket or '='.
+_PIECES = re.compile(r"[^\s,/(\[{=]*[,/(\[{=]?\s*")
 
 
 def _wrap(text: str, width: int, indent: str = "") -> list[str]:
   """`text` in at most `_MAX_LINES` lines of at most `width`, broken after
-  spaces, commas, brackets and '=' (a longer piece is cut), continuation
+  spaces, commas, slashes, brackets and '=' (a longer piece is cut), continuation
   lines indented further; what does not fit ends in `...`."""
   room = width - len(indent)
   if room < 8:
@@ -118,7 +118,8 @@ def _wrap(text: str, width: int, indent: str = "") -> list[str]:
     lines.append(current.rstrip())
   if len(lines) > _MAX_LINES:
     last, limit = lines[_MAX_LINES - 1], room - len(_INDENT)
-    cut = f"{last} {_ELLIPSIS}" if len(last) + 1 + len(_ELLIPSIS) <= limit else _clip(last, limit)
+    fits = len(last) + 1 + len(_ELLIPSIS) <= limit
+    cut = f"{last} {_ELLIPSIS}" if fits else last[: limit - len(_ELLIPSIS)] + _ELLIPSIS
     lines = lines[: _MAX_LINES - 1] + [cut]
   return [indent + (line if i == 0 else _INDENT + line) for i, line in enumerate(lines)]
 
@@ -188,8 +189,7 @@ def render_calls(
 
   title = f"{len(lines):,} module calls; {used:,} params used, {count:,} ({_human(nbytes)})"
   rule = "-" * (sum(widths) + len(_GAP) * (len(widths) - 1))
-  text = [_clip(title, width), _GAP.join(f"{h:<{w}}" for h, w in zip(_HEADINGS, widths)).rstrip(),
-          rule]
+  text = [_clip(title, width), *layout(0, _HEADINGS), rule]
   for depth, cells in rows:
     text.extend(layout(depth, cells))
   text.append(rule)
