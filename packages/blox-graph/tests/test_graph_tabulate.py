@@ -54,7 +54,13 @@ class Residual(Module):
 
 
 def _compiled_flops(fn: Any, *args: Any) -> int:
-  return int(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
+  analysis: Any = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return int(analysis["flops"])
+
+
+def _abstract(shape: tuple[int, ...], dtype: Any) -> Any:
+  """An abstract array, as `jax.eval_shape` gives."""
+  return jax.eval_shape(lambda: jnp.zeros(shape, dtype))
 
 
 def _row(table: Table, name: str) -> tuple[int, tuple[str, ...]]:
@@ -107,7 +113,7 @@ def test_tabulate_mlp_shapes_counts_and_flops(mlp: tuple[MLP, Params, jax.Array]
 def test_tabulate_runs_abstractly_and_takes_abstract_inputs(mlp: tuple[MLP, Params, jax.Array]) -> None:
   model, params, x = mlp
   abstract_params = jax.eval_shape(lambda: params)
-  abstract_x = jax.ShapeDtypeStruct(x.shape, x.dtype)
+  abstract_x = _abstract(x.shape, x.dtype)
   assert tabulate(model, abstract_params, abstract_x) == tabulate(model, params, x)
 
 
@@ -161,7 +167,7 @@ def test_tabulate_nested_method_calls_are_one_call() -> None:
 
 def test_tabulate_lines_fit_the_width() -> None:
   model = MLP(Graph("a_rather_long_model_name").child("with_a_long_child_name"), 1024, 4096)
-  x = jax.ShapeDtypeStruct((128, 512), jnp.bfloat16)
+  x = _abstract((128, 512), jnp.bfloat16)
   _, params = jax.eval_shape(model, Params(), x)
   table = tabulate(model, params, x)
   assert max(len(line) for line in table.splitlines()) <= 100, table
@@ -206,7 +212,7 @@ def test_tabulate_errors_say_what_is_wrong(mlp: tuple[MLP, Params, jax.Array]) -
   with pytest.raises(ValueError, match=r"ignores_params\(params, \.\.\.\) read no param and made no module call.*tabulate\(model, params, x\)"):
     tabulate(ignores_params, params, x)
 
-  def reads_by_hand(params: Params, x: jax.Array) -> jax.Array:
+  def reads_by_hand(params: Params, x: jax.Array) -> Any:
     return x @ params[("net", "mlp", "first", "kernel")].value
 
   with pytest.raises(ValueError, match=r"reads_by_hand\(params, \.\.\.\) read params but made no module call"):

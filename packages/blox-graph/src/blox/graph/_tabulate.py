@@ -18,15 +18,15 @@ Example:
   ...     return x @ w, params
   >>> dense = Dense(Graph('net').child('dense'))
   >>> _, params = dense(Params(), jnp.ones((4, 3)))
-  >>> print(tabulate(dense, params, jnp.ones((4, 3))))  # doctest: +NORMALIZE_WHITESPACE
+  >>> print(tabulate(dense, params, jnp.ones((4, 3))))
   1 module calls; 1 params used, 6 (24 B)
-  call / param  inputs / shape  outputs  compute / use  params  bytes  flops
-  ----------------------------------------------------------------------------
-  net/dense  Dense()  f32[4,3]  f32[4,2]  f32  6  24  48
-    w           f32[3,2]                   read            6     24
-  ----------------------------------------------------------------------------
-  module calls (Repeat layers x their count)  6  24  48
-  whole function, compiled (XLA)  48
+  call / param        in / shape  out / sharding  compute  params  bytes  flops
+  -----------------------------------------------------------------------------
+  net/dense  Dense()  f32[4,3]    f32[4,2]        f32           6     24     48
+    w (read)          f32[3,2]                                  6     24
+  -----------------------------------------------------------------------------
+  module calls (Repeat layers x their count)                    6     24     48
+  whole function, compiled (XLA)                                             48
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def tabulate(
   (the module's `dtype` or policy, as in `summary`, else its first floating
   output's dtype), the params it and the calls inside it read or created
   (element count and bytes), and FLOPs. Below each call, one line per param
-  the call itself read (`read`) or created (`new`): shape, dtype, sharding.
+  the call itself read (`kernel (read)`) or created (`kernel (new)`): its
+  name below the module, shape and dtype, and sharding metadata.
 
   Repeat. The layer of a `Repeat` runs in a `jax.lax.scan`, which traces it
   once: its calls show once, the layer's line marked `x N` (N layers), with

@@ -1,8 +1,9 @@
 """Rendering `tabulate`'s rows: module calls, nested, as a fixed-width text table.
 
 A `CallLine` per call (indented by its depth, its param lines below it) in
-seven columns: call or param, inputs or shape, outputs or sharding, compute
-dtype or use (`read`, `new`), element count, bytes, FLOPs. The text columns
+seven columns: call or param (`kernel (read)`, `kernel (new)`), inputs or
+shape, outputs or sharding, compute dtype, element count, bytes, FLOPs. The
+headings and text columns
 wrap (at most a few lines, then `...`) so that every line fits the width;
 numbers are never cut. `summary`'s renderer (`blox.graph._table`) supplies
 the clipping and the byte units.
@@ -11,15 +12,14 @@ Example:
   >>> line = CallLine(0, 'net', 'Dense()', None, 'f32[2]', 'f32[3]', 'f32', 6, 24, 12,
   ...                 (ParamLine('w', 'f32[2,3]', '', 'read', 6, 24),))
   >>> print(render_calls([line], 80, used=1, totals=(6, 24, 12), whole=12))
-  ... # doctest: +NORMALIZE_WHITESPACE
   1 module calls; 1 params used, 6 (24 B)
-  call / param  inputs / shape  outputs / sharding  compute / use  params  bytes  flops
-  -------------------------------------------------------------------------------------
-  net  Dense()  f32[2]          f32[3]              f32                 6     24     12
-    w           f32[2,3]                            read                6     24
-  -------------------------------------------------------------------------------------
-  module calls (Repeat layers x their count)                            6     24     12
-  whole function, compiled (XLA)                                                     12
+  call / param  in / shape  out / sharding  compute  params  bytes  flops
+  -----------------------------------------------------------------------
+  net  Dense()  f32[2]      f32[3]          f32           6     24     12
+    w (read)    f32[2,3]                                  6     24
+  -----------------------------------------------------------------------
+  module calls (Repeat layers x their count)              6     24     12
+  whole function, compiled (XLA)                                       12
 """
 
 from __future__ import annotations
