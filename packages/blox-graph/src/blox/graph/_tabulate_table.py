@@ -90,13 +90,13 @@ def _param_cells(param: ParamLine) -> tuple[str, ...]:
           f"{param.count:,}", f"{param.nbytes:,}", "")
 
 
-# Where a line may break: after a space, a comma, a slash, an opening bracket or '='.
-_PIECES = re.compile(r"[^\s,/(\[{=]*[,/(\[{=]?\s*")
+# Where a line may break: after a space, a comma, a slash or an opening bracket.
+_PIECES = re.compile(r"[^\s,/(\[{]*[,/(\[{]?\s*")
 
 
 def _wrap(text: str, width: int, indent: str = "") -> list[str]:
   """`text` in at most `_MAX_LINES` lines of at most `width`, broken after
-  spaces, commas, slashes, brackets and '=' (a longer piece is cut), continuation
+  spaces, commas, slashes and opening brackets (a longer piece is cut), continuation
   lines indented further; what does not fit ends in `...`."""
   room = width - len(indent)
   if room < 8:
