@@ -8,7 +8,8 @@ params, ...)` that returns `(output, params)` becomes a `Call`: the module,
 the method, abstract inputs and outputs, the params it read (through the
 `blox.params.recording_reads` hook) and created, and the calls made inside
 it. A module calling its own methods (`__call__` running `self.apply`) is
-one call. A call inside a `jax.lax.scan` body (a `Repeat`'s layer) is
+one call; drawing a key from a key source (`rng(params)`, returning a PRNG
+key) is part of the call that draws it. A call inside a `jax.lax.scan` body (a `Repeat`'s layer) is
 traced, and so recorded, once.
 
 Example:
@@ -38,7 +39,7 @@ from typing import Any
 
 import jax
 
-from blox.params import Param, Params, Path, recording_reads
+from blox.params import Param, Params, Path, is_prng_key, recording_reads
 
 __all__ = ["CALLS", "Call", "Recorder", "abstract", "recorded", "recording"]
 
@@ -123,9 +124,10 @@ class Recorder:
       result = method(module, *args, **kwargs)
     finally:
       self._stack.pop()
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)):
-      # Not a call (`Repeat.unstack`, a getter): what happened inside
-      # belongs to the enclosing call.
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)) or (
+        is_prng_key(result[0])):
+      # Not a call (`Repeat.unstack`, a getter), or a key drawn from a key
+      # source (`Rng`): what happened inside belongs to the enclosing call.
       for child in call.children:
         child.parent = running
       self._adopt(running, call.children, reads)

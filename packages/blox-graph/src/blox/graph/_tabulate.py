@@ -63,7 +63,8 @@ def tabulate(
   passed as they are). Every call of a `Module`'s `__call__` or public
   method that takes params first and returns `(output, params)` is a row,
   nested under the call it was made in (a module calling its own methods is
-  one call): its path and `repr` (type and configuration), its inputs and
+  one call, and drawing a key from an `Rng` is part of the call that draws
+  it): its path and `repr` (type and configuration), its inputs and
   outputs (`bf16[16,32]`, pytrees as `KVCache(...)`), its compute dtype
   (the module's `dtype` or policy, as in `summary`, else its first floating
   output's dtype), the params it and the calls inside it read or created
