@@ -29,7 +29,7 @@ def test_tabulate_the_fast_transformer() -> None:
   example = _example()
   model, init = example.build(example.FAST, 65)
   params = jax.eval_shape(init)
-  ids = jax.ShapeDtypeStruct((16, 32), jnp.int32)
+  ids = jax.eval_shape(lambda: jnp.zeros((16, 32), jnp.int32))
   table = bx.tabulate(model, params, ids)
   lines = table.splitlines()
   assert max(len(line) for line in lines) <= 100, table

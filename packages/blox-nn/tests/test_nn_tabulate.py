@@ -49,9 +49,8 @@ def _text(leaf: Any) -> str:
 def test_tabulate_mlp() -> None:
   graph = Graph("net")
   rng = Rng(graph.child("rng"))
-  mlp = Sequential(graph.child("mlp"), [
-      Linear(graph.child("hidden"), 32, rng=rng), jax.nn.relu, Linear(graph.child("out"), 4, rng=rng),
-  ])
+  hidden_layer = Linear(graph.child("hidden"), 32, rng=rng)
+  mlp = Sequential(graph.child("mlp"), [hidden_layer, jax.nn.relu, Linear(graph.child("out"), 4, rng=rng)])
   x = jnp.ones((8, 16))
   _, params = mlp(rng.seed(Params(), seed=0), x)
   table = tabulate(mlp, params, x)
@@ -67,7 +66,7 @@ def test_tabulate_mlp() -> None:
   assert whole == _compiled_flops(lambda p, x: mlp(p, x)[0], params, x)
   # The calls hold the matmuls and biases; the relu between them is the rest.
   hidden = calls["net/hidden"]
-  assert _number(hidden[6]) == _compiled_flops(lambda p, x: mlp.layers[0](p, x)[0], params, x)
+  assert _number(hidden[6]) == _compiled_flops(lambda p, x: hidden_layer(p, x)[0], params, x)
   assert 0 <= whole - calls_flops <= 8 * 32
 
 

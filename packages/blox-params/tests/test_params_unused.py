@@ -125,9 +125,11 @@ def test_recording_reads_nests_and_restores() -> None:
   from blox.params import recording_reads
 
   params = Params({("a",): Param(jnp.ones(2)), ("b",): Param(jnp.ones(2))})
-  with recording_reads(set()) as outer:
+  outer: set[tuple[str, ...]] = set()
+  inner: set[tuple[str, ...]] = set()
+  with recording_reads(outer):
     _ = params[("a",)]
-    with recording_reads(set()) as inner:
+    with recording_reads(inner):
       _ = params[("b",)]
     _, _ = params.get_or_create(("b",))
   assert outer == {("a",), ("b",)} and inner == {("b",)}

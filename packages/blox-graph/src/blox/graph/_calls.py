@@ -134,7 +134,8 @@ class Recorder:
       return result
     output, after = result
     call.outputs = abstract(output)
-    with recording_reads(set()):  # looking params up here is no read of the model's
+    ignored: set[Path] = set()
+    with recording_reads(ignored):  # looking params up here is no read of the model's
       for path in reads:
         if path not in call.reads:
           source = params if path in params else after
@@ -187,8 +188,9 @@ def recording() -> Iterator[Recorder]:
 def not_recording() -> Iterator[None]:
   """Suspends recording (tabulate's own lowering of single calls)."""
   token = CALLS.set(None)
+  ignored: set[Path] = set()
   try:
-    with recording_reads(set()):
+    with recording_reads(ignored):
       yield
   finally:
     CALLS.reset(token)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import jax
 
@@ -56,8 +56,11 @@ READS: contextvars.ContextVar[ReadRecorder | None] = contextvars.ContextVar(
 )
 
 
+_Recorder = TypeVar("_Recorder", bound=ReadRecorder)
+
+
 @contextlib.contextmanager
-def recording_reads(recorder: ReadRecorder) -> Iterator[ReadRecorder]:
+def recording_reads(recorder: _Recorder) -> Iterator[_Recorder]:
   """Tells `recorder.add(path)` of every param read while the block runs.
 
   The hook behind `unused_params` and `blox.graph.tabulate`, for tools that
