@@ -125,7 +125,7 @@ class Recorder:
     finally:
       self._stack.pop()
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)) or (
-        is_prng_key(result[0])):
+        hasattr(result[0], "dtype") and is_prng_key(result[0])):
       # Not a call (`Repeat.unstack`, a getter), or a key drawn from a key
       # source (`Rng`): what happened inside belongs to the enclosing call.
       for child in call.children:
