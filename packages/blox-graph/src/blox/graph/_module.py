@@ -101,7 +101,9 @@ class Module(metaclass=_ModuleMeta):
   `summary` read those attributes), and implement
   `__call__(params, ...) -> (output, params)`. Their error messages start
   with `self.where()`, e.g. `Linear 'net/out': ...`, so that every error names
-  the module at fault in the same way.
+  the module at fault in the same way. While `tabulate` runs, each call of
+  `__call__` or a public method that takes params first and returns
+  `(output, params)` is recorded as one of its rows.
   """
 
   def __init__(self, graph: Graph) -> None:

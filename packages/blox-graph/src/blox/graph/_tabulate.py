@@ -76,7 +76,8 @@ def tabulate(
   once: its calls show once, the layer's line marked `x N` (N layers), with
   one layer's numbers; the `Repeat`'s line counts all N. Likewise, a jitted
   function that `fn` calls twice with the same input shapes runs its Python
-  once, so its second call shows no rows.
+  once, so its second call shows no rows (and a jitted `fn` traced before
+  for the same shapes none at all: pass the function before `jax.jit`).
 
   FLOPs. Estimated with XLA's cost analysis (on the default backend) in two
   ways, both shown. (1) Per call: each call without module calls inside is
@@ -99,7 +100,8 @@ def tabulate(
       tabulate initialisation).
     *args: further positional arguments of `fn`.
     width: the longest line allowed, in characters (text cells wrap or are
-      cut with `...` to fit; numbers never are).
+      cut with `...` to fit; numbers never are). Reserved: a `width`
+      argument of `fn` needs a wrapper (`lambda p, x: fn(p, x, width=3)`).
     **kwargs: keyword arguments of `fn`.
 
   Returns:
@@ -129,9 +131,13 @@ def tabulate(
         f"tabulate: {getattr(fn, '__name__', type(fn).__name__)}(params, ...) {used}"
         " made no module call with the params it was given; tabulate shows module"
         " calls, so pass the model (or a function that calls it with these params),"
-        " e.g. tabulate(model, params, x)."
+        " e.g. tabulate(model, params, x). A jitted fn traced before for the same"
+        " shapes runs no Python at all: pass the function before jax.jit."
     )
-  whole = _flops(call, abstract(params), abstract(traced))
+  try:
+    whole = _flops(call, abstract(params), abstract(traced))
+  except Exception:  # noqa: BLE001  # outputs XLA cannot compile (strings, say): shown '?'
+    whole = None
   flops: dict[int, int | None] = {}
   for leaf in _leaves(recorder.calls):
     flops[id(leaf)] = _call_flops(leaf)

@@ -94,6 +94,16 @@ def _param_cells(param: ParamLine) -> tuple[str, ...]:
 _PIECES = re.compile(r"[^\s,/(\[{]*[,/(\[{]?\s*")
 
 
+def _pieces(text: str) -> list[str]:
+  """The unbreakable pieces of `text`; a closing ` (read)` stays with its word."""
+  if not (text.endswith(")") and " (" in text):
+    return [p for p in _PIECES.findall(text) if p]
+  head, tail = text.rsplit(" (", 1)
+  pieces = [p for p in _PIECES.findall(head) if p] or [""]
+  pieces[-1] += f" ({tail}"
+  return pieces
+
+
 def _wrap(text: str, width: int, indent: str = "") -> list[str]:
   """`text` in at most `_MAX_LINES` lines of at most `width`, broken after
   spaces, commas, slashes and opening brackets (a longer piece is cut), continuation
@@ -103,7 +113,7 @@ def _wrap(text: str, width: int, indent: str = "") -> list[str]:
     return [_clip(indent + text, width)]
   lines: list[str] = []
   current = ""
-  for piece in (p for p in _PIECES.findall(text) if p):
+  for piece in _pieces(text):
     limit = room if not lines else room - len(_INDENT)
     if current and len(current) + len(piece.rstrip()) > limit:
       lines.append(current.rstrip())
