@@ -185,8 +185,9 @@ def test_asynchronous_saves_hold_the_values_at_save_time(model: _Model, tmp_path
     manager.wait_until_finished()
     assert not manager.is_saving_in_progress()
     assert manager.all_steps() == [2, 3] and manager.latest_step() == 3
-    restored = manager.restore(3, args=ocp.args.StandardRestore(jax.eval_shape(model.init_state)))
-    _assert_identical(jax.tree.map(lambda leaf: np.asarray(_raw(leaf)), restored), saved[3])
+    for step in manager.all_steps():
+      restored = manager.restore(step, args=ocp.args.StandardRestore(jax.eval_shape(model.init_state)))
+      _assert_identical(jax.tree.map(lambda leaf: np.asarray(_raw(leaf)), restored), saved[step])
   finally:
     manager.close()
 
