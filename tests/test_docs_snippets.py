@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [
     "README.md",
     "docs/optax.md",
+    "docs/guides/checkpointing.md",
     "packages/blox/README.md",
     "packages/blox-params/README.md",
     "packages/blox-graph/README.md",
