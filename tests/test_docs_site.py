@@ -77,4 +77,8 @@ def test_site_builds_strictly_and_offline(tmp_path: Path) -> None:
     # The built site loads nothing from elsewhere: no web fonts, no CDN.
     assert "fonts.googleapis" not in html and "fonts.gstatic" not in html, page
     assert not re.search(r"<(?:script|link)[^>]+(?:src|href)=\"https?://", html), page
+  for page in (site / "reference").rglob("*.html"):
+    # Docstring examples render as code (docs/_ext/griffe_examples.py makes
+    # `Example:` sections count), not as `>>>` quotes nested in Markdown.
+    assert not re.search(r"<blockquote>\s*<blockquote>", page.read_text()), page
   assert (site / "reference" / "params" / "index.html").exists()
