@@ -229,3 +229,27 @@ def test_recording_costs_nothing_when_inactive(mlp: tuple[MLP, Params, jax.Array
   assert y.shape == (8, 4) and CALLS.get() is None
   # Module's own helpers are not calls.
   assert not hasattr(Module.get_param, "__blox_recorded__")
+
+
+def test_tabulate_shows_unknown_flops_of_a_call_that_needs_its_context() -> None:
+  class Centre(Module):
+    """Subtracts the mean over a named (vmapped) axis: not lowerable alone."""
+
+    def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+      # jax leaves lax.pmean unannotated.
+      return x - jax.lax.pmean(x, "batch"), params  # type: ignore[no-untyped-call]
+
+  centre = Centre(Graph("net").child("centre"))
+  dense = Dense(Graph("net").child("dense"), 2)
+  x = jnp.ones((4, 3))
+  _, params = dense(Params(), x)
+
+  def fn(params: Params, x: jax.Array) -> Any:
+    y, _ = dense(params, x)
+    return jax.vmap(lambda row: centre(params, row)[0], axis_name="batch")(y)
+
+  table = tabulate(fn, params, x)
+  calls = {cells[0].split("  ")[0]: cells for _, cells in table.rows if cells[6]}
+  assert calls["net/centre"][6] == "?" and _number(calls["net/dense"][6]) == 2 * 4 * 3 * 2
+  assert table.footer[0][1][6] == "?"  # a sum with an unknown part is unknown
+  assert _number(table.footer[1][1][6]) == _compiled_flops(fn, params, x)

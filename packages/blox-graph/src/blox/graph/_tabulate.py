@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -184,8 +184,7 @@ def _flops(call: Callable[..., Any], params: Params, arrays: list[Any]) -> int |
 
 def _call_flops(call: Call) -> int | None:
   """The FLOPs of one recorded call lowered alone; None when it cannot be."""
-  method = getattr(call.module, call.method)
-  run, arrays = _traced_call(lambda p, *a, **k: method(p, *a, **k), call.args, call.kwargs)
+  run, arrays = _traced_call(getattr(call.module, call.method), call.args, call.kwargs)
   try:
     return _flops(run, call.params, arrays)
   except Exception:  # noqa: BLE001  # an estimate: a call that needs its context shows '?'
@@ -212,7 +211,7 @@ def _flops_of(call: Call, flops: dict[int, int | None]) -> int | None:
   return None if inner is None else inner * _layers(call)
 
 
-def _sum_flops(values: Iterator[int | None] | Any) -> int | None:
+def _sum_flops(values: Iterable[int | None]) -> int | None:
   total = 0
   for value in values:
     if value is None:
