@@ -145,14 +145,15 @@ def _widths(rows: Sequence[tuple[int, tuple[str, ...]]], numbers: Sequence[str],
   widths[6] = max([widths[6]] + [len(n) for n in numbers[2::3]])
   widths[0] = max(widths[0], len(_TOTAL) - sum(widths[1:4]) - 3 * len(_GAP))
   excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
+  # One column at a time, the one with most room above its floor; the call
+  # column's room counts half, as its paths and names wrap worst.
   while excess > 0:
     room = [widths[i] - _FLOORS[i] for i in range(3)]
-    widest = max(range(3), key=lambda i: room[i])
+    widest = max(range(3), key=lambda i: room[i] / 2 if i == 0 else room[i])
     if room[widest] <= 0:
       break
-    cut = min(excess, max(1, room[widest] - max(r for i, r in enumerate(room) if i != widest)))
-    widths[widest] -= cut
-    excess -= cut
+    widths[widest] -= 1
+    excess -= 1
   return widths
 
 
