@@ -59,13 +59,16 @@ def free_port() -> int:
     return port
 
 
-def spawn(role_args: list[str], devices: int, log: IO[str]) -> subprocess.Popen[str]:
+def spawn(
+    role_args: list[str], devices: int, log: IO[str], script: str = __file__
+) -> subprocess.Popen[str]:
+  """Starts `python script role_args` with `devices` simulated CPU devices, output to `log`."""
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
   return subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), *role_args],
+      [sys.executable, os.path.abspath(script), *role_args],
       stdout=log, stderr=subprocess.STDOUT, env=env, text=True,
   )
 

@@ -22,9 +22,8 @@ Example:
 # blox.params, blox.graph, blox.nn and blox.parallel are installed as separate
 # distributions that share the `blox` name; this umbrella owns blox/__init__.py,
 # so it must extend the package path for Python to find the other portions.
-from pkgutil import extend_path
-
-__path__ = extend_path(__path__, __name__)
+# Spelt exactly so, documentation tools (griffe) also see a namespace package.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 import importlib as _importlib  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
@@ -61,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "maybe_reset_state": "blox.graph",
     "static_scan": "blox.graph",
     "summary": "blox.graph",
+    "tabulate": "blox.graph",
     # blox.nn
     "BatchNorm": "blox.nn",
     "Conv": "blox.nn",
@@ -108,6 +108,7 @@ if TYPE_CHECKING:
   from blox.graph import maybe_reset_state as maybe_reset_state
   from blox.graph import static_scan as static_scan
   from blox.graph import summary as summary
+  from blox.graph import tabulate as tabulate
   from blox.nn import GRU as GRU
   from blox.nn import LSTM as LSTM
   from blox.nn import BatchNorm as BatchNorm
