@@ -215,8 +215,8 @@ def launch(fast: bool) -> int:
   plan = FAST if fast else FULL
   print(
       f"FSDP + tensor-parallel training: {PROCESSES} processes x {LOCAL_DEVICES} CPU devices,"
-      f" mesh ('data', 'model') = ({PROCESSES * LOCAL_DEVICES // MODEL_PARALLEL}, {MODEL_PARALLEL});"
-      f" {plan.steps} steps, a checkpoint every {plan.checkpoint_every}"
+      f" mesh ('data', 'model') = ({PROCESSES * LOCAL_DEVICES // MODEL_PARALLEL},"
+      f" {MODEL_PARALLEL}); {plan.steps} steps, a checkpoint every {plan.checkpoint_every}"
   )
   common = ["--steps", str(plan.steps), "--checkpoint-every", str(plan.checkpoint_every)]
   common += ["--fast"] if fast else []
@@ -239,14 +239,31 @@ def run_all(folder: Path, plan: Plan, common: list[str], pairs: list[Pair]) -> i
 
   # 1 and 2 side by side: the uninterrupted run, and the run to be killed
   # between two checkpoints once the earlier one is committed.
-  reference = Pair("uninterrupted", folder, worker_args("uninterrupted", folder / "reference") + ["--summary"], plan)
-  killed = Pair("killed", folder, worker_args("killed", checkpoints), plan, stall=plan.kill_after, cache=cache)
+  reference_args = worker_args("uninterrupted", folder / "reference") + ["--summary"]
+  reference = Pair("uninterrupted", folder, reference_args, plan)
+  killed_args = worker_args("killed", checkpoints)
+  killed = Pair("killed", folder, killed_args, plan, stall=plan.kill_after, cache=cache)
   pairs += [reference, killed]
   for pair in (reference, killed):
     pair.start()
   before_kill = plan.kill_after - plan.kill_after % plan.checkpoint_every
 
+  table_shown = False
+
+  def show_table() -> None:
+    """The uninterrupted run's params table, once its process 0 has printed it."""
+    nonlocal table_shown
+    lines = reference.text(0).splitlines()
+    if table_shown or not any(line.startswith("params and optimizer state:") for line in lines):
+      return
+    table_shown = True
+    for line in lines:
+      # gloo reports each connection it makes; step lines come later.
+      if not line.startswith(("step ", "[Gloo]")):
+        print(f"  {line}")
+
   def stalled() -> bool:
+    show_table()
     waiting = f"waiting to be killed after step {plan.kill_after}" in killed.text(1)
     return waiting and before_kill in committed_steps(checkpoints)
 
@@ -275,18 +292,15 @@ def run_all(folder: Path, plan: Plan, common: list[str], pairs: list[Pair]) -> i
   resumed.start()
   if not watch([reference, resumed], lambda: reference.finished() and resumed.finished()):
     return 1
-  for line in reference.text(0).splitlines():
-    # gloo reports each connection it makes; the rest is the params' table.
-    if not line.startswith(("step ", "[Gloo]")):
-      print(f"  {line}")
+  show_table()
   trace = reference.steps()
   print(f"uninterrupted: {len(trace)} steps, loss {trace[0][1]:.4f} -> {trace[-1][1]:.4f}")
   starts = [int(line.split()[-1]) for line in resumed.text(0).splitlines()
             if line.startswith("resumed from step ")]
   trace = resumed.steps()
-  if starts != [last] or trace[0][0] != last + 1:
+  if starts != [last] or not trace or trace[0][0] != last + 1:
     print(f"FAILED: the restarted run should resume after step {last}; it resumed from"
-          f" {starts or 'scratch'} and trained from step {trace[0][0]}")
+          f" {starts or 'scratch'} and trained steps {[step for step, _ in trace]}")
     return 1
   print(
       f"resumed from step {last}: steps {last + 1} to {trace[-1][0]} ({len(trace)} steps,"
@@ -311,7 +325,8 @@ def compare(expected_file: Path, actual_file: Path) -> int:
         or expected[name].tobytes() != actual[name].tobytes()
     ]
     for name in differ:
-      gap = np.max(np.abs(expected[name].astype(np.float64) - actual[name].astype(np.float64)), initial=0.0)
+      difference = expected[name].astype(np.float64) - actual[name].astype(np.float64)
+      gap = np.max(np.abs(difference), initial=0.0)
       print(f"  {name}: max difference {gap:.3g}")
     count = sum(expected[name].size for name in names)
     label = "final params" if part == "params" else "final optimizer state"
@@ -357,7 +372,9 @@ def work(args: argparse.Namespace) -> int:
   is_first = jax.process_index() == 0
   print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()}"
         f" local devices, {jax.device_count()} in all", flush=True)
-  mesh = bx.parallel.make_mesh((jax.device_count() // MODEL_PARALLEL, MODEL_PARALLEL), ("data", "model"))
+  mesh = bx.parallel.make_mesh(
+      (jax.device_count() // MODEL_PARALLEL, MODEL_PARALLEL), ("data", "model")
+  )
 
   text = lm.standard_library_text()
   chars = sorted(set(text))
@@ -388,8 +405,10 @@ def work(args: argparse.Namespace) -> int:
   # The state keeps its layout from step to step; the loss goes where XLA puts it.
   train_step = jax.jit(step_fn, out_shardings=(state_shardings, None), donate_argnums=0)
 
+  # orbax wants an absolute path; a URL (gs://...) is passed on as it is.
+  directory = args.checkpoint_dir
   manager = ocp.CheckpointManager(
-      os.path.abspath(args.checkpoint_dir),
+      directory if "://" in directory else os.path.abspath(directory),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True),
   )
   start = manager.latest_step()
@@ -414,7 +433,8 @@ def work(args: argparse.Namespace) -> int:
     # A step's global batch is seeded by the step: a resumed run sees the same data.
     sampler = np.random.default_rng(step)
     starts = sampler.integers(0, len(data) - sizes.sequence_length - 1, sizes.batch_size)
-    windows = np.stack([data[s : s + sizes.sequence_length + 1] for s in starts])[first : first + rows]
+    mine = starts[first : first + rows]
+    windows = np.stack([data[s : s + sizes.sequence_length + 1] for s in mine])
     ids, targets = bx.parallel.shard_batch((windows[:, :-1], windows[:, 1:]), mesh)
     state, loss = train_step(state, ids, targets)
     print(f"step {step} loss {float(loss):.4f}", flush=True)
@@ -434,8 +454,10 @@ def work(args: argparse.Namespace) -> int:
 
   gathered = multihost_utils.process_allgather(jax.tree.map(numeric, state), tiled=True)
   if is_first:
+    # Named like 'params/[('lm', 'rng', 'seed')]' and 'opt_state/[1][0].mu[...]'.
     named: dict[str, Any] = {
-        ("params" if path[0].idx == 0 else "opt_state") + "/" + jax.tree_util.keystr(path[1:]): np.asarray(leaf)
+        ("params/" if path[0].idx == 0 else "opt_state/") + jax.tree_util.keystr(path[1:]):
+            np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_flatten_with_path(gathered)[0]
     }
     np.savez(args.out, **named)

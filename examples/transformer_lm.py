@@ -14,12 +14,13 @@ The params are float32 and the computation bfloat16, through one `bx.Policy`
 on the model's graph. Every param names its logical axes in its sharding
 metadata ('vocab', 'embed', 'heads', 'kv_heads', 'mlp'); nothing here maps
 them to devices, so this run is unsharded, while examples/fsdp_train.py
-shards the same model over a mesh by mapping those names with rules. Training: AdamW with weight decay on the kernels only
-(`bx.param_mask`), a warmup-cosine learning rate and gradient clipping, in
-one jitted step around `bx.value_and_grad`. The params are then saved and
-loaded back (`bx.save`/`bx.load`), and the model writes a sample under
-`jax.jit` with a key/value cache: one prefill over the prompt, then one
-`decode_step` per token inside a `jax.lax.scan`. Before sampling it checks
+shards the same model over a mesh by mapping those names with rules.
+Training: AdamW with weight decay on the kernels only (`bx.param_mask`), a
+warmup-cosine learning rate and gradient clipping, in one jitted step around
+`bx.value_and_grad`. The params are then saved and loaded back
+(`bx.save`/`bx.load`), and the model writes a sample under `jax.jit` with a
+key/value cache: one prefill over the prompt, then one `decode_step` per
+token inside a `jax.lax.scan`. Before sampling it checks
 that cached decoding gives the logits of a full forward pass.
 
 Initialisation, the documented way: the function that creates the params is

@@ -41,7 +41,9 @@ def test_fsdp_example_resumes_after_a_kill_bit_for_bit() -> None:
 def test_fsdp_compare_fails_on_a_single_differing_bit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-  state: dict[str, Any] = {"params/[('w',)]": np.ones(3, np.float32), "opt_state/[0]": np.zeros(2, np.float32)}
+  state: dict[str, Any] = {
+      "params/[('w',)]": np.ones(3, np.float32), "opt_state/[0]": np.zeros(2, np.float32)
+  }
   np.savez(tmp_path / "a.npz", **state)
   changed = dict(state)
   changed["params/[('w',)]"] = np.nextafter(state["params/[('w',)]"], np.float32(2))
