@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), params
 
   optimizer = optax.adam(1e-2)
-  opt_state = jax.jit(optimizer.init)(params.split()[0])
+  # Adam's moments are Params-shaped, so init_sharded lays them out like the
+  # params they track (a plain jit would leave them on one device).
+  opt_state = bx.parallel.init_sharded(optimizer.init, mesh, params.split()[0])
 
   def train_step(
       params: bx.Params, opt_state: Any, x: jax.Array, y: jax.Array

@@ -22,9 +22,8 @@ Example:
 # blox.params, blox.graph, blox.nn and blox.parallel are installed as separate
 # distributions that share the `blox` name; this umbrella owns blox/__init__.py,
 # so it must extend the package path for Python to find the other portions.
-from pkgutil import extend_path
-
-__path__ = extend_path(__path__, __name__)
+# Spelt exactly so, documentation tools (griffe) also see a namespace package.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 import importlib as _importlib  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402

@@ -72,11 +72,17 @@ class BatchNorm(Module):
     graph: the node this layer binds to.
     momentum: the weight of the old running value in each update, in [0, 1].
     epsilon: added to the variance before the square root.
-    use_scale, use_bias: whether to learn a scale and a bias.
-    scale_init, bias_init, running_mean_init, running_var_init: initializers,
-      called with `key=None` (the layer has no key source).
-    scale_metadata, bias_metadata, running_mean_metadata, running_var_metadata:
-      metadata for each param, e.g. `{'sharding': ('model',)}`.
+    use_scale: whether to learn a scale.
+    use_bias: whether to learn a bias.
+    scale_init: the scale's initializer, called with `key=None` (the layer
+      has no key source); so are the three below.
+    bias_init: the bias's initializer.
+    running_mean_init: the running mean's initializer.
+    running_var_init: the running variance's initializer.
+    scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
+    bias_metadata: metadata for the bias.
+    running_mean_metadata: metadata for the running mean.
+    running_var_metadata: metadata for the running variance.
     axis_name: the named axis the batch is split over, or None.
     param_dtype: the dtype `scale` and `bias` are created in; None: the
       policy's `param_dtype` (`Module.policy()`), else float32. The running

@@ -163,8 +163,12 @@ class Conv(_ConvBase):
       for 2-D inputs. It must be a sequence: a bare int would leave the number
       of spatial axes unsaid.
     rng: the key source for initialisation.
-    strides, input_dilation, kernel_dilation: an int (the same for every
-      spatial axis) or one int per spatial axis.
+    strides: an int (the same for every spatial axis) or one int per
+      spatial axis; so are the two dilations.
+    input_dilation: the spacing of the input elements (transposed
+      convolution), as `jax.lax.conv_general_dilated`'s `lhs_dilation`.
+    kernel_dilation: the spacing of the kernel elements (atrous
+      convolution), as `jax.lax.conv_general_dilated`'s `rhs_dilation`.
     padding: `'SAME'` (output size `ceil(input / stride)`), `'VALID'` (no
       padding), both measured on the input as spread out by `input_dilation`;
       `'CIRCULAR'` (the input wraps around: it is padded with its
@@ -175,9 +179,11 @@ class Conv(_ConvBase):
       groups convolved separately; both channel counts must be divisible by it
       (`in_channels` groups give a depthwise convolution).
     use_bias: whether to add a bias.
-    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`.
-    kernel_metadata, bias_metadata: metadata for the params, e.g.
+    kernel_init: the kernel's initializer `(key, shape, dtype) -> array`.
+    bias_init: the bias's initializer.
+    kernel_metadata: metadata for the kernel, e.g.
       `{'sharding': (None, None, None, 'model')}` for a 2-D kernel.
+    bias_metadata: metadata for the bias.
     precision: the precision of the convolution (`jax.lax.Precision`).
     param_dtype: the dtype of the params when they are created; None: the
       policy's `param_dtype` (`Module.policy()`), else float32.
@@ -267,13 +273,20 @@ class ConvTranspose(_ConvBase):
     output_size: the size of the output channel axis.
     kernel_size: one size per spatial axis (a sequence, as for `Conv`).
     rng: the key source for initialisation.
-    strides, kernel_dilation: an int or one int per spatial axis.
+    strides: an int or one int per spatial axis.
+    kernel_dilation: an int or one int per spatial axis.
     padding: `'SAME'`, `'VALID'` (see above), or one `(low, high)` pair per
       spatial axis, padding the stride-spread input (as in
       `jax.lax.conv_transpose` with explicit pairs). Case-insensitive.
     feature_group_count: channel groups, as for `Conv`.
-    use_bias, kernel_init, bias_init, kernel_metadata, bias_metadata,
-      precision, param_dtype, dtype: as for `Conv`.
+    use_bias: as for `Conv`; so are the arguments below.
+    kernel_init: the kernel's initializer.
+    bias_init: the bias's initializer.
+    kernel_metadata: metadata for the kernel.
+    bias_metadata: metadata for the bias.
+    precision: the precision of the convolution.
+    param_dtype: the dtype of the params when they are created.
+    dtype: the dtype of the computation.
   """
 
   def __init__(

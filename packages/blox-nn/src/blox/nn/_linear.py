@@ -39,9 +39,11 @@ class Linear(Module):
     output_size: the size of the last output axis.
     rng: the key source for initialisation.
     use_bias: whether to add a bias.
-    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`.
-    kernel_metadata, bias_metadata: metadata for the params, e.g.
+    kernel_init: the kernel's initializer `(key, shape, dtype) -> array`.
+    bias_init: the bias's initializer.
+    kernel_metadata: metadata for the kernel, e.g.
       `{'sharding': (None, 'model')}`.
+    bias_metadata: metadata for the bias.
     precision: the precision of the matrix product (`jax.lax.Precision`).
     param_dtype: the dtype of the params when they are created; None: the
       policy's `param_dtype` (`Module.policy()`), else float32.

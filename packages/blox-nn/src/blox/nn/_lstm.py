@@ -53,10 +53,13 @@ class LSTM(GatedCell):
     hidden_size: the size of the hidden and cell states and of the outputs.
     rng: the key source for initialisation.
     is_static: scan over time with a Python loop instead of `jax.lax.scan`.
-    kernel_init, recurrent_kernel_init, bias_init: initializers of the
-      params, `(key, shape, dtype) -> array`.
-    kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata for
-      the params, e.g. `{'sharding': (None, 'model')}`.
+    kernel_init: the input kernel's initializer `(key, shape, dtype) -> array`.
+    recurrent_kernel_init: the recurrent kernel's initializer.
+    bias_init: the bias's initializer.
+    kernel_metadata: metadata for the input kernel, e.g.
+      `{'sharding': (None, 'model')}`.
+    recurrent_kernel_metadata: metadata for the recurrent kernel.
+    bias_metadata: metadata for the bias.
     precision: the precision of the matrix products (`jax.lax.Precision`).
     param_dtype: the dtype of the params when they are created; None: the
       policy's `param_dtype` (`Module.policy()`), else float32.

@@ -140,13 +140,15 @@ class MultiHeadAttention(Module):
     implementation: that of `dot_product_attention`: None, 'xla' or 'cudnn'.
     precision: the matmul precision of the projections and attention (a
       precision other than None uses blox's attention formula, not jax's).
-    kernel_init, bias_init: initializers `(key, shape, dtype) -> array`,
+    kernel_init: the kernels' initializer `(key, shape, dtype) -> array`,
       shared by the four projections.
+    bias_init: the biases' initializer, shared by the four projections.
     qk_norm_scale_init: the initializer of both qk_norm scales, called with
       `key=None` (default: ones).
-    kernel_metadata, bias_metadata: metadata per projection, a mapping from
-      any of 'query', 'key', 'value', 'out' to that projection's kernel (or
-      bias) metadata; projections left out get none.
+    kernel_metadata: metadata per projection, a mapping from any of
+      'query', 'key', 'value', 'out' to that projection's kernel metadata;
+      projections left out get none.
+    bias_metadata: the same for the biases.
     qk_norm_metadata: the same for the qk_norm scales, from 'query_norm' or
       'key_norm' to that scale's metadata.
     param_dtype: the dtype of the params when they are created; None: the

@@ -89,11 +89,13 @@ class LayerNorm(_FeatureNorm):
   Args:
     graph: the node this layer binds to.
     epsilon: added to the variance before the square root.
-    use_scale, use_bias: whether to learn a scale and a bias.
-    scale_init, bias_init: initializers `(key, shape, dtype) -> array`,
+    use_scale: whether to learn a scale.
+    use_bias: whether to learn a bias.
+    scale_init: the scale's initializer `(key, shape, dtype) -> array`,
       called with `key=None`.
-    scale_metadata, bias_metadata: metadata for the params, e.g.
-      `{'sharding': ('model',)}`.
+    bias_init: the bias's initializer, called with `key=None`.
+    scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
+    bias_metadata: metadata for the bias.
     axis_name: the named axis the features are sharded over, or None.
     param_dtype: the dtype of the params when they are created; None: the
       policy's `param_dtype` (`Module.policy()`), else float32.
@@ -170,7 +172,8 @@ class RMSNorm(_FeatureNorm):
     scale_init: the scale's initializer, called with `key=None`.
     scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
     axis_name: the named axis the features are sharded over, or None.
-    param_dtype, dtype: as for `LayerNorm`.
+    param_dtype: as for `LayerNorm`.
+    dtype: as for `LayerNorm`.
   """
 
   def __init__(

@@ -78,10 +78,11 @@ def _host_ready(path: Path | str, value: Any) -> Any:
       # Gathering across processes would need every process to take part; a
       # checkpoint written by one process cannot do that, so refuse clearly.
       raise ValueError(
-          f"Cannot save {what}: it is sharded over devices of other"
-          " processes, and save() writes from one process. Gather it first"
-          " (jax.experimental.multihost_utils.process_allgather) or use a"
-          " multi-process checkpointer."
+          f"Cannot save {what}: it lives on devices of other"
+          " processes, and save() writes from one process. Save sharded,"
+          " multi-host states with orbax-checkpoint (CheckpointManager with"
+          " args.StandardSave; see docs/guides/checkpointing.md), or gather"
+          " it first (jax.experimental.multihost_utils.process_allgather)."
       )
     if is_prng_key(value):
       return jax.random.key_data(value)

@@ -103,9 +103,11 @@ def _check_existing(path: Path, value: Any, shape: Sequence[int] | None, dtype: 
   if dtype is not None and not same_dtype(value.dtype, dtype):
     raise ValueError(
         f"Param {path_text(path)} exists with dtype {dtype_text(value.dtype)}, but"
-        f" dtype {dtype_text(dtype)} was requested: it was"
-        f" {dtype_text(value.dtype)} when the param was created."
-        + _REINITIALISE
+        f" dtype {dtype_text(dtype)} was requested. Cast the params to the"
+        f" module's param dtype (params.map or jax.tree.map with"
+        f" astype({dtype_text(dtype)})) or build the module with"
+        f" param_dtype={dtype_text(value.dtype)}; params loaded from a checkpoint"
+        " keep the dtype they were saved with."
     )
 
 

@@ -22,13 +22,18 @@ if TYPE_CHECKING:
 
 __all__ = ["KeySource", "RNG_STREAM", "RNG_SEED", "RNG_COUNTER"]
 
-# A random stream stores its state as params whose metadata maps RNG_STREAM to
-# RNG_SEED or RNG_COUNTER. Tools (per-lane folding, checkpoints, summaries)
-# find every stream in a Params by these tags, without the modules that made
-# them.
+# Tools (per-lane folding, checkpoints, summaries) find every random stream in
+# a Params by these tags, without the modules that made them.
 RNG_STREAM = "rng_stream"
+"""The metadata key that marks a param as random-stream state.
+
+A random stream stores its state as params whose metadata maps `RNG_STREAM`
+to `RNG_SEED` or `RNG_COUNTER`.
+"""
 RNG_SEED = "seed"
+"""The `RNG_STREAM` tag of a stream's seed param (a PRNG key)."""
 RNG_COUNTER = "counter"
+"""The `RNG_STREAM` tag of a stream's counter param (a uint32 scalar)."""
 
 
 @runtime_checkable
