@@ -119,3 +119,19 @@ def test_functions_jax_compiled_before_are_traced_again() -> None:
   jax.jit(model)(params, xs)
   model(params, xs)
   assert unused_params(model, params, xs) == [("layer1", "w")]
+
+
+def test_recording_reads_nests_and_restores() -> None:
+  from blox.params import recording_reads
+
+  params = Params({("a",): Param(jnp.ones(2)), ("b",): Param(jnp.ones(2))})
+  outer: set[tuple[str, ...]] = set()
+  inner: set[tuple[str, ...]] = set()
+  with recording_reads(outer):
+    _ = params[("a",)]
+    with recording_reads(inner):
+      _ = params[("b",)]
+    _, _ = params.get_or_create(("b",))
+  assert outer == {("a",), ("b",)} and inner == {("b",)}
+  _ = params[("a",)]  # nothing records outside
+  assert outer == {("a",), ("b",)}

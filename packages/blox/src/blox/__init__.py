@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "maybe_reset_state": "blox.graph",
     "static_scan": "blox.graph",
     "summary": "blox.graph",
+    "tabulate": "blox.graph",
     # blox.nn
     "BatchNorm": "blox.nn",
     "Conv": "blox.nn",
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
   from blox.graph import maybe_reset_state as maybe_reset_state
   from blox.graph import static_scan as static_scan
   from blox.graph import summary as summary
+  from blox.graph import tabulate as tabulate
   from blox.nn import GRU as GRU
   from blox.nn import LSTM as LSTM
   from blox.nn import BatchNorm as BatchNorm

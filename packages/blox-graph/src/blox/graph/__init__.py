@@ -17,7 +17,9 @@ from blox.graph._scan import time_length as time_length
 from blox.graph._sequence import RecurrenceBase as RecurrenceBase
 from blox.graph._sequence import SequenceBase as SequenceBase
 from blox.graph._sequence import maybe_reset_state as maybe_reset_state
+from blox.graph._display import Table as Table
 from blox.graph._summary import summary as summary
+from blox.graph._tabulate import tabulate as tabulate
 from blox.graph._version import __version__ as __version__
 
 __all__ = [
@@ -28,10 +30,12 @@ __all__ = [
     "Repeat",
     "SequenceBase",
     "Step",
+    "Table",
     "__version__",
     "dynamic_scan",
     "maybe_reset_state",
     "static_scan",
     "summary",
+    "tabulate",
     "time_length",
 ]

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from blox.graph._calls import recorded
 from blox.graph._config import init_config
 from blox.graph._graph import Graph
 from blox.graph._policy import Policy, effective_policy
@@ -40,11 +41,24 @@ __all__ = ["Module"]
 
 
 class _ModuleMeta(abc.ABCMeta):
-  """Checks that `Module.__init__` ran, and frees the node of a failed constructor.
+  """Checks that `Module.__init__` ran, and frees the node of a failed constructor;
+  wraps each subclass's `__call__` and public methods for `tabulate` (see
+  `blox.graph._calls`: one `ContextVar.get` per call while tracing).
 
-  Both need to see the whole construction, from before the first line of the
+  The first two need to see the whole construction, from before the first line of the
   outermost `__init__` to after its last, which only the metaclass does.
   """
+
+  def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
+    super().__init__(name, bases, namespace)
+    # Module's own methods (get_param, ...) are no module calls; a subclass's
+    # public methods and __call__ are, when they take and return params.
+    if not any(isinstance(base, _ModuleMeta) for base in bases):
+      return
+    for attribute, value in namespace.items():
+      if (attribute == "__call__" or not attribute.startswith("_")) and isinstance(
+          value, FunctionType) and not getattr(value, "__blox_recorded__", False):
+        setattr(cls, attribute, recorded(value))
 
   def __call__(cls, *args: Any, **kwargs: Any) -> Any:
     graph = args[0] if args else kwargs.get("graph")
@@ -87,7 +101,9 @@ class Module(metaclass=_ModuleMeta):
   `summary` read those attributes), and implement
   `__call__(params, ...) -> (output, params)`. Their error messages start
   with `self.where()`, e.g. `Linear 'net/out': ...`, so that every error names
-  the module at fault in the same way.
+  the module at fault in the same way. While `tabulate` runs, each call of
+  `__call__` or a public method that takes params first and returns
+  `(output, params)` is recorded as one of its rows.
   """
 
   def __init__(self, graph: Graph) -> None:

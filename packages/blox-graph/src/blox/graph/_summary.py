@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from blox.graph._graph import Graph
 from blox.graph._summary_rows import collect_groups
-from blox.graph._table import render_table
+from blox.graph._display import Table
+from blox.graph._table import render_table, table_cells
 from blox.params import Params
 
 __all__ = ["summary"]
@@ -46,7 +47,7 @@ def summary(
     *,
     width: int = 100,
     shardings: Params | None = None,
-) -> str:
+) -> Table:
   """A table of `params`: one row per param, grouped by module, with totals.
 
   Without `graph`, rows are grouped by `path[:-1]`. With `graph`, each param
@@ -85,7 +86,8 @@ def summary(
       the resolved mesh axes.
 
   Returns:
-    The table as one string, without a trailing newline.
+    The table as one string, without a trailing newline: a `Table`, a `str`
+    that Jupyter displays as an HTML table of the same rows (unclipped).
 
   Raises:
     TypeError: `params` or `shardings` is not a `Params`, or `graph` is not a
@@ -110,4 +112,7 @@ def summary(
         " blox.parallel.param_shardings(params, mesh, rules) returns."
     )
   groups = collect_groups(params, graph, shardings)
-  return render_table(groups, width, is_locked=params.is_locked)
+  text = render_table(groups, width, is_locked=params.is_locked)
+  headings, rows, footer = table_cells(groups)
+  lines = text.split("\n")
+  return Table(text, headings, rows, (lines[0], lines[-1]), footer)

@@ -23,13 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import numpy as np
 
 from blox.graph._graph import Graph
 from blox.graph._module import Module
 from blox.graph._repeat import Repeat
-from blox.params import SHARDING, Param, Params, Path, is_prng_key, path_text
+from blox.params import SHARDING, Param, Params, Path, is_prng_key, measure, path_text
 
 __all__ = [
     "ModuleGroup", "ParamRow", "collect_groups", "compute_dtype_name", "sharding_text", "total",
@@ -90,26 +89,6 @@ def total(rows: Iterable[ParamRow]) -> tuple[int, int]:
     count += row.count
     nbytes += row.nbytes
   return count, nbytes
-
-
-def _measure(value: Any) -> tuple[tuple[int, ...], Any, int, int]:
-  """`(shape, dtype, element count, bytes)` of an array or abstract array.
-
-  A typed PRNG key array counts its key data: a threefry key is one key but
-  two uint32 words, and the words are what occupies memory.
-  """
-  shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
-  dtype = getattr(value, "dtype", None)
-  if dtype is None:
-    dtype = np.asarray(value).dtype
-  if is_prng_key(dtype):
-    # Key arrays always carry shape and dtype, and eval_shape takes concrete
-    # and abstract ones alike.
-    data = jax.eval_shape(jax.random.key_data, value)
-    count = math.prod(data.shape)
-    return shape, dtype, count, count * np.dtype(data.dtype).itemsize
-  count = math.prod(shape)
-  return shape, dtype, count, count * np.dtype(dtype).itemsize
 
 
 def _axes_text(entries: Any) -> str:
@@ -196,7 +175,7 @@ def collect_groups(
   for path, param in params.items():
     owner = _owner(path, modules)
     group = path[:-1] if owner is None else owner
-    shape, dtype, count, nbytes = _measure(param.value)
+    shape, dtype, count, nbytes = measure(param.value)
     if not is_prng_key(dtype) and np.issubdtype(dtype, np.inexact):
       computes.add(group)
     members.setdefault(group, []).append(ParamRow(

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from blox.graph._summary_rows import ModuleGroup, ParamRow, total
 from blox.params import Path
 
-__all__ = ["render_table"]
+__all__ = ["render_table", "table_cells"]
 
 _GAP = "  "  # between columns
 _INDENT = "  "  # param rows under their module line
@@ -199,3 +199,32 @@ def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) 
       width,
   ))
   return "\n".join(l.rstrip() for l in lines)
+
+
+def table_cells(
+    groups: Sequence[ModuleGroup],
+) -> tuple[tuple[str, ...], list[tuple[int, tuple[str, ...]]], list[tuple[int, tuple[str, ...]]]]:
+  """The rows `render_table` lays out, unclipped, for the HTML display:
+  `(headings, rows, footer)`, each row `(depth, cells)`."""
+  rows = [row for group in groups for row in group.members]
+  sharded = any(r.sharding for r in rows)
+  headings = (*_HEADINGS, _SHARDING) if sharded else _HEADINGS
+  extra: tuple[str, ...] = ("",) if sharded else ()
+  body: list[tuple[int, tuple[str, ...]]] = []
+  for group in groups:
+    count, nbytes = group.subtotal if group.subtotal is not None else total(group.members)
+    body.append((0, (_module_text(group.path, group.label, compute=group.compute),
+                     "", "", "", f"{count:,}", f"{nbytes:,}", *extra)))
+    body.extend((1, (
+        row.name, row.shape, row.dtype, "yes" if row.trainable else "no",
+        f"{row.count:,}", f"{row.nbytes:,}", *((row.sharding,) if sharded else ()),
+    )) for row in group.members)
+  footer = [
+      (0, (name, "", "", "", f"{count:,}", f"{nbytes:,}", *extra))
+      for name, (count, nbytes) in (
+          ("trainable", total(r for r in rows if r.trainable)),
+          ("non-trainable", total(r for r in rows if not r.trainable)),
+          ("total", total(rows)),
+      )
+  ]
+  return headings, body, footer

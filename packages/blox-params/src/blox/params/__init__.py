@@ -15,6 +15,7 @@ Example:
 from blox.params._arrays import Initializer as Initializer
 from blox.params._arrays import is_array as is_array
 from blox.params._arrays import is_prng_key as is_prng_key
+from blox.params._arrays import measure as measure
 from blox.params._checkpoint_format import CheckpointError as CheckpointError
 from blox.params._checkpoint_load import CheckpointWarning as CheckpointWarning
 from blox.params._checkpoint_load import load as load
@@ -32,6 +33,8 @@ from blox.params._paths import Path as Path
 from blox.params._paths import path_text as path_text
 from blox.params._training import param_mask as param_mask
 from blox.params._training import value_and_grad as value_and_grad
+from blox.params._unused import ReadRecorder as ReadRecorder
+from blox.params._unused import recording_reads as recording_reads
 from blox.params._unused import unused_params as unused_params
 from blox.params._version import __version__ as __version__
 
@@ -44,6 +47,7 @@ __all__ = [
     "Param",
     "Params",
     "Path",
+    "ReadRecorder",
     "RNG_COUNTER",
     "RNG_SEED",
     "RNG_STREAM",
@@ -53,8 +57,10 @@ __all__ = [
     "is_array",
     "is_prng_key",
     "load",
+    "measure",
     "param_mask",
     "path_text",
+    "recording_reads",
     "save",
     "unused_params",
     "value_and_grad",

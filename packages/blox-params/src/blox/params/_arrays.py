@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import jax
@@ -29,6 +30,7 @@ __all__ = [
     "is_array",
     "is_prng_key",
     "is_value",
+    "measure",
     "same_dtype",
 ]
 
@@ -106,3 +108,31 @@ def describe_value(value: Any) -> str:
   if shape is None or dtype is None:
     return type(value).__name__
   return f"{dtype}{list(shape)}"
+
+
+def measure(value: Any) -> tuple[tuple[int, ...], Any, int, int]:
+  """`(shape, dtype, element count, bytes)` of an array or abstract array.
+
+  What the tables of params (`blox.graph.summary`, `Params`' HTML display)
+  show. A typed PRNG key array counts its key data: a threefry key is one key
+  but two uint32 words, and the words are what occupies memory.
+
+  Example:
+    >>> import jax
+    >>> measure(jax.ShapeDtypeStruct((3, 4), 'float32'))
+    ((3, 4), dtype('float32'), 12, 48)
+    >>> measure(jax.random.key(0))[2:]
+    (2, 8)
+  """
+  shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(value).dtype
+  if is_prng_key(dtype):
+    # Key arrays always carry shape and dtype, and eval_shape takes concrete
+    # and abstract ones alike.
+    data = jax.eval_shape(jax.random.key_data, value)
+    count = math.prod(data.shape)
+    return shape, dtype, count, count * np.dtype(data.dtype).itemsize
+  count = math.prod(shape)
+  return shape, dtype, count, count * np.dtype(dtype).itemsize

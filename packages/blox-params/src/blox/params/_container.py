@@ -32,6 +32,7 @@ from blox.params._metadata import Metadata
 from blox.params._param import Param, check_param, check_replacement
 from blox.params._paths import Path, check_path, closest_hint, path_text
 from blox.params._structure import EMPTY, Structure, fresh, merge, take
+from blox.params._html import params_html
 from blox.params._unused import READS
 
 __all__ = ["Params", "build"]
@@ -390,6 +391,10 @@ class Params:
 
   to_state_dict = _state_dict.to_state_dict
   from_state_dict = classmethod(_state_dict.from_state_dict)
+
+  def _repr_html_(self) -> str:
+    """An HTML table for Jupyter: paths, shapes, dtypes, sizes, shardings; no values."""
+    return params_html(self)
 
   def __repr__(self) -> str:
     s = self._structure

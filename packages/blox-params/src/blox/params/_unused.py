@@ -1,8 +1,9 @@
 """`unused_params`: which params a call never reads.
 
 The read recorder lives here and only here: `READS`, a `ContextVar` holding
-the set of paths read so far, or None when nothing is recording (always,
-except while `unused_params` runs). `Params.__getitem__` and
+a `ReadRecorder` (anything with `add(path)`: the set of paths read so far
+for `unused_params`, `blox.graph.tabulate`'s recorder of module calls), or
+None when nothing is recording. `Params.__getitem__` and
 `Params.get_or_create` (on an existing path) add the path they read to it;
 with no recorder active that costs one `ContextVar.get`.
 
@@ -28,9 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import jax
 
@@ -40,11 +42,47 @@ from blox.params._paths import Path
 if TYPE_CHECKING:
   from blox.params._container import Params
 
-__all__ = ["READS", "unused_params"]
+__all__ = ["READS", "ReadRecorder", "recording_reads", "unused_params"]
 
-READS: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar(
+
+class ReadRecorder(Protocol):
+  """What `READS` holds while recording: told each path read (a `set` is one)."""
+
+  def add(self, path: Path, /) -> None: ...
+
+
+READS: contextvars.ContextVar[ReadRecorder | None] = contextvars.ContextVar(
     "blox_params_reads", default=None
 )
+
+
+_Recorder = TypeVar("_Recorder", bound=ReadRecorder)
+
+
+@contextlib.contextmanager
+def recording_reads(recorder: _Recorder) -> Iterator[_Recorder]:
+  """Tells `recorder.add(path)` of every param read while the block runs.
+
+  The hook behind `unused_params` and `blox.graph.tabulate`, for tools that
+  need to know which params a computation reads: indexing (`params[path]`)
+  and `get_or_create` of an existing param count, reading the whole
+  container (`items()`, `jax.tree.map`) does not. Recorders nest: the inner
+  one sees the reads of its block, the outer one none of them.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from blox.params import Param, Params, recording_reads
+    >>> params = Params({('w',): Param(jnp.ones(2)), ('b',): Param(jnp.ones(2))})
+    >>> with recording_reads(set()) as reads:
+    ...   _ = params[('b',)]
+    >>> reads
+    {('b',)}
+  """
+  token = READS.set(recorder)
+  try:
+    yield recorder
+  finally:
+    READS.reset(token)
 
 
 def unused_params(
@@ -88,12 +126,8 @@ def unused_params(
     fn(params, *call_args, **call_kwargs)  # only its reads matter
 
   reads: set[Path] = set()
-  token = READS.set(reads)
-  try:
-    # disable_jit: compiled functions would skip their Python code, and with
-    # it the reads (see the module docstring).
-    with jax.disable_jit():
-      jax.eval_shape(call, params, [leaves[i] for i in traced])
-  finally:
-    READS.reset(token)
+  # disable_jit: compiled functions would skip their Python code, and with
+  # it the reads (see the module docstring).
+  with recording_reads(reads), jax.disable_jit():
+    jax.eval_shape(call, params, [leaves[i] for i in traced])
   return [path for path in params if path not in reads]
