@@ -26,9 +26,6 @@ or timeout exits with status 1. Child processes are always cleaned up.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +35,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+# Run as a script, Python puts examples/ itself on the path; the shared
+# process helpers are imported as `examples._processes` from the root.
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+from examples._processes import free_port, port_was_taken, spawn, stop  # noqa: E402
 
 FEATURES = 16
 CLASSES = 4
@@ -52,30 +57,7 @@ RTOL, ATOL = 1e-4, 1e-5
 # --- The launcher: no jax here, only processes and files. ---
 
 
-def free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    return port
-
-
-def spawn(
-    role_args: list[str], devices: int, log: IO[str], script: str = __file__
-) -> subprocess.Popen[str]:
-  """Starts `python script role_args` with `devices` simulated CPU devices, output to `log`."""
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
-  env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.Popen(
-      [sys.executable, os.path.abspath(script), *role_args],
-      stdout=log, stderr=subprocess.STDOUT, env=env, text=True,
-  )
-
-
-# The coordinator's port is picked free but bound seconds later, after the
-# worker has imported jax; another process may take it in between.
-PORT_TAKEN = re.compile(r"address already in use|failed to bind|bind failed", re.IGNORECASE)
+# The coordinator's port may be taken between free_port() and its bind.
 ATTEMPTS = 3
 
 
@@ -105,7 +87,7 @@ def launch_once(steps: int, port: int) -> tuple[int, bool]:
         logs[name] = open(out / f"{name}.log", "w")
         devices = DEVICES if name == "reference" else DEVICES // PROCESSES
         procs[name] = spawn(
-            role_args + ["--steps", str(steps), "--out", str(out / f"{name}.npz")],
+            __file__, role_args + ["--steps", str(steps), "--out", str(out / f"{name}.npz")],
             devices, logs[name],
         )
       # Poll all of them: when one worker dies, its peer would wait for it
@@ -126,15 +108,13 @@ def launch_once(steps: int, port: int) -> tuple[int, bool]:
           failed = True
     finally:
       for proc in procs.values():
-        if proc.poll() is None:
-          proc.kill()
-          proc.wait()
+        stop(proc)
       for log in logs.values():
         log.close()
     port_taken = False
     for name in procs:
       text = (out / f"{name}.log").read_text().strip().splitlines()
-      port_taken |= failed and any(PORT_TAKEN.search(line) for line in text)
+      port_taken |= failed and any(port_was_taken(line) for line in text)
       shown = text if failed else [line for line in text if line.startswith("step") or "loss" in line]
       for line in shown[-40:]:
         print(f"[{name}] {line}")

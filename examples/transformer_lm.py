@@ -11,12 +11,16 @@ a given Python). The model reads characters:
   -> final `bx.RMSNorm` -> scores from the embedding table itself (`embed.attend`)
 
 The params are float32 and the computation bfloat16, through one `bx.Policy`
-on the model's graph. Training: AdamW with weight decay on the kernels only
-(`bx.param_mask`), a warmup-cosine learning rate and gradient clipping, in
-one jitted step around `bx.value_and_grad`. The params are then saved and
-loaded back (`bx.save`/`bx.load`), and the model writes a sample under
-`jax.jit` with a key/value cache: one prefill over the prompt, then one
-`decode_step` per token inside a `jax.lax.scan`. Before sampling it checks
+on the model's graph. Every param names its logical axes in its sharding
+metadata ('vocab', 'embed', 'heads', 'kv_heads', 'mlp'); nothing here maps
+them to devices, so this run is unsharded, while examples/fsdp_train.py
+shards the same model over a mesh by mapping those names with rules.
+Training: AdamW with weight decay on the kernels only (`bx.param_mask`), a
+warmup-cosine learning rate and gradient clipping, in one jitted step around
+`bx.value_and_grad`. The params are then saved and loaded back
+(`bx.save`/`bx.load`), and the model writes a sample under `jax.jit` with a
+key/value cache: one prefill over the prompt, then one `decode_step` per
+token inside a `jax.lax.scan`. Before sampling it checks
 that cached decoding gives the logits of a full forward pass.
 
 Initialisation, the documented way: the function that creates the params is
@@ -102,6 +106,15 @@ def standard_library_text() -> str:
   return "".join(inspect.getsource(module) for module in (functools, textwrap, dataclasses))
 
 
+def logical_axes(*names: str | None) -> dict[str, tuple[str | None, ...]]:
+  """Sharding metadata naming the logical axis of each dim (None: never sharded).
+
+  Rules (`blox.parallel`'s `rules=`) map the names to mesh axes; a model
+  that only names its axes runs on one device unchanged.
+  """
+  return {bx.SHARDING: names}
+
+
 class Block(bx.Module):
   """One pre-norm transformer block: attention, then a gated MLP, each around a residual."""
 
@@ -109,15 +122,30 @@ class Block(bx.Module):
     super().__init__(graph)
     self.sizes = sizes
     self.rng = rng
-    self.attention_norm = bx.RMSNorm(graph.child("attention_norm"))
+    scale = logical_axes("embed")
+    self.attention_norm = bx.RMSNorm(graph.child("attention_norm"), scale_metadata=scale)
     self.attention = bx.MultiHeadAttention(
         graph.child("attention"), sizes.num_heads, rng=rng, num_kv_heads=sizes.num_kv_heads,
         rope_base=sizes.rope_base, use_bias=False,
+        kernel_metadata={
+            "query": logical_axes("embed", "heads", None),
+            "key": logical_axes("embed", "kv_heads", None),
+            "value": logical_axes("embed", "kv_heads", None),
+            "out": logical_axes("heads", None, "embed"),
+        },
     )
-    self.mlp_norm = bx.RMSNorm(graph.child("mlp_norm"))
-    self.gate = bx.Linear(graph.child("gate"), sizes.mlp_size, rng=rng, use_bias=False)
-    self.up = bx.Linear(graph.child("up"), sizes.mlp_size, rng=rng, use_bias=False)
-    self.down = bx.Linear(graph.child("down"), sizes.features, rng=rng, use_bias=False)
+    self.mlp_norm = bx.RMSNorm(graph.child("mlp_norm"), scale_metadata=scale)
+    into_mlp = logical_axes("embed", "mlp")
+    self.gate = bx.Linear(
+        graph.child("gate"), sizes.mlp_size, rng=rng, use_bias=False, kernel_metadata=into_mlp
+    )
+    self.up = bx.Linear(
+        graph.child("up"), sizes.mlp_size, rng=rng, use_bias=False, kernel_metadata=into_mlp
+    )
+    self.down = bx.Linear(
+        graph.child("down"), sizes.features, rng=rng, use_bias=False,
+        kernel_metadata=logical_axes("mlp", "embed"),
+    )
 
   def mlp(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     """`x + down(silu(gate(h)) * up(h))` with `h = rms_norm(x)`."""
@@ -159,12 +187,15 @@ class LanguageModel(bx.Module):
     self.sizes = sizes
     self.vocab_size = vocab_size
     self.rng = rng
-    self.embed = bx.Embed(graph.child("embed"), vocab_size, sizes.features, rng=rng)
+    self.embed = bx.Embed(
+        graph.child("embed"), vocab_size, sizes.features, rng=rng,
+        embedding_metadata=logical_axes("vocab", "embed"),
+    )
     self.blocks = bx.Repeat(
         graph.child("blocks"), lambda node: Block(node, sizes, rng), sizes.num_layers,
         remat_policy=sizes.remat_policy,
     )
-    self.final_norm = bx.RMSNorm(graph.child("final_norm"))
+    self.final_norm = bx.RMSNorm(graph.child("final_norm"), scale_metadata=logical_axes("embed"))
 
   @property
   def block(self) -> Block:

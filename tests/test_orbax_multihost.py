@@ -2,7 +2,8 @@
 
 Real subprocesses (tests/orbax_worker.py), each with 4 simulated CPU devices,
 joined by `jax.distributed.initialize` into one 8-device system, as in
-`examples/multihost_data_parallel.py` (whose launcher helpers this reuses).
+`examples/multihost_data_parallel.py` (whose process helpers,
+`examples/_processes.py`, this reuses).
 Two processes save params and AdamW state, laid out over a 4x2 `('data',
 'model')` mesh by logical rules, asynchronously into one shared folder; a
 fresh pair restores them on the same mesh; one process with 8 devices
@@ -19,17 +20,18 @@ from typing import IO
 
 import pytest
 
-from examples.multihost_data_parallel import ATTEMPTS, PORT_TAKEN, free_port, spawn
+from examples._processes import free_port, port_was_taken, spawn, stop
 
 WORKER = str(Path(__file__).with_name("orbax_worker.py"))
 TIMEOUT_S = 120.0
+ATTEMPTS = 3  # the coordinator's port may be taken between free_port() and its bind
 
 
 def run_workers(directory: Path, name: str, role: str, meshes: list[str], processes: int) -> list[str]:
   """Runs `processes` workers in `role` (retrying if the port was taken); their output lines."""
   for attempt in range(1, ATTEMPTS + 1):
     status, lines = run_once(directory, f"{name}-{attempt}", role, meshes, processes, free_port())
-    port_taken = processes > 1 and any(PORT_TAKEN.search(line) for line in lines)
+    port_taken = processes > 1 and any(port_was_taken(line) for line in lines)
     if status == "ok" or not port_taken:
       break
   assert status == "ok", f"{name}: {status}\n" + "\n".join(lines[-60:])
@@ -49,7 +51,7 @@ def run_once(
       logs.append(open(directory / f"{name}-{i}.log", "w"))
       args = [role, "--dir", str(directory), *mesh_args, "--processes", str(processes),
               "--process-id", str(i), "--port", str(port)]
-      procs.append(spawn(args, 8 // processes, logs[-1], script=WORKER))
+      procs.append(spawn(WORKER, args, 8 // processes, logs[-1]))
     # A process that dies leaves its peer waiting at a barrier: stop at the first failure.
     deadline = time.monotonic() + TIMEOUT_S
     while any(proc.poll() is None for proc in procs):
@@ -66,9 +68,7 @@ def run_once(
       status = f"a process exited with status {bad[0]}" if bad else "ok"
   finally:
     for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+      stop(proc)
     for log in logs:
       log.close()
   lines = []

@@ -1,0 +1,71 @@
+"""examples/fsdp_train.py end to end in its fast mode, as a user runs it.
+
+Two processes train with fully sharded params and optimizer state, one is
+killed between two checkpoints, both restart from the last one and must end
+exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from examples import fsdp_train
+from tests.scripts import run_script
+
+
+def test_fsdp_example_resumes_after_a_kill_bit_for_bit() -> None:
+  lines = run_script("examples/fsdp_train.py", "--fast", timeout=600)
+  text = "\n".join(lines)
+  assert "mesh ('data', 'model') = (4, 2)" in lines[0], text
+  # Nothing large is replicated: each of the 8 devices holds about an eighth
+  # of the state (only the RNG stream and the norm scales' copies are extra).
+  (share,) = re.findall(r"on each device \(1/(\d+\.\d)\)", text)
+  assert 7.5 < float(share) <= 8.0, text
+  assert re.search(r"kernel .* embed,mlp -> -,data,model", text), text
+  (killed,) = [line for line in lines if line.startswith("killed process 1 at step ")]
+  kill_step, checkpoint = (int(n) for n in re.findall(r"step (\d+)", killed))
+  (resumed,) = [line for line in lines if line.startswith("resumed from step ")]
+  assert int(re.findall(r"\d+", resumed)[0]) == checkpoint < kill_step, text
+  assert any(line.startswith("process 0 ") and "peer" in line for line in lines), text
+  assert "final params identical to the uninterrupted run: True" in text, text
+  assert "final optimizer state identical to the uninterrupted run: True" in text, text
+  assert lines[-1] == "PASSED", text
+  assert not any(line.startswith("FAILED") for line in lines), text
+
+
+def test_fsdp_compare_fails_on_a_single_differing_bit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+  state: dict[str, Any] = {
+      "params/[('w',)]": np.ones(3, np.float32), "opt_state/[0]": np.zeros(2, np.float32)
+  }
+  np.savez(tmp_path / "a.npz", **state)
+  changed = dict(state)
+  changed["params/[('w',)]"] = np.nextafter(state["params/[('w',)]"], np.float32(2))
+  np.savez(tmp_path / "b.npz", **changed)
+  assert fsdp_train.compare(tmp_path / "a.npz", tmp_path / "a.npz") == 0
+  assert fsdp_train.compare(tmp_path / "a.npz", tmp_path / "b.npz") == 1
+  out = capsys.readouterr().out
+  assert "final params identical to the uninterrupted run: False" in out
+  assert "final optimizer state identical to the uninterrupted run: True" in out
+  assert "FAILED: the resumed run does not reproduce the uninterrupted one" in out
+
+
+def test_fsdp_run_times_out_and_kills_its_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+  plan = fsdp_train.Plan(steps=2, checkpoint_every=1, kill_after=1, timeout_s=1.0)
+  args = ["--fast", "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.npz")]
+  pair = fsdp_train.Pair("slow", tmp_path, args, plan)
+  pair.start()
+  try:
+    assert not fsdp_train.watch([pair], pair.finished)
+  finally:
+    pair.stop()
+  assert "FAILED: slow run: not finished within 1 s" in capsys.readouterr().out
+  assert len(pair.procs) == 2 and all(proc.returncode is not None for proc in pair.procs)
