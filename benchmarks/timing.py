@@ -34,6 +34,7 @@ __all__ = [
     "count_ops",
     "format_seconds",
     "format_table",
+    "interleave",
     "run_steps",
     "wait",
 ]
@@ -113,6 +114,45 @@ def compare(
       ratio=statistics.median(ratios),
       rounds=rounds,
   )
+
+
+def interleave(
+    cases: dict[str, tuple[Step, tuple[Any, ...]]],
+    baseline: str,
+    *,
+    steps: int,
+    rounds: int,
+    warmup: int = 2,
+) -> dict[str, Comparison]:
+  """`compare` for several implementations: each against `baseline`, all in the same rounds.
+
+  Round `r` runs the cases in a rotated order (starting at case `r`), so
+  that each runs first, last and in between equally often. Each case's
+  `Comparison` holds its median seconds (`blox_s`), the baseline's
+  (`baseline_s`) and the median of its per-round ratios to the baseline.
+  """
+  if baseline not in cases:
+    raise ValueError(f"The baseline {baseline!r} is not one of the cases {sorted(cases)}.")
+  names = list(cases)
+  states = {}
+  for name, (step, state) in cases.items():
+    _, states[name] = run_steps(step, state, warmup)
+  times: dict[str, list[float]] = {name: [] for name in names}
+  for r in range(rounds):
+    start = r % len(names)
+    for name in names[start:] + names[:start]:
+      seconds, states[name] = run_steps(cases[name][0], states[name], steps)
+      times[name].append(seconds)
+  base = times[baseline]
+  return {
+      name: Comparison(
+          blox_s=statistics.median(times[name]),
+          baseline_s=statistics.median(base),
+          ratio=statistics.median([t / b for t, b in zip(times[name], base)]),
+          rounds=rounds,
+      )
+      for name in names
+  }
 
 
 def count_ops(fn: Callable[..., Any], *args: Any) -> int:

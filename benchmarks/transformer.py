@@ -274,7 +274,8 @@ def train_rows(setup: Setup) -> list[Row]:
   return rows
 
 
-def decode_rows(setup: Setup) -> list[Row]:
+def decoders(setup: Setup) -> tuple[Any, Any, float]:
+  """blox's and the hand-written decoder as `(step, state)`, and their largest scores difference."""
   sizes = setup.model
   tokens_per_call, rows_per_batch = setup.decode_tokens, setup.decode_batch
   lm_model, init = lm.build(sizes, VOCAB_SIZE)
@@ -327,14 +328,17 @@ def decode_rows(setup: Setup) -> list[Row]:
     result: tuple[Any, ...] = hand_decode(w, c, forced)
     return result
 
-  result = compare(
-      blox_carry, (params, caches, tokens, None), hand_carry, (weights, cache, tokens, None),
-      steps=setup.decode_calls, rounds=setup.rounds,
-  )
-  per_token = (result.blox_s / tokens_per_call, result.baseline_s / tokens_per_call)
+  return ((blox_carry, (params, caches, tokens, None)),
+          (hand_carry, (weights, cache, tokens, None)), error)
+
+
+def decode_rows(setup: Setup) -> list[Row]:
+  blox, hand, error = decoders(setup)
+  result = compare(*blox, *hand, steps=setup.decode_calls, rounds=setup.rounds)
+  per_token = (result.blox_s / setup.decode_tokens, result.baseline_s / setup.decode_tokens)
   return [Row(
-      f"cached decoding per token ({sizes.num_layers} layers, batch {rows_per_batch},"
-      f" {tokens_per_call} tokens per scan)",
+      f"cached decoding per token ({setup.model.num_layers} layers, batch {setup.decode_batch},"
+      f" {setup.decode_tokens} tokens per scan)",
       format_seconds(per_token[0]), format_seconds(per_token[1]), result.ratio, "<= 1.05x",
       f"median of {result.rounds} rounds; scores agree within {error:.3f}",
   )]

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["decode", "forward", "loss", "rope", "weights_from"]
+__all__ = ["decode", "forward", "init", "loss", "rope", "weights_from"]
 
 Weights = dict[str, Any]  # 'embedding', 'final_norm', 'layers': {name: [num_layers, ...]}
 COMPUTE = jnp.bfloat16
@@ -179,3 +179,26 @@ def decode(
 
   x, cache = jax.lax.scan(layer, x, (weights["layers"], *cache))
   return _scores(weights, x[:, 0]), cache
+
+
+def init(key: jax.Array, vocab_size: int, num_layers: int, features: int, num_heads: int,
+         num_kv_heads: int, mlp_size: int) -> Weights:
+  """Fresh weights of the example's shapes: normal, scaled by 1/sqrt(fan-in); norm scales 1."""
+  d = features // num_heads
+  shapes = {
+      "query": (features, num_heads, d), "key": (features, num_kv_heads, d),
+      "value": (features, num_kv_heads, d), "out": (num_heads, d, features),
+      "gate": (features, mlp_size), "up": (features, mlp_size), "down": (mlp_size, features),
+  }
+  keys = jax.random.split(key, len(shapes) + 1)
+  fan_in = {"out": num_heads * d, "down": mlp_size}
+  layers = {
+      name: jax.random.normal(k, (num_layers, *shape)) / fan_in.get(name, features) ** 0.5
+      for k, (name, shape) in zip(keys[1:], shapes.items())
+  }
+  norms = {name: jnp.ones((num_layers, features)) for name in ("attention_norm", "mlp_norm")}
+  return {
+      "embedding": jax.random.normal(keys[0], (vocab_size, features)),
+      "final_norm": jnp.ones((features,)),
+      "layers": {**layers, **norms},
+  }
