@@ -42,7 +42,7 @@ from blox.graph._display import Table
 from blox.graph._repeat import Repeat
 from blox.graph._summary_rows import compute_dtype_name, sharding_text
 from blox.graph._tabulate_table import CallLine, ParamLine, render_calls
-from blox.params import Param, Params, Path, is_array, measure
+from blox.params import Param, Params, Path, measure, split_arrays
 
 __all__ = ["tabulate"]
 
@@ -153,22 +153,13 @@ def _traced_call(
     fn: Callable[..., Any], args: Any, kwargs: Any
 ) -> tuple[Callable[[Params, list[Any]], Any], list[Any]]:
   """`fn` as a function of `(params, arrays)`; other arguments stay static."""
-  leaves, treedef = jax.tree.flatten((args, kwargs))
-  positions = [i for i, leaf in enumerate(leaves) if _is_input_array(leaf)]
+  arrays, rebuild = split_arrays(args, kwargs)
 
-  def call(params: Params, arrays: list[Any]) -> Any:
-    filled = list(leaves)
-    for i, leaf in zip(positions, arrays):
-      filled[i] = leaf
-    call_args, call_kwargs = jax.tree.unflatten(treedef, filled)
+  def call(params: Params, traced: list[Any]) -> Any:
+    call_args, call_kwargs = rebuild(traced)
     return fn(params, *call_args, **call_kwargs)
 
-  return call, [leaves[i] for i in positions]
-
-
-def _is_input_array(leaf: Any) -> bool:
-  """An argument traced like the params: an array, concrete, abstract or traced."""
-  return is_array(leaf) or isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array))
+  return call, arrays
 
 
 def _flops(call: Callable[..., Any], params: Params, arrays: list[Any]) -> int | None:

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from blox.params import SHARDING, STACKED, Param, Params, Path, is_array, path_text
+from blox.params import SHARDING, STACKED, Param, Params, Path, path_text, split_arrays
 from blox.parallel._rules import Rules, check_rules, resolve
 from blox.parallel._util import spec
 
@@ -158,22 +158,14 @@ def _tree_shardings(tree: Any, mesh: Mesh, rules: Rules | None) -> Any:
 
 
 def _with_traced_arrays(init_fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[Callable[..., T], list[Any]]:
-  """`init_fn` as a function of the array leaves of `args` only.
+  """`init_fn` as a function of the array leaves of `args` only (see `split_arrays`)."""
+  arrays, rebuild = split_arrays(args)
 
-  Array leaves are traced; every other leaf (ints, strings, modules) is
-  closed over as it is, so `jax.jit` and `jax.eval_shape` accept any
-  arguments an init function takes.
-  """
-  leaves, structure = jax.tree.flatten(args)
-  traced = [i for i, leaf in enumerate(leaves) if is_array(leaf)]
+  def run(*traced: Any) -> T:
+    call_args, _ = rebuild(traced)
+    return init_fn(*call_args)
 
-  def run(*arrays: Any) -> T:
-    filled = list(leaves)
-    for i, array in zip(traced, arrays):
-      filled[i] = array
-    return init_fn(*jax.tree.unflatten(structure, filled))
-
-  return run, [leaves[i] for i in traced]
+  return run, arrays
 
 
 def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules | None = None) -> T:

@@ -16,6 +16,7 @@ from blox.params._arrays import Initializer as Initializer
 from blox.params._arrays import is_array as is_array
 from blox.params._arrays import is_prng_key as is_prng_key
 from blox.params._arrays import measure as measure
+from blox.params._arrays import split_arrays as split_arrays
 from blox.params._checkpoint_format import CheckpointError as CheckpointError
 from blox.params._checkpoint_load import CheckpointWarning as CheckpointWarning
 from blox.params._checkpoint_load import load as load
@@ -62,6 +63,7 @@ __all__ = [
     "path_text",
     "recording_reads",
     "save",
+    "split_arrays",
     "unused_params",
     "value_and_grad",
 ]

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import jax
 
-from blox.params._arrays import is_value
+from blox.params._arrays import split_arrays
 from blox.params._paths import Path
 
 if TYPE_CHECKING:
@@ -115,19 +115,15 @@ def unused_params(
   """
   # Arrays among the arguments are traced like the params (so that nothing
   # is computed on them); anything else (sizes, flags, modules) stays static.
-  leaves, treedef = jax.tree.flatten((args, kwargs))
-  traced = [i for i, leaf in enumerate(leaves) if is_value(leaf)]
+  arrays, rebuild = split_arrays(args, kwargs)
 
-  def call(params: Params, traced_leaves: list[Any]) -> None:
-    filled = list(leaves)
-    for i, leaf in zip(traced, traced_leaves):
-      filled[i] = leaf
-    call_args, call_kwargs = jax.tree.unflatten(treedef, filled)
+  def call(params: Params, traced: list[Any]) -> None:
+    call_args, call_kwargs = rebuild(traced)
     fn(params, *call_args, **call_kwargs)  # only its reads matter
 
   reads: set[Path] = set()
   # disable_jit: compiled functions would skip their Python code, and with
   # it the reads (see the module docstring).
   with recording_reads(reads), jax.disable_jit():
-    jax.eval_shape(call, params, [leaves[i] for i in traced])
+    jax.eval_shape(call, params, arrays)
   return [path for path in params if path not in reads]
