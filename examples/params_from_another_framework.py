@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
   params = init_params(seed=0).locked()
   print(params)
   try:
-    params.get_or_create(("mlp", "hiden", "kernel"), (64, 64), jax.nn.initializers.zeros)
+    params.get_or_create(("mlp", "hiden", "kernel"), (64, 64), init=jax.nn.initializers.zeros)
   except RuntimeError as error:
     print(f"locked params refuse a new (misspelt) path: {str(error).split('.')[0]}.")
 

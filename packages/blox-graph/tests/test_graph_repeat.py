@@ -137,7 +137,7 @@ def test_the_layer_must_keep_the_shape_and_dtype_of_x() -> None:
 def test_creating_params_outside_the_layer_node_is_refused() -> None:
   class Leaky(Module):
     def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
-      w, params = params.get_or_create(("shared", "w"), (), jax.nn.initializers.ones)
+      w, params = params.get_or_create(("shared", "w"), (), init=jax.nn.initializers.ones)
       return x * w, params
 
   with pytest.raises(ValueError, match=r"Repeat 'net/stack': the layer Leaky 'net/stack/layer' created \('shared', 'w'\) outside its node"):

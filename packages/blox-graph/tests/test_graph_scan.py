@@ -26,9 +26,9 @@ def step(params: Params, x: jax.Array, h: jax.Array) -> tuple[tuple[Any, jax.Arr
 
   Outputs are a pytree `(h', count)`: both leaves are stacked on axis 1.
   """
-  w, params = params.get_or_create(_W, x.shape[-1:], jax.nn.initializers.ones)
+  w, params = params.get_or_create(_W, x.shape[-1:], init=jax.nn.initializers.ones)
   count, params = params.get_or_create(
-      _COUNT, (), jax.nn.initializers.zeros, dtype=jnp.uint32, trainable=False
+      _COUNT, (), init=jax.nn.initializers.zeros, param_dtype=jnp.uint32, trainable=False
   )
   params = params.set(_COUNT, count + jnp.uint32(1))
   new_h = 0.5 * h + w * x
@@ -119,7 +119,7 @@ def test_dynamic_scan_rejects_a_param_created_after_the_first_step() -> None:
   def late(params: Params, x: jax.Array, h: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Params]:
     calls.append(None)
     if len(calls) > 1:
-      _, params = params.get_or_create(("late", "b"), (), jax.nn.initializers.zeros)
+      _, params = params.get_or_create(("late", "b"), (), init=jax.nn.initializers.zeros)
     return (x, h), params
 
   with pytest.raises(ValueError, match=r"^net/rnn: .*another structure.*created \('late', 'b'\)"):

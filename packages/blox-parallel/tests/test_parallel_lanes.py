@@ -47,7 +47,7 @@ def dropout(params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
 def model(params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
   """A random-initialised scale followed by dropout."""
   w, params = params.get_or_create(
-      WEIGHT, (x.shape[-1],), jax.nn.initializers.normal(1.0), key_source=draw
+      WEIGHT, (x.shape[-1],), init=jax.nn.initializers.normal(1.0), rng=draw
   )
   return dropout(params, x * w)
 

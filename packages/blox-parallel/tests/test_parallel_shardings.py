@@ -44,12 +44,12 @@ def init(seed: int) -> Params:
   })
   normal = jax.nn.initializers.normal(1.0)
   _, params = params.get_or_create(
-      KERNEL, (6, 8), normal, metadata={SHARDING: (None, "model")}, key_source=draw)
+      KERNEL, (6, 8), init=normal, metadata={SHARDING: (None, "model")}, rng=draw)
   _, params = params.get_or_create(
-      BIAS, (8,), normal, metadata={SHARDING: ("model",)}, key_source=draw)
+      BIAS, (8,), init=normal, metadata={SHARDING: ("model",)}, rng=draw)
   _, params = params.get_or_create(
-      EMBED, (16, 6), normal, metadata={SHARDING: (("data", "model"),)}, key_source=draw)
-  _, params = params.get_or_create(SCALE, (6,), jax.nn.initializers.ones)
+      EMBED, (16, 6), init=normal, metadata={SHARDING: (("data", "model"),)}, rng=draw)
+  _, params = params.get_or_create(SCALE, (6,), init=jax.nn.initializers.ones)
   return params.locked()
 
 

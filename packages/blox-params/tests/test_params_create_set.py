@@ -48,11 +48,11 @@ def test_counting_key_source_is_a_key_source() -> None:
 
 def test_get_or_create_creates_then_returns_the_existing_value() -> None:
   params = Params()
-  value, created = params.get_or_create(("net", "w"), (2, 3), jax.nn.initializers.ones)
+  value, created = params.get_or_create(("net", "w"), (2, 3), init=jax.nn.initializers.ones)
   assert value.shape == (2, 3) and value.dtype == jnp.float32
   assert ("net", "w") not in params  # the input is untouched
   assert created[("net", "w")].value is value
-  again, same = created.get_or_create(("net", "w"), (2, 3), jax.nn.initializers.zeros)
+  again, same = created.get_or_create(("net", "w"), (2, 3), init=jax.nn.initializers.zeros)
   assert again is value
   assert same is created
 
@@ -64,15 +64,15 @@ def test_get_or_create_passes_key_shape_and_dtype_to_init() -> None:
     calls.append((key, tuple(shape), dtype))
     return jnp.zeros(shape, dtype)
 
-  _, params = Params().get_or_create(("a",), [2, 1], init)
-  _, params = params.get_or_create(("b",), (3,), init, dtype=jnp.int32)
+  _, params = Params().get_or_create(("a",), [2, 1], init=init)
+  _, params = params.get_or_create(("b",), (3,), init=init, param_dtype=jnp.int32)
   assert calls == [(None, (2, 1), jnp.float32), (None, (3,), jnp.int32)]
   assert params[("b",)].value.dtype == jnp.int32
 
 
 def test_get_or_create_sets_trainable_and_metadata() -> None:
   _, params = Params().get_or_create(
-      ("bn", "mean"), (3,), _zeros, trainable=False, metadata={"sharding": ("data",)}
+      ("bn", "mean"), (3,), init=_zeros, trainable=False, metadata={"sharding": ("data",)}
   )
   param = params[("bn", "mean")]
   assert param.trainable is False
@@ -88,15 +88,15 @@ def test_a_key_source_is_drawn_exactly_once_per_creation() -> None:
     return jax.random.normal(key, shape, dtype)
 
   params = Params()
-  _, params = params.get_or_create(("a",), (2,), init, key_source=source)
+  _, params = params.get_or_create(("a",), (2,), init=init, rng=source)
   # `_zeros` ignores its key: the draw still happens, so that adding or
   # removing an unused key does not shift every later key.
-  _, params = params.get_or_create(("b",), (2,), _zeros, key_source=source)
+  _, params = params.get_or_create(("b",), (2,), init=_zeros, rng=source)
   assert source.draws == 2
   assert int(params[_COUNTER].value) == 2  # the source's own state was kept
   assert len(keys) == 1 and jnp.issubdtype(keys[0].dtype, jax.dtypes.prng_key)
   # An existing param draws nothing.
-  _, same = params.get_or_create(("a",), (2,), init, key_source=source)
+  _, same = params.get_or_create(("a",), (2,), init=init, rng=source)
   assert source.draws == 2 and same is params
 
 
@@ -104,7 +104,7 @@ def test_get_or_create_on_locked_params_names_the_path_and_unlocked() -> None:
   source = CountingKeySource()
   params = Params({("net", "w"): Param(jnp.ones(2))}).locked()
   with pytest.raises(RuntimeError) as info:
-    params.get_or_create(("net", "w2"), (2,), _zeros, key_source=source)
+    params.get_or_create(("net", "w2"), (2,), init=_zeros, rng=source)
   message = str(info.value)
   assert "('net', 'w2')" in message
   assert "unlocked()" in message
@@ -118,26 +118,26 @@ def test_get_or_create_on_locked_params_names_the_path_and_unlocked() -> None:
 def test_get_or_create_existing_with_another_shape_names_both() -> None:
   params = Params({("net", "w"): Param(jnp.ones((2, 3)))})
   with pytest.raises(ValueError, match=r"\('net', 'w'\).*\(2, 3\).*\(3, 2\)"):
-    params.get_or_create(("net", "w"), (3, 2), _zeros)
+    params.get_or_create(("net", "w"), (3, 2), init=_zeros)
 
 
 def test_get_or_create_existing_with_another_dtype_names_both() -> None:
   params = Params({("net", "w"): Param(jnp.ones(2))})
   with pytest.raises(ValueError, match=r"\('net', 'w'\).*float32.*int32"):
-    params.get_or_create(("net", "w"), (2,), _zeros, dtype=jnp.int32)
+    params.get_or_create(("net", "w"), (2,), init=_zeros, param_dtype=jnp.int32)
   with pytest.raises(ValueError, match="float32.*int8"):
-    params.get_or_create(("net", "w"), dtype="int8")
-  value, _ = params.get_or_create(("net", "w"), dtype=np.float32)
+    params.get_or_create(("net", "w"), param_dtype="int8")
+  value, _ = params.get_or_create(("net", "w"), param_dtype=np.float32)
   assert value.dtype == jnp.float32
 
 
 def test_get_or_create_existing_typed_key_with_its_dtype() -> None:
   key = jax.random.key(3)
   params = Params({("rng", "seed"): Param(key, trainable=False)})
-  value, _ = params.get_or_create(("rng", "seed"), (), dtype=key.dtype)
+  value, _ = params.get_or_create(("rng", "seed"), (), param_dtype=key.dtype)
   assert value is key
   with pytest.raises(ValueError, match="key<fry>.*float32"):
-    params.get_or_create(("rng", "seed"), (), dtype=jnp.float32)
+    params.get_or_create(("rng", "seed"), (), param_dtype=jnp.float32)
 
 
 def test_get_or_create_creation_needs_shape_and_init() -> None:
@@ -149,9 +149,9 @@ def test_get_or_create_creation_needs_shape_and_init() -> None:
 
 def test_get_or_create_checks_what_init_returns() -> None:
   with pytest.raises(ValueError, match=r"\('w',\).*shape \(3,\).*\(2,\)"):
-    Params().get_or_create(("w",), (2,), lambda k, s, d: jnp.zeros(3))
+    Params().get_or_create(("w",), (2,), init=lambda k, s, d: jnp.zeros(3))
   with pytest.raises(TypeError, match=r"\('w',\).*list"):
-    Params().get_or_create(("w",), (2,), lambda k, s, d: [0.0, 0.0])
+    Params().get_or_create(("w",), (2,), init=lambda k, s, d: [0.0, 0.0])
 
 
 def test_get_or_create_checks_the_dtype_init_returns() -> None:
@@ -159,12 +159,12 @@ def test_get_or_create_checks_the_dtype_init_returns() -> None:
     return jnp.zeros(shape, jnp.int32)
 
   with pytest.raises(ValueError, match=r"'dt', 'w'.*dtype int32.*bfloat16 was requested"):
-    Params().get_or_create(("dt", "w"), (2,), stubborn_init, dtype=jnp.bfloat16)
+    Params().get_or_create(("dt", "w"), (2,), init=stubborn_init, param_dtype=jnp.bfloat16)
 
 
 def test_get_or_create_checks_the_path() -> None:
   with pytest.raises(TypeError, match="non-empty tuple of strings"):
-    Params().get_or_create("w", (2,), _zeros)  # type: ignore[arg-type]  # the point: a bad path
+    Params().get_or_create("w", (2,), init=_zeros)  # type: ignore[arg-type]  # the point: a bad path
 
 
 def test_set_replaces_the_value() -> None:
@@ -224,7 +224,7 @@ def test_set_value_only_keeps_the_structure_object() -> None:
 
 
 def test_a_changed_shape_names_the_dimension_and_says_to_reinitialise() -> None:
-  _, params = Params().get_or_create(("net", "w"), (3, 4), _zeros)
+  _, params = Params().get_or_create(("net", "w"), (3, 4), init=_zeros)
   with pytest.raises(ValueError) as info:
     params.get_or_create(("net", "w"), (5, 4))
   message = str(info.value)
@@ -244,11 +244,25 @@ def test_a_changed_shape_names_the_dimension_and_says_to_reinitialise() -> None:
 
 
 def test_a_changed_dtype_says_what_it_was_and_how_to_match_it() -> None:
-  _, params = Params().get_or_create(("net", "w"), (2,), _zeros, dtype=jnp.bfloat16)
+  _, params = Params().get_or_create(("net", "w"), (2,), init=_zeros, param_dtype=jnp.bfloat16)
   with pytest.raises(ValueError) as info:
-    params.get_or_create(("net", "w"), (2,), dtype=jnp.float32)
+    params.get_or_create(("net", "w"), (2,), param_dtype=jnp.float32)
   message = str(info.value)
   assert message.startswith(
       "Param ('net', 'w') exists with dtype bfloat16, but dtype float32 was requested."
   )
   assert "astype(float32)" in message and "param_dtype=bfloat16" in message
+
+
+def test_get_or_create_takes_keywords_after_shape_and_no_old_names() -> None:
+  # `dtype` became `param_dtype` and `key_source` became `rng`; the old names
+  # have no alias, and init can no longer be passed by position.
+  old_dtype: Any = {"dtype": jnp.float32}
+  old_source: Any = {"key_source": CountingKeySource()}
+  with pytest.raises(TypeError, match="dtype"):
+    Params().get_or_create(("w",), (2,), init=_zeros, **old_dtype)
+  with pytest.raises(TypeError, match="key_source"):
+    Params().get_or_create(("w",), (2,), init=_zeros, **old_source)
+  positional: Any = Params().get_or_create
+  with pytest.raises(TypeError, match="positional"):
+    positional(("w",), (2,), _zeros)

@@ -138,7 +138,7 @@ def test_init_failure_with_a_key_names_the_param_but_not_the_rng() -> None:
     return jax.random.key(0), params
 
   with pytest.raises(ZeroDivisionError, match="boom") as info:
-    Params().get_or_create(("rc_dense", "bias"), shape=(3,), init=broken, key_source=key_source)
+    Params().get_or_create(("rc_dense", "bias"), shape=(3,), init=broken, rng=key_source)
   notes = "\n".join(getattr(info.value, "__notes__", []))
   assert "('rc_dense', 'bias')" in notes
   assert "key is None" not in notes
@@ -152,7 +152,7 @@ def test_float64_request_without_x64_creates_float32() -> None:
     seen.append(dtype)
     return jnp.zeros(shape, dtype)
 
-  value, params = Params().get_or_create(("rc_x64", "w"), shape=(2,), init=zeros, dtype=jnp.float64)
+  value, params = Params().get_or_create(("rc_x64", "w"), shape=(2,), init=zeros, param_dtype=jnp.float64)
   assert value.dtype == jnp.float32
   assert seen == [jnp.float32]
   assert params[("rc_x64", "w")].value.dtype == jnp.zeros(2, jnp.float32).dtype
@@ -160,21 +160,21 @@ def test_float64_request_without_x64_creates_float32() -> None:
 
 def test_existing_float32_param_requested_as_float64_is_accepted() -> None:
   params = Params({("rc_x64", "b"): Param(jnp.zeros(2, jnp.float32))})
-  value, same = params.get_or_create(("rc_x64", "b"), shape=(2,), dtype=jnp.float64)
+  value, same = params.get_or_create(("rc_x64", "b"), shape=(2,), param_dtype=jnp.float64)
   assert same is params
   assert value.dtype == jnp.float32
   with pytest.raises(ValueError, match="dtype"):
-    params.get_or_create(("rc_x64", "b"), dtype=jnp.int32)
+    params.get_or_create(("rc_x64", "b"), param_dtype=jnp.int32)
 
 
 def test_key_dtype_requests_still_work() -> None:
   key_dtype = jax.random.key(0).dtype
   value, params = Params().get_or_create(
-      ("rc_keys", "seed"), shape=(), dtype=key_dtype,
+      ("rc_keys", "seed"), shape=(), param_dtype=key_dtype,
       init=lambda key, shape, dtype: jax.random.key(1),
   )
   assert value.dtype == key_dtype
-  again, _ = params.get_or_create(("rc_keys", "seed"), dtype=key_dtype)
+  again, _ = params.get_or_create(("rc_keys", "seed"), param_dtype=key_dtype)
   assert again is value
 
 

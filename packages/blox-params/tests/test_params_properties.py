@@ -143,9 +143,9 @@ def _op_create(params: Params, draw: Draw) -> Params:
   shape = draw(_shapes)
   if params.is_locked:
     with pytest.raises(RuntimeError):
-      params.get_or_create(path, shape, lambda key, s, d: np.zeros(s, d))
+      params.get_or_create(path, shape, init=lambda key, s, d: np.zeros(s, d))
     return params
-  _, created = params.get_or_create(path, shape, lambda key, s, d: np.zeros(s, d))
+  _, created = params.get_or_create(path, shape, init=lambda key, s, d: np.zeros(s, d))
   return created
 
 
@@ -154,7 +154,7 @@ def _op_get_existing(params: Params, draw: Draw) -> Params:
     return params
   path = draw(st.sampled_from(list(params)))
   value = params[path].value
-  got, same = params.get_or_create(path, value.shape, dtype=value.dtype)
+  got, same = params.get_or_create(path, value.shape, param_dtype=value.dtype)
   assert got is value and same is params
   return same
 
@@ -289,7 +289,7 @@ def test_paths_are_listed_in_creation_order(names: list[str], data: st.DataObjec
   paths = [(root, name) for name in names]
   params = Params()
   for path in paths:
-    _, params = params.get_or_create(path, (1,), lambda key, s, d: np.zeros(s, d))
+    _, params = params.get_or_create(path, (1,), init=lambda key, s, d: np.zeros(s, d))
   assert list(params) == paths
   assert _ranks(params) == tuple(range(len(paths)))
   # Put together from entries, a container lists them as given; set by
@@ -308,7 +308,7 @@ def test_paths_are_listed_in_creation_order(names: list[str], data: st.DataObjec
   # Creating in a half of a split appends after the whole's ranks.
   chosen = data.draw(st.sets(st.sampled_from(paths)))
   half, rest = params.split(lambda path, _: path in chosen)
-  _, grown = half.get_or_create((root, "new"), (1,), lambda key, s, d: np.zeros(s, d))
+  _, grown = half.get_or_create((root, "new"), (1,), init=lambda key, s, d: np.zeros(s, d))
   assert list(grown)[-1] == (root, "new")
   assert _ranks(grown)[-1] == (max(_ranks(half)) + 1 if len(half) else 0)
 

@@ -161,10 +161,10 @@ def test_vmap_with_replicated_and_batched_params() -> None:
 def test_eval_shape_gives_abstract_params() -> None:
   def init() -> Params:
     params = Params()
-    _, params = params.get_or_create(("net", "w"), (5, 2), jax.nn.initializers.lecun_normal(),
-                                     key_source=lambda p: (jax.random.key(0), p))
-    _, params = params.get_or_create(("net", "n"), (), lambda k, s, d: jnp.zeros(s, d),
-                                     dtype=jnp.int32, trainable=False)
+    _, params = params.get_or_create(("net", "w"), (5, 2), init=jax.nn.initializers.lecun_normal(),
+                                     rng=lambda p: (jax.random.key(0), p))
+    _, params = params.get_or_create(("net", "n"), (), init=lambda k, s, d: jnp.zeros(s, d),
+                                     param_dtype=jnp.int32, trainable=False)
     return params.locked()
 
   abstract = jax.eval_shape(init)
@@ -176,7 +176,7 @@ def test_eval_shape_gives_abstract_params() -> None:
   assert abstract[("net", "n")].trainable is False
   assert "float32[5, 2]" in repr(abstract)
   # Abstract params answer get_or_create like concrete ones.
-  existing, same = abstract.get_or_create(("net", "w"), (5, 2), dtype=jnp.float32)
+  existing, same = abstract.get_or_create(("net", "w"), (5, 2), param_dtype=jnp.float32)
   assert existing is value and same is abstract
   with pytest.raises(ValueError, match=r"\(5, 2\).*\(2, 5\)"):
     abstract.get_or_create(("net", "w"), (2, 5))

@@ -172,7 +172,7 @@ def test_changing_the_trainable_set_is_an_error() -> None:
   def creates(params: Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Params]:
     loss, params = _loss(params, x, y)
     _, params = params.unlocked().get_or_create(
-        ("net", "extra"), (2,), jax.nn.initializers.zeros
+        ("net", "extra"), (2,), init=jax.nn.initializers.zeros
     )
     return loss, params.locked()
 
@@ -218,7 +218,7 @@ def test_new_non_trainable_state_is_kept_at_init() -> None:
   def counts_calls(params: Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Params]:
     loss, params = _loss(params, x, y)
     calls, params = params.get_or_create(
-        ("net", "calls"), (), jax.nn.initializers.zeros, trainable=False
+        ("net", "calls"), (), init=jax.nn.initializers.zeros, trainable=False
     )
     return loss, params.set(("net", "calls"), calls + 1)
 

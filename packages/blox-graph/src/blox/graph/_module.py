@@ -226,10 +226,10 @@ class Module(metaclass=_ModuleMeta):
         self.param_path(name),
         shape=shape,
         init=init,
-        dtype=dtype,
+        param_dtype=dtype,
         trainable=trainable,
         metadata=metadata,
-        key_source=rng,
+        rng=rng,
     )
 
   def set_param(

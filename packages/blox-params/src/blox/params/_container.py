@@ -14,7 +14,7 @@ Example:
   >>> import jax, jax.numpy as jnp
   >>> params = Params()
   >>> w, params = params.get_or_create(
-  ...     ('net', 'w'), shape=(2,), init=jax.nn.initializers.ones)
+  ...     ('net', 'w'), (2,), init=jax.nn.initializers.ones)
   >>> params = params.locked()
   >>> params[('net', 'w')].value
   Array([1., 1.], dtype=float32)
@@ -295,21 +295,23 @@ class Params:
       self,
       path: Path,
       shape: Sequence[int] | None = None,
+      *,
       init: Initializer | None = None,
-      dtype: Any = None,
+      param_dtype: Any = None,
       trainable: bool = True,
       metadata: Mapping[str, Any] | None = None,
-      key_source: KeySource | None = None,
+      rng: KeySource | None = None,
   ) -> tuple[Any, Params]:
     """Returns the value at `path`, creating it first if it is missing.
 
-    An existing value is checked against `shape` and `dtype` when they are
-    given; `init`, `trainable`, `metadata` and `key_source` only matter for
-    creation. Creating calls `init(key, shape, dtype)` (dtype defaults to
-    float32; a requested dtype means what JAX makes of it, e.g. float32 for
-    float64 while 64-bit mode is off), where `key` is drawn from
-    `key_source` (exactly one draw) or is None without one. An exception
-    from `init` gets a note naming the param. A created param is appended.
+    An existing value is checked against `shape` and `param_dtype` when they
+    are given; `init`, `trainable`, `metadata` and `rng` only matter for
+    creation. Creating calls `init(key, shape, param_dtype)` (`param_dtype`
+    defaults to float32; a requested dtype means what JAX makes of it, e.g.
+    float32 for float64 while 64-bit mode is off), where `key` is drawn from
+    the key source `rng` (exactly one draw) or is None without one. An
+    exception from `init` gets a note naming the param. A created param is
+    appended. Everything after `shape` is keyword-only.
 
     Returns:
       `(value, params)`: params are these params, or a new container that also
@@ -323,12 +325,13 @@ class Params:
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> w, params = Params().get_or_create(('w',), (2,), jax.nn.initializers.zeros)
+      >>> w, params = Params().get_or_create(('w',), (2,), init=jax.nn.initializers.zeros)
       >>> params.get_or_create(('w',), (2,))[0] is w
       True
     """
     return _creation.get_or_create(
-        self, path, shape, init, dtype, trainable, metadata, key_source
+        self, path, shape, init=init, param_dtype=param_dtype, trainable=trainable,
+        metadata=metadata, rng=rng,
     )
 
   def set(

@@ -9,7 +9,7 @@ fails), check what it returned, and insert it (rank max+1, see
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from blox.params import Params
-  >>> w, params = get_or_create(Params(), ('w',), (2,), jax.nn.initializers.ones)
+  >>> w, params = get_or_create(Params(), ('w',), (2,), init=jax.nn.initializers.ones)
   >>> get_or_create(params, ('w',), (3,))
   Traceback (most recent call last):
   ...
@@ -45,15 +45,16 @@ def get_or_create(
     params: Params,
     path: Path,
     shape: Sequence[int] | None = None,
+    *,
     init: Initializer | None = None,
-    dtype: Any = None,
+    param_dtype: Any = None,
     trainable: bool = True,
     metadata: Mapping[str, Any] | None = None,
-    key_source: KeySource | None = None,
+    rng: KeySource | None = None,
 ) -> tuple[Any, Params]:
   """`params.get_or_create(...)`; see `Params.get_or_create` for the contract."""
   position = params._structure.index().get(check_path(path))
-  dtype = _requested_dtype(path, dtype)
+  dtype = _requested_dtype(path, param_dtype)
   if position is not None:
     value = params._values[position]
     _check_existing(path, value, shape, dtype)
@@ -69,7 +70,7 @@ def get_or_create(
     )
   shape = tuple(int(d) for d in shape)
   dtype = jnp.float32 if dtype is None else dtype
-  key, params = _draw_key(params, key_source)
+  key, params = _draw_key(params, rng)
   value = _call_init(path, init, key, shape, dtype)
   _check_created(path, value, shape, dtype)
   return value, params._inserted(path, value, trainable, as_metadata(metadata))
@@ -131,11 +132,11 @@ def _refuse_while_locked(params: Params, path: Path) -> None:
     )
 
 
-def _draw_key(params: Params, key_source: KeySource | None) -> tuple[Any, Params]:
-  """Exactly one draw from `key_source` (even if init ignores it), or None."""
-  if key_source is None:
+def _draw_key(params: Params, rng: KeySource | None) -> tuple[Any, Params]:
+  """Exactly one draw from `rng` (even if init ignores it), or None."""
+  if rng is None:
     return None, params
-  return key_source(params)
+  return rng(params)
 
 
 def _call_init(path: Path, init: Initializer, key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -149,8 +150,9 @@ def _call_init(path: Path, init: Initializer, key: Any, shape: tuple[int, ...], 
     )
     if key is None:
       note += (
-          " No key source (rng) was given, so key is None: give the module or"
-          " get_param an rng if this init function draws random numbers."
+          " No key source (rng) was given, so key is None: give the module,"
+          " get_param or get_or_create an rng if this init function draws"
+          " random numbers."
       )
     error.add_note(note)
     raise
