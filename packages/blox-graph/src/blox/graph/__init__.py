@@ -17,6 +17,7 @@ from blox.graph._scan import time_length as time_length
 from blox.graph._sequence import RecurrenceBase as RecurrenceBase
 from blox.graph._sequence import SequenceBase as SequenceBase
 from blox.graph._sequence import maybe_reset_state as maybe_reset_state
+from blox.graph._settings import setting as setting
 from blox.graph._display import Table as Table
 from blox.graph._summary import summary as summary
 from blox.graph._tabulate import tabulate as tabulate
@@ -34,6 +35,7 @@ __all__ = [
     "__version__",
     "dynamic_scan",
     "maybe_reset_state",
+    "setting",
     "static_scan",
     "summary",
     "tabulate",

@@ -19,7 +19,7 @@ Example:
   >>> from blox.params import Params
   >>> class Scale(Module):
   ...   def __call__(self, params, x):
-  ...     s, params = self.get_param(params, 's', (), jax.nn.initializers.ones)
+  ...     s, params = self.get_param(params, 's', (), init=jax.nn.initializers.ones)
   ...     return x * s, params
   >>> scale = Scale(Graph('net').child('scale'))
   >>> with recording() as recorder:

@@ -49,7 +49,6 @@ class Graph:
     self._policy = check_policy(policy, "/".join(self._path))
     self._children: dict[str, Graph] = {}
     self._module: Module | None = None
-    self.metadata: dict[str, Any] = {}
 
   @property
   def name(self) -> str:

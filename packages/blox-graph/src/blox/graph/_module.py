@@ -1,7 +1,7 @@
 """`Module`: a computation bound to one graph node, with lazily created params.
 
-A module stores configuration only, each constructor argument as an
-attribute of the same name (its `config` and `repr` are read from those). Its
+A module stores configuration only: its settings, declared once on the
+class (see `blox.graph.setting`), as attributes of the same names. Its
 params live in a `Params` container under the node's path and are created on
 the first forward pass, when the input shapes are known.
 
@@ -12,7 +12,7 @@ Example:
   >>> class Scale(Module):
   ...   def __call__(self, params, x):
   ...     s, params = self.get_param(
-  ...         params, 'scale', x.shape[-1:], jax.nn.initializers.ones)
+  ...         params, 'scale', x.shape[-1:], init=jax.nn.initializers.ones)
   ...     return x * s, params
   >>> scale = Scale(Graph('net').child('scale'))
   >>> y, params = scale(Params(), jnp.ones(3))
@@ -25,14 +25,15 @@ Example:
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Mapping, Sequence
 from types import FunctionType, MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, dataclass_transform
 
 import numpy as np
 
 from blox.graph._calls import recorded
-from blox.graph._config import init_config
+from blox.graph._settings import collect_settings, config_of, document_settings, make_init, setting
 from blox.graph._graph import Graph
 from blox.graph._policy import Policy, effective_policy
 from blox.params import Initializer, KeySource, Params
@@ -40,17 +41,52 @@ from blox.params import Initializer, KeySource, Params
 __all__ = ["Module"]
 
 
+@dataclass_transform(kw_only_default=True, eq_default=False, field_specifiers=(setting,))
 class _ModuleMeta(abc.ABCMeta):
-  """Checks that `Module.__init__` ran, and frees the node of a failed constructor;
-  wraps each subclass's `__call__` and public methods for `tabulate` (see
+  """Makes each module class from its declared settings (see `_settings`); checks
+  that `Module.__init__` ran and frees the node of a failed constructor; wraps
+  each subclass's `__call__` and public methods for `tabulate` (see
   `blox.graph._calls`: one `ContextVar.get` per call while tracing).
 
-  The first two need to see the whole construction, from before the first line of the
-  outermost `__init__` to after its last, which only the metaclass does.
+  The checks need to see the whole construction, from before the first line of
+  the outermost `__init__` to after its last, which only the metaclass does.
+  `dataclass_transform` tells type checkers that the constructor is made from
+  the annotated class attributes, as it is here at runtime.
   """
 
-  def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
-    super().__init__(name, bases, namespace)
+  def __new__(
+      mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any
+  ) -> _ModuleMeta:
+    settings, own = collect_settings(name, bases, namespace)
+    cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+    cls.__blox_settings__ = settings  # type: ignore[attr-defined]  # set on every module class
+    if not any(isinstance(base, _ModuleMeta) for base in bases):
+      return cls  # Module itself, whose __init__ is written by hand
+    if "__init__" not in namespace and own:
+      written = next(
+          (k for k in cls.__mro__[1:-2] if "__init__" in vars(k)
+           and not getattr(k.__init__, "__blox_generated__", False)), None)
+      if written is not None:
+        raise TypeError(
+            f"{name} declares settings ({', '.join(own)}) but inherits the hand-written"
+            f" __init__ of {written.__name__}, which does not know them; write"
+            f" {name}.__init__ yourself, or declare {written.__name__}'s arguments"
+            " as settings too."
+        )
+      init = make_init(cls, settings)
+      init.__blox_generated__ = True  # type: ignore[attr-defined]  # read just above
+      cls.__init__ = init  # type: ignore[misc]  # the constructor made from the settings
+    if own:
+      cls.__doc__ = document_settings(cls.__doc__, settings)
+    return cls
+
+  def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> None:
+    super().__init__(name, bases, namespace, **kwargs)
+    # What inspect.signature(cls) shows: the constructor's arguments (the
+    # metaclass's own __call__ would otherwise show as (*args, **kwargs)).
+    signature = inspect.signature(cls.__init__)
+    cls.__signature__ = signature.replace(  # type: ignore[attr-defined]  # read by inspect
+        parameters=list(signature.parameters.values())[1:])
     # Module's own methods (get_param, ...) are no module calls; a subclass's
     # public methods and __call__ are, when they take and return params.
     if not any(isinstance(base, _ModuleMeta) for base in bases):
@@ -96,15 +132,44 @@ def _short(value: Any) -> str:
 class Module(metaclass=_ModuleMeta):
   """Base class of everything that owns params under a graph node.
 
-  Subclasses call `super().__init__(graph)`, store each constructor argument
-  they keep under its own name (`self.value = value`: `config`, `repr` and
-  `summary` read those attributes), and implement
-  `__call__(params, ...) -> (output, params)`. Their error messages start
-  with `self.where()`, e.g. `Linear 'net/out': ...`, so that every error names
-  the module at fault in the same way. While `tabulate` runs, each call of
-  `__call__` or a public method that takes params first and returns
+  A subclass declares its settings once, as annotated class attributes
+  (`size: int = setting(kw_only=False, doc=...)`, see `blox.graph.setting`),
+  and gets from them its constructor `(graph, *sizes, **settings)`, its
+  `config`, `repr`, the argument column of `summary` and the `Args:` section
+  of its docstring; checks that involve several settings go in
+  `__post_init__(self)`. A subclass may instead write `__init__` by hand,
+  calling `super().__init__(graph)` and storing what it keeps as attributes
+  (its `config` then shows its public attributes). Either way it implements
+  `__call__(params, ...) -> (output, params)`, and its error messages start
+  with `self.where()`, e.g. `Linear 'net/out': ...`, so that every error
+  names the module at fault in the same way. While `tabulate` runs, each
+  call of `__call__` or a public method that takes params first and returns
   `(output, params)` is recorded as one of its rows.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from blox.graph import Graph, setting
+    >>> from blox.params import Params
+    >>> class AddConstant(Module):
+    ...   "Adds a constant."
+    ...   value: float = setting(kw_only=False, doc="what is added.")
+    ...   scale: float = setting(default=1.0, doc="what the input is scaled by first.")
+    ...   def __call__(self, params, x):
+    ...     return x * self.scale + self.value, params
+    >>> adder = AddConstant(Graph('net').child('add'), 10.0)
+    >>> adder, dict(adder.config)
+    (AddConstant(value=10.0), {'value': 10.0})
+    >>> adder.value = 100.0  # a plain attribute: config and repr follow it
+    >>> adder
+    AddConstant(value=100.0)
+    >>> import inspect
+    >>> inspect.signature(AddConstant)
+    <Signature (graph, value, *, scale=1.0)>
   """
+
+  if TYPE_CHECKING:
+    # For type checkers, the first constructor argument (see the metaclass).
+    graph: Graph = setting(kw_only=False)
 
   def __init__(self, graph: Graph) -> None:
     if not isinstance(graph, Graph):
@@ -116,35 +181,33 @@ class Module(metaclass=_ModuleMeta):
     graph._bind(self)
     self._graph = graph
 
-  @property
-  def graph(self) -> Graph:
-    """The graph node this module is bound to."""
-    return self._graph
+  if not TYPE_CHECKING:
+    @property
+    def graph(self) -> Graph:
+      """The graph node this module is bound to."""
+      return self._graph
 
   @property
   def config(self) -> Mapping[str, Any]:
     """The module's configuration, read from its attributes, read-only.
 
-    For each parameter of the class's `__init__` after `graph`, the attribute
-    of the same name, unless the module stores none or it equals the
-    parameter's default. Read afresh on every access, so it always agrees
-    with what the module computes with; `repr` and `summary` show the same.
+    Each declared setting whose value differs from its default, read afresh
+    on every access, so it always agrees with what the module computes with;
+    `repr` and `summary` show the same. A module that declares no settings
+    shows its public instance attributes.
 
     Example:
       >>> class AddConstant(Module):
-      ...   def __init__(self, graph, value, scale=1.0):
+      ...   def __init__(self, graph, value):
       ...     super().__init__(graph)
-      ...     self.value, self.scale = value, scale
+      ...     self.value = value
       ...   def __call__(self, params, x):
-      ...     return x * self.scale + self.value, params
+      ...     return x + self.value, params
       >>> adder = AddConstant(Graph('net').child('add'), value=10.0)
       >>> dict(adder.config), adder
       ({'value': 10.0}, AddConstant(value=10.0))
-      >>> adder.value = 100.0
-      >>> adder
-      AddConstant(value=100.0)
     """
-    return MappingProxyType(init_config(self))
+    return MappingProxyType(config_of(self, type(self).__blox_settings__))  # type: ignore[attr-defined]  # set by the metaclass
 
   def where(self) -> str:
     """How errors name this module: its type and slash-joined path in quotes.
@@ -177,7 +240,7 @@ class Module(metaclass=_ModuleMeta):
       ...   def __call__(self, params, x):
       ...     policy = self.policy()
       ...     s, params = self.get_param(params, 'scale', x.shape[-1:],
-      ...         jax.nn.initializers.ones, dtype=policy.param_dtype)
+      ...         init=jax.nn.initializers.ones, param_dtype=policy.param_dtype)
       ...     dtype = policy.compute_dtype
       ...     if dtype is None:  # no opinion: promote, as jnp would
       ...       dtype = jnp.result_type(x, s)
@@ -209,24 +272,25 @@ class Module(metaclass=_ModuleMeta):
       params: Params,
       name: str | tuple[str, ...],
       shape: Sequence[int] | None = None,
+      *,
       init: Initializer | None = None,
-      dtype: Any = None,
+      param_dtype: Any = None,
       trainable: bool = True,
       metadata: Mapping[str, Any] | None = None,
       rng: KeySource | None = None,
   ) -> tuple[Any, Params]:
     """Returns `(value, params)` for this module's param `name`, creating it
-    with `init(key, shape, dtype)` on first use (dtype defaults to float32).
+    with `init(key, shape, param_dtype)` on first use (float32 by default).
 
-    When the param exists, a given `shape` or `dtype` must match it; the other
-    arguments only matter for creation. With `rng`, creation draws exactly one
-    key from it. See `Params.get_or_create` for the errors raised.
+    When the param exists, a given `shape` or `param_dtype` must match it;
+    the other arguments only matter for creation. With `rng`, creation draws
+    exactly one key from it. See `Params.get_or_create` for the errors raised.
     """
     return params.get_or_create(
         self.param_path(name),
-        shape=shape,
+        shape,
         init=init,
-        param_dtype=dtype,
+        param_dtype=param_dtype,
         trainable=trainable,
         metadata=metadata,
         rng=rng,
@@ -237,6 +301,7 @@ class Module(metaclass=_ModuleMeta):
       params: Params,
       name: str | tuple[str, ...],
       value: Any = None,
+      *,
       trainable: bool | None = None,
       metadata: Mapping[str, Any] | None = None,
   ) -> Params:

@@ -12,7 +12,7 @@ Example:
   >>> from blox.params import Params
   >>> class Residual(Module):
   ...   def __call__(self, params, x):
-  ...     w, params = self.get_param(params, 'w', x.shape[-1:], jax.nn.initializers.ones)
+  ...     w, params = self.get_param(params, 'w', x.shape[-1:], init=jax.nn.initializers.ones)
   ...     return x + w, params
   >>> blocks = Repeat(Graph('net').child('blocks'), Residual, num_layers=3)
   >>> y, params = blocks(Params(), jnp.zeros(2))
@@ -170,7 +170,7 @@ class Repeat(Module):
       >>> from blox.params import Params
       >>> class Scale(Module):
       ...   def __call__(self, params, x):
-      ...     s, params = self.get_param(params, 's', (), jax.nn.initializers.ones)
+      ...     s, params = self.get_param(params, 's', (), init=jax.nn.initializers.ones)
       ...     return x * s, params
       >>> blocks = Repeat(Graph('net').child('blocks'), Scale, 2)
       >>> _, params = blocks(Params(), jnp.ones(1))

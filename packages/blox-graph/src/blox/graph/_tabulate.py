@@ -14,7 +14,7 @@ Example:
   >>> from blox.params import Params
   >>> class Dense(Module):
   ...   def __call__(self, params, x):
-  ...     w, params = self.get_param(params, 'w', (x.shape[-1], 2), jax.nn.initializers.ones)
+  ...     w, params = self.get_param(params, 'w', (x.shape[-1], 2), init=jax.nn.initializers.ones)
   ...     return x @ w, params
   >>> dense = Dense(Graph('net').child('dense'))
   >>> _, params = dense(Params(), jnp.ones((4, 3)))

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Module
-from blox.nn._dense import kernel_and_bias
+from blox.nn._layer import kernel_and_bias
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["merge_heads", "normalize_heads", "project_to_heads"]
@@ -174,7 +174,7 @@ def normalize_heads(
   """
   scale: jax.Array
   scale, params = module.get_param(
-      params, (name, "scale"), (inputs.shape[-1],), scale_init, dtype=param_dtype,
+      params, (name, "scale"), (inputs.shape[-1],), init=scale_init, param_dtype=param_dtype,
       metadata=scale_metadata,
   )
   dtype = inputs.dtype

@@ -164,11 +164,11 @@ class BatchNorm(Module):
     x = jnp.asarray(inputs, compute)
     features = (x.shape[-1],)
     running_mean, params = self.get_param(
-        params, "running_mean", features, self.running_mean_init, trainable=False,
+        params, "running_mean", features, init=self.running_mean_init, trainable=False,
         metadata=self.running_mean_metadata,
     )
     running_var, params = self.get_param(
-        params, "running_var", features, self.running_var_init, trainable=False,
+        params, "running_var", features, init=self.running_var_init, trainable=False,
         metadata=self.running_var_metadata,
     )
     if is_training:
@@ -182,15 +182,15 @@ class BatchNorm(Module):
     y = (x - mean) * jax.lax.rsqrt(var + jnp.asarray(self.epsilon, compute))
     if self.use_scale:
       scale, params = self.get_param(
-          params, "scale", features, float32_init(self.scale_init, dtypes.param),
-          dtype=dtypes.param,
+          params, "scale", features, init=float32_init(self.scale_init, dtypes.param),
+          param_dtype=dtypes.param,
           metadata=self.scale_metadata,
       )
       y = y * scale.astype(compute)
     if self.use_bias:
       bias, params = self.get_param(
-          params, "bias", features, float32_init(self.bias_init, dtypes.param),
-          dtype=dtypes.param,
+          params, "bias", features, init=float32_init(self.bias_init, dtypes.param),
+          param_dtype=dtypes.param,
           metadata=self.bias_metadata,
       )
       y = y + bias.astype(compute)

@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 
-def check_positive_int(value: object, name: str, where: str) -> None:
-  """Raises ValueError unless `value` is an int >= 1 (bools are refused).
+def check_positive_int(value: Any, name: str, where: str) -> Any:
+  """`value`; raises ValueError unless it is an int >= 1 (bools are refused).
 
   `True` is an int to Python, but `Linear(graph, True, rng=rng)` is surely a
   mistake, not a request for size 1; a float such as `2.5` would only fail
@@ -41,6 +41,7 @@ def check_positive_int(value: object, name: str, where: str) -> None:
   """
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise ValueError(f"{where}: {name} must be a positive int, got {value!r}.")
+  return value
 
 
 def check_is_training(value: object, where: str) -> None:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, Module
 from blox.nn._checks import check_float_inputs, check_positive_int
-from blox.nn._dense import kernel_and_bias
+from blox.nn._layer import kernel_and_bias
 from blox.nn._precision import check_dtype, resolve_dtypes, to_compute, to_output
 from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
 from blox.nn.initializers import lecun_normal, zeros

@@ -107,8 +107,8 @@ class Embed(Module):
     param_dtype = self._dtypes().param
     table, params = self.get_param(
         params, "embedding", (self.num_embeddings, self.embedding_size),
-        float32_init(self.embedding_init, param_dtype), rng=self.rng,
-        metadata=self.embedding_metadata, dtype=param_dtype,
+        init=float32_init(self.embedding_init, param_dtype), rng=self.rng,
+        metadata=self.embedding_metadata, param_dtype=param_dtype,
     )
     return table, params
 

@@ -72,7 +72,7 @@ class _FeatureNorm(Module):
     """The scale or bias: shape `(features,)`, stored in `param_dtype`, used in `dtype`."""
     value: jax.Array
     value, params = self.get_param(
-        params, name, (features,), float32_init(init, param_dtype), dtype=param_dtype,
+        params, name, (features,), init=float32_init(init, param_dtype), param_dtype=param_dtype,
         metadata=metadata,
     )
     return value.astype(dtype), params

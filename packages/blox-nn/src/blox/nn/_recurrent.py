@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from blox.graph import Graph, RecurrenceBase
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_positive_int
-from blox.nn._dense import kernel_and_bias
+from blox.nn._layer import kernel_and_bias
 from blox.nn._precision import (
     Dtypes,
     check_dtype,
@@ -124,7 +124,7 @@ class GatedCell(RecurrenceBase):
     recurrent_kernel: jax.Array
     recurrent_kernel, params = self.get_param(
         params, "recurrent_kernel", (self.hidden_size, width),
-        float32_init(self.recurrent_kernel_init, dtypes.param), dtype=dtypes.param,
+        init=float32_init(self.recurrent_kernel_init, dtypes.param), param_dtype=dtypes.param,
         metadata=self.recurrent_kernel_metadata, rng=self.rng,
     )
     inputs, *rest = to_compute(dtypes, inputs, kernel, recurrent_kernel, bias, *state)

@@ -78,7 +78,7 @@ class Rng(Module):
 
   def _create(self, params: Params, name: str, value: jax.Array, tag: str) -> Params:
     _, params = self.get_param(
-        params, name, value.shape, lambda *_: value, dtype=value.dtype,
+        params, name, value.shape, init=lambda *_: value, param_dtype=value.dtype,
         trainable=False, metadata={RNG_STREAM: tag},
     )
     return params
