@@ -9,30 +9,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blox.graph import Graph, Module
+from blox.graph import Graph, Module, setting
 from blox.params import Params
 
 
 class _Scale(Module):
   """Multiplies by a learned vector; a minimal module with one param."""
 
-  def __init__(self, graph: Graph, size: int, label: str = "scale") -> None:
-    super().__init__(graph)
-    self.size = size
-    self.label = label
+  size: int = setting(kw_only=False)
+  label: str = setting(default="scale")
 
   def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
     scale, params = self.get_param(
-        params, "scale", (self.size,), jax.nn.initializers.ones
+        params, "scale", (self.size,), init=jax.nn.initializers.ones
     )
     return x * scale, params
 
 
 class _Wrapper(Module):
-  def __init__(self, graph: Graph, inner: Module, fn: Any = jnp.tanh) -> None:
-    super().__init__(graph)
-    self.inner = inner
-    self.fn = fn
+  inner: Module = setting(kw_only=False)
+  fn: Any = setting(default=jnp.tanh)
 
   def __call__(self, params: Params, x: Any) -> tuple[Any, Params]:
     return x, params
@@ -129,7 +125,7 @@ def test_get_param_with_another_shape_or_dtype_raises() -> None:
   with pytest.raises(ValueError, match=r"\('net', 's', 'scale'\) exists with shape \(3,\)"):
     scale.get_param(params, "scale", (4,))
   with pytest.raises(ValueError, match=r"\('net', 's', 'scale'\) exists with dtype float32"):
-    scale.get_param(params, "scale", (3,), dtype=jnp.int32)
+    scale.get_param(params, "scale", (3,), param_dtype=jnp.int32)
 
 
 def test_creating_while_locked_raises() -> None:
@@ -159,21 +155,17 @@ def test_repr_and_config_follow_a_changed_attribute() -> None:
   np.testing.assert_allclose(y, 100.0)
 
 
-def test_config_shows_non_defaults_and_skips_unstored_parameters() -> None:
+def test_config_shows_non_defaults() -> None:
   class _Partly(Module):
-    def __init__(
-        self, graph: Graph, size: int, rate: float = 0.5, kept: str = "a", *args: Any,
-        **kwargs: Any,
-    ) -> None:
-      super().__init__(graph)
-      self.size = size
-      self.kept = kept  # `rate` is used, not stored
+    size: int = setting(kw_only=False)
+    rate: float = setting(default=0.5)
+    kept: str = setting(default="a")
 
     def __call__(self, params: Params) -> tuple[None, Params]:
       return None, params
 
   root = Graph("net")
-  partly = _Partly(root.child("p"), 3, rate=0.1, kept="a")
+  partly = _Partly(root.child("p"), 3, kept="a")
   assert dict(partly.config) == {"size": 3}
   assert repr(partly) == "_Partly(size=3)"
   partly.kept = "b"
@@ -185,12 +177,25 @@ def test_config_shows_non_defaults_and_skips_unstored_parameters() -> None:
   assert dict(scale.config) == {"size": 4, "label": "z"}
 
 
+def test_a_hand_written_init_shows_its_public_attributes() -> None:
+  class _Stored(Module):
+    def __init__(self, graph: Graph, size: int, rate: float = 0.5) -> None:
+      super().__init__(graph)
+      self.size = size
+      self._rate = rate  # private: not configuration
+
+    def __call__(self, params: Params) -> tuple[None, Params]:
+      return None, params
+
+  stored = _Stored(Graph("net").child("s"), 3, rate=0.1)
+  assert dict(stored.config) == {"size": 3}
+  assert repr(stored) == "_Stored(size=3)"
+
+
 def test_config_never_compares_arrays_elementwise() -> None:
   class _Offset(Module):
-    def __init__(self, graph: Graph, offset: Any = None, table: Any = (1, 2)) -> None:
-      super().__init__(graph)
-      self.offset = offset
-      self.table = table
+    offset: Any = setting(default=None)
+    table: Any = setting(default=(1, 2))
 
     def __call__(self, params: Params) -> tuple[None, Params]:
       return None, params
@@ -205,15 +210,14 @@ def test_config_never_compares_arrays_elementwise() -> None:
   assert set(odd.config) == {"table"}
 
 
-def test_a_subclass_reads_its_own_signature() -> None:
+def test_a_subclass_adds_settings_after_its_bases() -> None:
   class _Named(_Scale):
-    def __init__(self, graph: Graph, name: str, size: int = 2) -> None:
-      super().__init__(graph, size)
-      self.name = name
+    name: str = setting(default="n")
 
-  named = _Named(Graph("net").child("n"), "x")
-  # `label` is not a parameter of _Named.__init__, so it is not shown.
-  assert repr(named) == "_Named(name='x')"
+  named = _Named(Graph("net").child("n"), 2, name="x")
+  # The base's settings are inherited; `label` keeps its default, so is not shown.
+  assert repr(named) == "_Named(size=2, name='x')"
+  assert named.label == "scale"
 
 
 def test_a_failed_constructor_frees_its_node() -> None:

@@ -65,7 +65,7 @@ class _ModuleMeta(abc.ABCMeta):
     if "__init__" not in namespace and own:
       written = next(
           (k for k in cls.__mro__[1:-2] if "__init__" in vars(k)
-           and not getattr(k.__init__, "__blox_generated__", False)), None)
+           and not getattr(vars(k)["__init__"], "__blox_generated__", False)), None)
       if written is not None:
         raise TypeError(
             f"{name} declares settings ({', '.join(own)}) but inherits the hand-written"
@@ -75,7 +75,7 @@ class _ModuleMeta(abc.ABCMeta):
         )
       init = make_init(cls, settings)
       init.__blox_generated__ = True  # type: ignore[attr-defined]  # read just above
-      cls.__init__ = init  # type: ignore[misc]  # the constructor made from the settings
+      setattr(cls, "__init__", init)  # the constructor made from the settings
     if own:
       cls.__doc__ = document_settings(cls.__doc__, settings)
     return cls
@@ -84,7 +84,7 @@ class _ModuleMeta(abc.ABCMeta):
     super().__init__(name, bases, namespace, **kwargs)
     # What inspect.signature(cls) shows: the constructor's arguments (the
     # metaclass's own __call__ would otherwise show as (*args, **kwargs)).
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(getattr(cls, "__init__"))  # unbound: its first parameter is self
     cls.__signature__ = signature.replace(  # type: ignore[attr-defined]  # read by inspect
         parameters=list(signature.parameters.values())[1:])
     # Module's own methods (get_param, ...) are no module calls; a subclass's

@@ -209,7 +209,7 @@ def make_init(cls: type, settings: Mapping[str, Setting]) -> Callable[..., None]
     except TypeError as error:
       raise TypeError(f"{type(self).__name__}(...): {error}.") from None
     arguments = bound.arguments
-    module_base.__init__(self, arguments["graph"])
+    vars(module_base)["__init__"](self, arguments["graph"])
     where = self.where()
     for item in ordered:
       value = arguments.get(item.name, item.default)

@@ -14,6 +14,12 @@ Example:
 
 from blox.nn import initializers as initializers
 from blox.nn._batch_norm import BatchNorm as BatchNorm
+from blox.nn._contract import ConvDimensions as ConvDimensions
+from blox.nn._contract import Contraction as Contraction
+from blox.nn._contract import ContractionHook as ContractionHook
+from blox.nn._contract import contract as contract
+from blox.nn._contract import contraction_hooks as contraction_hooks
+from blox.nn._contract import set_contraction_hook as set_contraction_hook
 from blox.nn._conv import Conv as Conv
 from blox.nn._conv import ConvTranspose as ConvTranspose
 from blox.nn._dot_product_attention import dot_product_attention as dot_product_attention
@@ -42,7 +48,10 @@ from blox.nn._version import __version__ as __version__
 
 __all__ = [
     "BatchNorm",
+    "Contraction",
+    "ContractionHook",
     "Conv",
+    "ConvDimensions",
     "ConvTranspose",
     "Dropout",
     "Embed",
@@ -61,11 +70,14 @@ __all__ = [
     "avg_pool",
     "causal_mask",
     "combine_masks",
+    "contract",
+    "contraction_hooks",
     "dot_product_attention",
     "initializers",
     "max_pool",
     "min_pool",
     "padding_mask",
     "rope",
+    "set_contraction_hook",
     "softmax_cross_entropy",
 ]
