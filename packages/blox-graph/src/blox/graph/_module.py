@@ -85,8 +85,7 @@ class _ModuleMeta(abc.ABCMeta):
     # What inspect.signature(cls) shows: the constructor's arguments (the
     # metaclass's own __call__ would otherwise show as (*args, **kwargs)).
     signature = inspect.signature(getattr(cls, "__init__"))  # unbound: its first parameter is self
-    cls.__signature__ = signature.replace(  # type: ignore[attr-defined]  # read by inspect
-        parameters=list(signature.parameters.values())[1:])
+    cls.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     # Module's own methods (get_param, ...) are no module calls; a subclass's
     # public methods and __call__ are, when they take and return params.
     if not any(isinstance(base, _ModuleMeta) for base in bases):
