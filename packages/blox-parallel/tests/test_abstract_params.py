@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 import blox.parallel as bp
-from blox.parallel._shardings import _abstract_array
+from blox.parallel._shardings import abstract_array
 from blox.parallel._util import spec
 from blox.params import SHARDING, STACKED, Param, Params
 
@@ -56,7 +56,7 @@ def test_nothing_is_computed() -> None:
       calls.append(2)
       return np.ones(4, np.float32)
 
-    value = jax.pure_callback(host, _abstract_array((4,), jnp.float32))
+    value = jax.pure_callback(host, abstract_array((4,), jnp.float32))
     return Params({("w",): Param(value)})
 
   target = bp.abstract_params(init, bp.make_mesh((8,), ("data",)))

@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 # jax.ShapeDtypeStruct's constructor has no annotations; calling it through a
 # typed alias keeps strict mypy on without an ignore at every call.
-_abstract_array: Callable[..., jax.ShapeDtypeStruct] = jax.ShapeDtypeStruct
+abstract_array: Callable[..., jax.ShapeDtypeStruct] = jax.ShapeDtypeStruct
 
 
 def partition_spec(path: Path, param: Param, mesh: Mesh, *, rules: Rules | None = None) -> PartitionSpec:
@@ -218,7 +218,7 @@ def abstract_params(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Ru
   abstract = jax.eval_shape(run, *arrays)
   shardings = _tree_shardings(abstract, mesh, rules)
   return jax.tree.map(  # type: ignore[no-any-return]  # tree.map erases the return type
-      lambda leaf, sharding: _abstract_array(leaf.shape, leaf.dtype, sharding=sharding),
+      lambda leaf, sharding: abstract_array(leaf.shape, leaf.dtype, sharding=sharding),
       abstract,
       shardings,
   )
