@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "maybe_reset_state": "blox.graph",
     "static_scan": "blox.graph",
     "summary": "blox.graph",
+    "setting": "blox.graph",
     "tabulate": "blox.graph",
     # blox.nn
     "BatchNorm": "blox.nn",
@@ -81,12 +82,16 @@ _EXPORTS: dict[str, str] = {
     "avg_pool": "blox.nn",
     "causal_mask": "blox.nn",
     "combine_masks": "blox.nn",
+    "Contraction": "blox.nn",
+    "contract": "blox.nn",
+    "contraction_hooks": "blox.nn",
     "dot_product_attention": "blox.nn",
     "initializers": "blox.nn",
     "max_pool": "blox.nn",
     "min_pool": "blox.nn",
     "padding_mask": "blox.nn",
     "rope": "blox.nn",
+    "set_contraction_hook": "blox.nn",
     "softmax_cross_entropy": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
@@ -106,6 +111,7 @@ if TYPE_CHECKING:
   from blox.graph import SequenceBase as SequenceBase
   from blox.graph import dynamic_scan as dynamic_scan
   from blox.graph import maybe_reset_state as maybe_reset_state
+  from blox.graph import setting as setting
   from blox.graph import static_scan as static_scan
   from blox.graph import summary as summary
   from blox.graph import tabulate as tabulate
@@ -128,12 +134,16 @@ if TYPE_CHECKING:
   from blox.nn import avg_pool as avg_pool
   from blox.nn import causal_mask as causal_mask
   from blox.nn import combine_masks as combine_masks
+  from blox.nn import Contraction as Contraction
+  from blox.nn import contract as contract
+  from blox.nn import contraction_hooks as contraction_hooks
   from blox.nn import dot_product_attention as dot_product_attention
   from blox.nn import initializers as initializers
   from blox.nn import max_pool as max_pool
   from blox.nn import min_pool as min_pool
   from blox.nn import padding_mask as padding_mask
   from blox.nn import rope as rope
+  from blox.nn import set_contraction_hook as set_contraction_hook
   from blox.nn import softmax_cross_entropy as softmax_cross_entropy
   from blox.params import SHARDING as SHARDING
   from blox.params import STACKED as STACKED
