@@ -1,15 +1,18 @@
-"""Tests of `SequenceBase`, `RecurrenceBase` and `maybe_reset_state`."""
+"""Tests of `SequenceBase`, `RecurrenceBase`, `maybe_reset_state` and `with_reset`."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blox.graph import Graph, RecurrenceBase, SequenceBase, maybe_reset_state
+from blox.graph import Graph, RecurrenceBase, SequenceBase, dynamic_scan, maybe_reset_state, static_scan
+from blox.graph._sequence import with_reset
 from blox.params import Params
 
 
@@ -39,9 +42,9 @@ class _Leaky(RecurrenceBase):
       self, params: Params, inputs: jax.Array, prev_state: _State, is_training: bool = True
   ) -> tuple[tuple[jax.Array, _State], Params]:
     self.training_flags.append(is_training)
-    decay, params = self.get_param(params, "decay", (), jax.nn.initializers.constant(0.5))
+    decay, params = self.get_param(params, "decay", (), init=jax.nn.initializers.constant(0.5))
     count, params = self.get_param(
-        params, "count", (), jax.nn.initializers.zeros, dtype=jnp.uint32, trainable=False
+        params, "count", (), init=jax.nn.initializers.zeros, param_dtype=jnp.uint32, trainable=False
     )
     params = self.set_param(params, "count", count + jnp.uint32(1))
     total = decay * prev_state.total + inputs
@@ -219,3 +222,50 @@ def test_dynamic_apply_names_the_module_when_the_step_changes_the_state_dtype() 
   assert final.dtype == static_final.dtype == jnp.float32
   np.testing.assert_array_equal(final, np.full((2, 3), 4.0))
 
+
+
+def test_is_static_is_a_keyword_only_setting() -> None:
+  assert str(inspect.signature(RecurrenceBase)) == "(graph, *, is_static=False)"
+  node = Graph("net").child("sum")
+  with pytest.raises(TypeError, match=r"^_Float32Sum\(\.\.\.\): too many positional arguments"):
+    _Float32Sum(node, True)  # type: ignore[call-arg]  # the misuse under test
+  # The refused constructor left the node free for a correct one.
+  module = _Float32Sum(node, is_static=True)
+  assert module.is_static is True
+  assert repr(module) == "_Float32Sum(is_static=True)"
+  assert repr(_Float32Sum(Graph("net").child("other"))) == "_Float32Sum()"
+
+
+def test_a_hand_written_init_passes_is_static_on() -> None:
+  static = _Leaky(Graph("net").child("leaky"), is_static=True)
+  assert static.is_static is True and dict(static.config) == {"is_static": True}
+  assert _Leaky(Graph("net").child("leaky")).is_static is False
+
+
+def test_is_static_is_read_at_each_apply() -> None:
+  module = _Leaky(Graph("net").child("leaky"), is_static=True)
+  x = _inputs()
+  _, params = module.apply(Params(), x[:, :1])
+  params = params.locked()
+  module.training_flags.clear()
+  (looped, _), _ = module.apply(params, x)
+  assert len(module.training_flags) == 5  # a Python loop runs the step per time step
+  module.is_static = False
+  module.training_flags.clear()
+  (scanned, _), _ = module.apply(params, x)
+  assert len(module.training_flags) == 1  # lax.scan traces the step once
+  np.testing.assert_allclose(looped, scanned, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scan", [static_scan, dynamic_scan])
+def test_with_reset_restarts_flagged_elements_before_the_step(scan: Any) -> None:
+  def running_sum(params: Params, x: jax.Array, total: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Params]:
+    total = total + x
+    return (total, total), params
+
+  flags = jnp.array([[False, False, True, False], [True, False, False, False]])
+  start = jnp.full((2,), 10.0)
+  step = with_reset(running_sum, jnp.zeros(2))
+  (sums, last), _ = scan(step, Params().locked(), (jnp.ones((2, 4)), flags), start)
+  assert sums.tolist() == [[11.0, 12.0, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0]]
+  assert last.tolist() == [2.0, 4.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from blox.graph import Graph
-from blox.nn import GRU, GRUState, Rng
+from blox.nn import GRU, Contraction, GRUState, Rng, contraction_hooks
 from blox.params import Params
 
 _KERNEL = ("model", "gru", "kernel")
@@ -125,3 +126,35 @@ def test_hidden_size_must_be_a_positive_int(size: Any) -> None:
   graph = Graph("model")
   with pytest.raises(ValueError, match=rf"GRU 'model/gru': hidden_size must be a positive int, got {size!r}"):
     GRU(graph.child("gru"), size, rng=Rng(graph.child("rng")))
+
+
+def test_signature_hidden_size_positional_the_rest_keyword_only() -> None:
+  parameters = list(inspect.signature(GRU).parameters.values())
+  assert [p.name for p in parameters[:3]] == ["graph", "hidden_size", "rng"]
+  assert [p.kind for p in parameters[:2]] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2
+  assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters[2:])
+  assert {"is_static", "recurrent_kernel_init", "param_dtype", "dtype"} <= {p.name for p in parameters}
+  _, gru = _create(is_static=True)
+  assert repr(gru) == "GRU(hidden_size=4, rng=Rng@model/rng, is_static=True)"
+
+
+def test_the_products_go_through_contract() -> None:
+  gru, params = _init(_inputs())
+  seen: list[tuple[Any, ...]] = []
+
+  def record(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+    seen.append((contraction.module, contraction.weight_path(), contraction.equation, weight.shape))
+    return contraction.compute(inputs, weight)
+
+  x, h = jnp.ones((2, 3)), jnp.ones((2, 4))
+  (plain, _), _ = gru(params, x, GRUState(h))
+  with contraction_hooks(record):
+    (hooked, _), _ = gru(params, x, GRUState(h))
+  np.testing.assert_array_equal(hooked, plain)
+  # The recurrent kernel comes in two column blocks: (U_r, U_z), then U_n.
+  equation = "...i,io->...o"
+  assert seen == [
+      (gru, _KERNEL, equation, (3, 12)),
+      (gru, _RECURRENT, equation, (4, 8)),
+      (gru, _RECURRENT, equation, (4, 4)),
+  ]

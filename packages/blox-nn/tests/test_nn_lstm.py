@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from blox.graph import Graph
-from blox.nn import LSTM, Dropout, LSTMState, Rng
+from blox.nn import LSTM, Contraction, Dropout, LSTMState, Rng, contraction_hooks, set_contraction_hook
 from blox.params import Params
 
 _KERNEL = ("model", "lstm", "kernel")
@@ -140,6 +141,47 @@ def test_hidden_size_must_be_a_positive_int(size: Any) -> None:
 def test_repr() -> None:
   _, lstm = _create(is_static=True)
   assert repr(lstm) == "LSTM(hidden_size=4, rng=Rng@model/rng, is_static=True)"
+
+
+def test_signature_hidden_size_positional_the_rest_keyword_only() -> None:
+  parameters = list(inspect.signature(LSTM).parameters.values())
+  assert [p.name for p in parameters[:3]] == ["graph", "hidden_size", "rng"]
+  assert [p.kind for p in parameters[:2]] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2
+  assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters[2:])
+  names = {p.name for p in parameters}
+  assert {"is_static", "recurrent_kernel_init", "recurrent_kernel_metadata", "param_dtype", "dtype"} <= names
+  assert "num_gates" not in names  # a class constant, no setting
+  graph = Graph("model")
+  with pytest.raises(TypeError, match=r"^LSTM\(\.\.\.\): too many positional arguments"):
+    LSTM(graph.child("lstm"), 4, Rng(graph.child("rng")))  # type: ignore[call-arg]  # the misuse under test
+
+
+def test_both_products_go_through_contract() -> None:
+  lstm, params = _init(_inputs())
+  seen: list[tuple[Any, ...]] = []
+
+  def record(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+    seen.append((contraction.module, contraction.weight_path(), inputs.shape, weight.shape))
+    return contraction.compute(inputs, weight)
+
+  x, state = jnp.ones((2, 3)), LSTMState(jnp.ones((2, 4)), jnp.ones((2, 4)))
+  (plain, _), _ = lstm(params, x, state)
+  with contraction_hooks(record):
+    (hooked, _), _ = lstm(params, x, state)
+  assert seen == [(lstm, _KERNEL, (2, 3), (3, 16)), (lstm, _RECURRENT, (2, 4), (4, 16))]
+  np.testing.assert_array_equal(hooked, plain)
+  # A hook on the module changes what the step computes: here, no recurrence.
+  def no_recurrence(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+    if contraction.weight_name == ("recurrent_kernel",):
+      weight = jnp.zeros_like(weight)
+    return contraction.compute(inputs, weight)
+
+  set_contraction_hook(lstm, no_recurrence)
+  (cut, _), _ = lstm(params, x, state)
+  set_contraction_hook(lstm, None)
+  weights = _weights(params)
+  want, _ = _cell((weights[0], np.zeros_like(weights[1]), weights[2]), np.asarray(x), np.ones((2, 4)), np.ones((2, 4)))
+  np.testing.assert_allclose(cut, want, rtol=1e-5, atol=1e-6)
 
 
 class _DropoutLSTM(LSTM):

@@ -10,7 +10,9 @@ step by step while carrying a state (any pytree, e.g. a NamedTuple):
   `[batch, time, ...]`.
 
 `RecurrenceBase` implements `apply` by scanning the single step over the time
-axis, with a Python loop (`is_static=True`) or `jax.lax.scan`.
+axis, with a Python loop (`static_scan`, `is_static=True`) or `jax.lax.scan`
+(`dynamic_scan`); with `is_reset` flags the step is first wrapped by
+`with_reset`, which restarts flagged batch elements from the initial state.
 
 Example:
   >>> import jax.numpy as jnp
@@ -37,12 +39,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.graph._graph import Graph
 from blox.graph._module import Module
-from blox.graph._scan import dynamic_scan, static_scan, time_length
+from blox.graph._scan import Step, dynamic_scan, static_scan, time_length
+from blox.graph._settings import setting
 from blox.params import Params
 
-__all__ = ["RecurrenceBase", "SequenceBase", "maybe_reset_state"]
+__all__ = ["RecurrenceBase", "SequenceBase", "maybe_reset_state", "with_reset"]
 
 
 class SequenceBase(Module):
@@ -127,21 +129,47 @@ def maybe_reset_state(state: Any, initial_state: Any, is_reset: Any) -> Any:
   return jax.tree.map(reset, state, initial_state)
 
 
+def with_reset(step: Step, initial_state: Any) -> Step:
+  """`step` that first resets the flagged batch elements of its state.
+
+  The returned step takes, for each time step, inputs `(inputs_t, is_reset_t)`
+  with `is_reset_t` of shape `[batch]`, and runs `step` on `inputs_t` from
+  `maybe_reset_state(state, initial_state, is_reset_t)`: a batch element
+  whose flag is True starts a new sequence at that step.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from blox.graph import static_scan
+    >>> def running_sum(params, x, total):
+    ...   return (total + x, total + x), params
+    >>> flags = jnp.array([[False, False, True]])
+    >>> (sums, _), _ = static_scan(
+    ...     with_reset(running_sum, jnp.zeros(1)), Params(), (jnp.ones((1, 3)), flags),
+    ...     jnp.zeros(1))
+    >>> sums.tolist()
+    [[1.0, 2.0, 1.0]]
+  """
+
+  def reset_then_step(params: Params, inputs_t: Any, state: Any) -> tuple[tuple[Any, Any], Params]:
+    inputs_t, is_reset_t = inputs_t
+    return step(params, inputs_t, maybe_reset_state(state, initial_state, is_reset_t))
+
+  return reset_then_step
+
+
 class RecurrenceBase(SequenceBase):
   """A `SequenceBase` whose `apply` scans the single step `__call__` over time.
 
   Subclasses implement `initial_state` and `__call__` (which must accept the
-  keyword `is_training`).
-
-  Args:
-    graph: the node this module binds to.
-    is_static: scan with a Python loop (`static_scan`: debuggable, unrolled
-      under jit) instead of `jax.lax.scan` (`dynamic_scan`).
+  keyword `is_training`). A subclass that writes its own `__init__` passes
+  `is_static` on by keyword: `super().__init__(graph, is_static=is_static)`.
   """
 
-  def __init__(self, graph: Graph, is_static: bool = False) -> None:
-    super().__init__(graph)
-    self.is_static = is_static
+  is_static: bool = setting(
+      default=False,
+      doc="scan over time with a Python loop (`static_scan`: debuggable, unrolled"
+      " under jit) instead of `jax.lax.scan` (`dynamic_scan`).",
+  )
 
   def apply(
       self,
@@ -175,31 +203,31 @@ class RecurrenceBase(SequenceBase):
         returns a state of other dtypes or shapes than it received, or
         creates a param after the first step.
     """
-    length = time_length(inputs, self.where())
+    where = self.where()
+    length = time_length(inputs, where)
     if is_reset is not None:
       is_reset = jnp.asarray(is_reset)
       batch = jnp.shape(jax.tree.leaves(inputs)[0])[0]
       if is_reset.shape != (batch, length):
         raise ValueError(
-            f"{self.where()}: is_reset must have shape [batch, time] ="
+            f"{where}: is_reset must have shape [batch, time] ="
             f" {(batch, length)} to match the inputs, got {is_reset.shape}."
         )
+    # A reset needs the initial state even when the sequence starts from another.
     if prev_state is None or is_reset is not None:
-      first = jax.tree.map(lambda x: x[:, 0], inputs)
-      initial, params = self.initial_state(params, first)
+      initial, params = self.initial_state(params, jax.tree.map(lambda x: x[:, 0], inputs))
       if prev_state is None:
         prev_state = initial
 
     def step(params: Params, inputs_t: Any, state: Any) -> tuple[tuple[Any, Any], Params]:
-      if is_reset is not None:
-        inputs_t, reset_t = inputs_t
-        state = maybe_reset_state(state, initial, reset_t)
       result: tuple[tuple[Any, Any], Params] = self(
           params, inputs_t, state, is_training=is_training, **kwargs
       )
       return result
 
-    scan_inputs = inputs if is_reset is None else (inputs, is_reset)
+    scan_step: Step = step
+    if is_reset is not None:
+      scan_step, inputs = with_reset(step, initial), (inputs, is_reset)
     if self.is_static:
-      return static_scan(step, params, scan_inputs, prev_state, where=self.where())
-    return dynamic_scan(step, params, scan_inputs, prev_state, where=self.where())
+      return static_scan(scan_step, params, inputs, prev_state, where=where)
+    return dynamic_scan(scan_step, params, inputs, prev_state, where=where)

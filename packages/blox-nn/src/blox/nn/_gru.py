@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,31 +50,20 @@ class GRUState(NamedTuple):
 class GRU(GatedCell):
   """A gated recurrent unit (see the module docstring for the equations).
 
-  Args:
-    graph: the node this module binds to; its params are
-      `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`.
-    hidden_size: the size of the hidden state and of the outputs.
-    rng: the key source for initialisation.
-    is_static: scan over time with a Python loop instead of `jax.lax.scan`.
-    kernel_init: the input kernel's initializer `(key, shape, dtype) -> array`.
-    recurrent_kernel_init: the recurrent kernel's initializer.
-    bias_init: the bias's initializer.
-    kernel_metadata: metadata for the input kernel, e.g.
-      `{'sharding': (None, 'model')}`.
-    recurrent_kernel_metadata: metadata for the recurrent kernel.
-    bias_metadata: metadata for the bias.
-    precision: the precision of the matrix products (`jax.lax.Precision`).
-    param_dtype: as for `LSTM`.
-    dtype: as for `LSTM` (the state is kept in the compute dtype).
+  Its params are `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`. The
+  hidden state is `hidden_size` wide and stays in the compute dtype; only the
+  outputs take the policy's `output_dtype`. The recurrent kernel enters the
+  step in two column blocks (`U_r, U_z` times `h`, then `U_n` times `r * h`),
+  so contraction hooks see those blocks as its weight.
   """
 
-  num_gates = 3
+  num_gates: ClassVar[int] = 3
 
   def initial_state(
       self, params: Params, inputs: jax.Array, **kwargs: Any
   ) -> tuple[GRUState, Params]:
     """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
-    return GRUState(hidden=zero_hidden(inputs, self.hidden_size, self._dtypes())), params
+    return GRUState(hidden=zero_hidden(inputs, self.hidden_size, self.dtypes())), params
 
   def __call__(
       self,
@@ -92,10 +81,13 @@ class GRU(GatedCell):
         params, inputs, prev_state
     )
     size = self.hidden_size
-    x_r, x_z, x_n = jnp.split(self._dot(inputs, kernel) + bias, 3, axis=-1)
-    h_rz = self._dot(h, recurrent_kernel[:, : 2 * size])
+    x_r, x_z, x_n = jnp.split(self._product(params, inputs, kernel, "kernel") + bias, 3, axis=-1)
+    # The candidate sees the state through the reset gate, so the recurrent
+    # kernel is applied in two blocks: (U_r, U_z) to h, then U_n to r * h.
+    h_rz = self._product(params, h, recurrent_kernel[:, : 2 * size], "recurrent_kernel")
     r = jax.nn.sigmoid(x_r + h_rz[..., :size])
     z = jax.nn.sigmoid(x_z + h_rz[..., size:])
-    n = jnp.tanh(x_n + self._dot(r * h, recurrent_kernel[:, 2 * size :]))
+    h_n = self._product(params, r * h, recurrent_kernel[:, 2 * size :], "recurrent_kernel")
+    n = jnp.tanh(x_n + h_n)
     hidden = (1 - z) * h + z * n
     return (self._output(hidden), GRUState(hidden=hidden)), params

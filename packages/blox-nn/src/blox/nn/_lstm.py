@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,34 +47,18 @@ class LSTMState(NamedTuple):
 class LSTM(GatedCell):
   """A long short-term memory recurrence (see the module docstring).
 
-  Args:
-    graph: the node this module binds to; its params are
-      `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`.
-    hidden_size: the size of the hidden and cell states and of the outputs.
-    rng: the key source for initialisation.
-    is_static: scan over time with a Python loop instead of `jax.lax.scan`.
-    kernel_init: the input kernel's initializer `(key, shape, dtype) -> array`.
-    recurrent_kernel_init: the recurrent kernel's initializer.
-    bias_init: the bias's initializer.
-    kernel_metadata: metadata for the input kernel, e.g.
-      `{'sharding': (None, 'model')}`.
-    recurrent_kernel_metadata: metadata for the recurrent kernel.
-    bias_metadata: metadata for the bias.
-    precision: the precision of the matrix products (`jax.lax.Precision`).
-    param_dtype: the dtype of the params when they are created; None: the
-      policy's `param_dtype` (`Module.policy()`), else float32.
-    dtype: the dtype of the step and of the state; None: the policy's
-      `compute_dtype`, else the inputs' dtype promoted with the params'. The
-      outputs (not the state) come out in the policy's `output_dtype` if set.
+  Its params are `(*graph.path, 'kernel' | 'recurrent_kernel' | 'bias')`. The
+  hidden and cell states are `hidden_size` wide and stay in the compute
+  dtype; only the outputs take the policy's `output_dtype`.
   """
 
-  num_gates = 4
+  num_gates: ClassVar[int] = 4
 
   def initial_state(
       self, params: Params, inputs: jax.Array, **kwargs: Any
   ) -> tuple[LSTMState, Params]:
     """Zeros of shape `[*batch, hidden_size]` for one step of inputs `[*batch, features]`."""
-    zeros = zero_hidden(inputs, self.hidden_size, self._dtypes())
+    zeros = zero_hidden(inputs, self.hidden_size, self.dtypes())
     return LSTMState(hidden=zeros, cell=zeros), params
 
   def __call__(
@@ -92,7 +76,11 @@ class LSTM(GatedCell):
     inputs, (kernel, recurrent_kernel, bias), (h, c), params = self._weights(
         params, inputs, prev_state
     )
-    gates = self._dot(inputs, kernel) + self._dot(h, recurrent_kernel) + bias
+    gates = (
+        self._product(params, inputs, kernel, "kernel")
+        + self._product(params, h, recurrent_kernel, "recurrent_kernel")
+        + bias
+    )
     i, g, f, o = jnp.split(gates, 4, axis=-1)
     cell = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)

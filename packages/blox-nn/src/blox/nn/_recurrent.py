@@ -1,9 +1,11 @@
-"""What the recurrent cells (LSTM, GRU) share: arguments, weights and zero state.
+"""What the recurrent cells (LSTM, GRU) share: settings, weights and zero state.
 
 A gated cell with `gates` gate blocks has three params on its own node:
 `kernel [features, gates * hidden]` (applied to the inputs),
 `recurrent_kernel [hidden, gates * hidden]` (applied to the previous hidden
 state) and `bias [gates * hidden]`, each with its own init and metadata.
+Both products go through `blox.nn.contract`, with the weight names
+`'kernel'` and `'recurrent_kernel'`, so contraction hooks see them.
 
 Precision: the params are created in `param_dtype` (else the policy's, else
 float32); a step computes in `dtype` (else the policy's `compute_dtype`, else
@@ -21,22 +23,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, RecurrenceBase
+from blox.graph import RecurrenceBase, setting
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_positive_int
-from blox.nn._layer import kernel_and_bias
-from blox.nn._precision import (
-    Dtypes,
-    check_dtype,
-    float32_init,
-    resolve_dtypes,
-    to_compute,
-    to_output,
-)
+from blox.nn._contract import contract
+from blox.nn._layer import Layer, kernel_and_bias
+from blox.nn._precision import Dtypes, float32_init, to_compute, to_output
 from blox.nn.initializers import lecun_normal, orthogonal, zeros
 from blox.params import Initializer, KeySource, Params
 
@@ -57,48 +53,31 @@ def zero_hidden(inputs: jax.Array, hidden_size: int, dtypes: Dtypes) -> jax.Arra
   return jnp.zeros(shape, jnp.result_type(inputs, param))
 
 
-class GatedCell(RecurrenceBase):
-  """The constructor and weights of a cell with `num_gates` gate blocks.
+class GatedCell(RecurrenceBase, Layer):
+  """The settings and weights of a cell with `num_gates` gate blocks.
 
-  `LSTM` and `GRU` take exactly these arguments (documented on each); they
-  set `num_gates` and write the step (`__call__`) and `initial_state`.
+  `LSTM` and `GRU` declare no settings of their own: they set `num_gates` and
+  write the step (`__call__`) and `initial_state`.
   """
 
-  num_gates: int
+  num_gates: ClassVar[int]
 
-  def __init__(
-      self,
-      graph: Graph,
-      hidden_size: int,
-      *,
-      rng: KeySource,
-      is_static: bool = False,
-      kernel_init: Initializer = lecun_normal(),
-      recurrent_kernel_init: Initializer = orthogonal(),
-      bias_init: Initializer = zeros,
-      kernel_metadata: Mapping[str, Any] | None = None,
-      recurrent_kernel_metadata: Mapping[str, Any] | None = None,
-      bias_metadata: Mapping[str, Any] | None = None,
-      precision: jax.lax.PrecisionLike = None,
-      param_dtype: Any = None,
-      dtype: Any = None,
-  ) -> None:
-    super().__init__(graph, is_static=is_static)
-    check_positive_int(hidden_size, "hidden_size", self.where())
-    self.hidden_size = hidden_size
-    self.rng = rng
-    self.kernel_init = kernel_init
-    self.recurrent_kernel_init = recurrent_kernel_init
-    self.bias_init = bias_init
-    self.kernel_metadata = kernel_metadata
-    self.recurrent_kernel_metadata = recurrent_kernel_metadata
-    self.bias_metadata = bias_metadata
-    self.precision = precision
-    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
-    self.dtype = check_dtype(dtype, "dtype", self.where())
-
-  def _dtypes(self) -> Dtypes:
-    return resolve_dtypes(self, self.param_dtype, self.dtype)
+  hidden_size: int = setting(
+      kw_only=False, check=check_positive_int,
+      doc="the size of the hidden state and of the outputs.")
+  rng: KeySource = setting(doc="the key source for initialisation.")
+  kernel_init: Initializer = setting(
+      default=lecun_normal(), doc="the input kernel's initializer `(key, shape, dtype) -> array`.")
+  recurrent_kernel_init: Initializer = setting(
+      default=orthogonal(), doc="the recurrent kernel's initializer.")
+  bias_init: Initializer = setting(default=zeros, doc="the bias's initializer.")
+  kernel_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the input kernel, e.g. `{'sharding': (None, 'model')}`.")
+  recurrent_kernel_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the recurrent kernel.")
+  bias_metadata: Mapping[str, Any] | None = setting(default=None, doc="metadata for the bias.")
+  precision: jax.lax.PrecisionLike = setting(
+      default=None, doc="the precision of the matrix products (`jax.lax.Precision`).")
 
   def _weights(
       self, params: Params, inputs: jax.Array, state: Sequence[jax.Array]
@@ -112,7 +91,7 @@ class GatedCell(RecurrenceBase):
     where = self.where()
     check_feature_axis(inputs, where)
     check_float_inputs(inputs, where)
-    dtypes = self._dtypes()
+    dtypes = self.dtypes()
     width = self.num_gates * self.hidden_size
     kernel, bias, params = kernel_and_bias(
         self, params, kernel_shape=(inputs.shape[-1], width), bias_shape=(width,),
@@ -132,8 +111,17 @@ class GatedCell(RecurrenceBase):
 
   def _output(self, hidden: jax.Array) -> jax.Array:
     """A step's output: its new hidden state in the policy's output dtype."""
-    return to_output(self._dtypes(), hidden)
+    return to_output(self.dtypes(), hidden)
 
-  def _dot(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`x @ kernel` at the cell's precision."""
-    return jnp.dot(x, kernel, precision=self.precision)
+  def _product(
+      self, params: Params, x: jax.Array, weight: jax.Array, weight_name: str
+  ) -> jax.Array:
+    """`x @ weight` through `contract`, at the cell's precision.
+
+    `weight` is the param `weight_name` (`'kernel'` or `'recurrent_kernel'`)
+    or a block of its columns; hooks see it as given.
+    """
+    return contract(
+        x, weight, "...i,io->...o", module=self, params=params, weight_name=weight_name,
+        precision=self.precision,
+    )
