@@ -22,20 +22,27 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
 from blox.graph._graph import Graph
 from blox.graph._module import Module
 from blox.graph._repeat_checks import (
+    build_layer,
     changed_inside,
     changed_outside,
+    check_make_layer,
+    check_num_layers,
+    check_remat_policy,
     check_same_kind,
+    check_unroll,
     check_update,
-    remat_policy_names,
+    unpack_result,
 )
+from blox.graph._settings import setting
 from blox.graph._stacking import (
     LAYER,
     add_stacked,
@@ -47,10 +54,41 @@ from blox.graph._stacking import (
 )
 from blox.params import Param, Params, Path, path_text
 
-__all__ = ["Repeat"]
+__all__ = ["LayerStep", "Repeat", "ScanPlan"]
 
-# How a scan body calls the layer: `(params, x, own input) -> (x, own output, params)`.
-LayerCall = Callable[[Params, Any, Any], tuple[Any, Any, Params]]
+
+class LayerStep(NamedTuple):
+  """What one step of a repeat's scan hands out, per layer.
+
+  `jax.lax.scan` stacks every field over the layers, so this is the one way
+  results leave the traced body. A new kind of per-layer result (values a
+  layer records, say) is one more field here, filled in by `Repeat._step`.
+  """
+
+  written: Params
+  """The layer params the step created (initialisation) or replaced
+  (runtime state), with one layer's metadata; weights merely read are left
+  out, so they are not copied once per layer."""
+  output: Any
+  """The layer's own output with `repeat.scan`; None otherwise."""
+
+
+class ScanPlan(NamedTuple):
+  """What the scan body needs besides its carry and the layer's slice: the
+  differences between creating params and running, as data."""
+
+  args: tuple[Any, ...]
+  kwargs: dict[str, Any]
+  with_own: bool
+  """`repeat.scan`: the layer takes its own input and returns its own output."""
+  creating: bool
+  """No layer params exist yet: the layer creates them."""
+  locked: bool
+  """The params the repeat was given are locked (creating is then an error)."""
+  view_structure: object
+  """The pytree structure of the layer's params as one layer sees them."""
+  outside_structure: object
+  """The pytree structure of the other params, which the layer may not change."""
 
 
 class Repeat(Module):
@@ -78,72 +116,42 @@ class Repeat(Module):
   Initialisation. Called with unlocked params that lack the layer's params,
   the repeat creates them in one `jax.lax.scan`: the layer's first call runs
   once per layer on that layer's real input, inside one traced body, and the
-  created values are stacked. Params are thus created exactly as a Python
-  loop over `num_layers` separately built layers would create them (the
-  `Rng` counter advancing from layer to layer, so every layer gets different
-  initial values), and the output equals that loop's. A param created
-  outside the layer's node during that call is an error.
+  created values come out of the scan stacked. Params are thus created
+  exactly as a Python loop over `num_layers` separately built layers would
+  create them (the `Rng` counter advancing from layer to layer, so every
+  layer gets different initial values), and the output equals that loop's.
+  A param created outside the layer's node during that call is an error.
 
   Runtime. Otherwise the repeat is one `jax.lax.scan` over the stacked
-  params; the layer may change existing params (counters, statistics) but
-  not create any. `remat_policy` wraps the scanned body with
-  `jax.checkpoint`: None (no rematerialisation), `'full'` (save nothing), or
-  the name of a `jax.checkpoint_policies` policy, e.g.
-  `'dots_with_no_batch_dims_saveable'`. `unroll` is passed to
-  `jax.lax.scan`.
-
-  Args:
-    graph: the node this module binds to.
-    make_layer: builds the layer on the node it is given.
-    num_layers: how many times the layer is applied, a positive int.
-    remat_policy: None, `'full'`, or a `jax.checkpoint_policies` name.
-    unroll: a positive int, or True to unroll the scan fully.
+  params, with the same body; the layer may change existing params
+  (counters, statistics) but not create any. `remat_policy` wraps the
+  scanned body with `jax.checkpoint`: None (no rematerialisation), `'full'`
+  (save nothing), or the name of a `jax.checkpoint_policies` policy, e.g.
+  `'dots_with_no_batch_dims_saveable'`. `unroll` is passed to `jax.lax.scan`.
   """
 
-  def __init__(
-      self,
-      graph: Graph,
-      make_layer: Callable[[Graph], Module],
-      num_layers: int,
-      *,
-      remat_policy: str | None = None,
-      unroll: int | bool = 1,
-  ) -> None:
-    super().__init__(graph)
-    where = self.where()
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-      raise ValueError(f"{where}: num_layers must be a positive int, got {num_layers!r}.")
-    if remat_policy is not None and remat_policy != "full":
-      valid = remat_policy_names()
-      if remat_policy not in valid:
-        raise ValueError(
-            f"{where}: remat_policy must be None, 'full' or the name of a"
-            f" jax.checkpoint_policies policy ({', '.join(valid)}); got"
-            f" {remat_policy!r}."
-        )
-    if not (unroll is True or (type(unroll) is int and unroll >= 1)):
-      raise ValueError(
-          f"{where}: unroll must be a positive int (layers per scan step) or True"
-          f" (unroll fully); got {unroll!r}."
-      )
-    if not callable(make_layer):
-      raise TypeError(
-          f"{where}: make_layer must be a function node -> Module, got"
-          f" {type(make_layer).__name__}."
-      )
-    self.make_layer = make_layer
-    self.num_layers = num_layers
-    self.remat_policy = remat_policy
-    self.unroll = unroll
-    node = graph.child(LAYER)
-    layer = make_layer(node)
-    if not isinstance(layer, Module) or layer.graph is not node:
-      bound = f" bound to {'/'.join(layer.graph.path)!r}" if isinstance(layer, Module) else ""
-      raise TypeError(
-          f"{where}: make_layer(node) must return a Module built on the node it"
-          f" is given ({'/'.join(node.path)!r}), got {type(layer).__name__}{bound}."
-      )
-    self.layer = layer
+  make_layer: Callable[[Graph], Module] = setting(
+      kw_only=False,
+      check=check_make_layer,
+      doc="builds the layer on the node it is given, called once: a function"
+      " node -> Module such as `lambda node: Block(node, ...)`, or a module class"
+      " that needs no other argument.",
+  )
+  num_layers: int = setting(
+      kw_only=False, check=check_num_layers,
+      doc="how many times the layer is applied, a positive int.",
+  )
+  remat_policy: str | None = setting(
+      default=None, check=check_remat_policy,
+      doc="None, `'full'`, or a `jax.checkpoint_policies` name.",
+  )
+  unroll: int | bool = setting(
+      default=1, check=check_unroll,
+      doc="layers per scan step, a positive int, or True to unroll the scan fully.",
+  )
+
+  def __post_init__(self) -> None:
+    self.layer: Module = build_layer(self.make_layer, self.graph.child(LAYER), self.where())
 
   @property
   def layer_path(self) -> Path:
@@ -221,11 +229,7 @@ class Repeat(Module):
         param outside its node during initialisation, or any param at
         runtime.
     """
-    def call(params: Params, h: Any, _: None) -> tuple[Any, None, Params]:
-      h, params = self._apply_layer(params, h, args, kwargs)
-      return h, None, params
-
-    y, _, params = self._scan(params, x, None, call)
+    y, _, params = self._scan(params, x, None, args, kwargs, with_own=False)
     return y, params
 
   def scan(
@@ -264,37 +268,75 @@ class Repeat(Module):
             f" {shape}, but each per-layer input needs a leading axis of size"
             f" num_layers={self.num_layers} (stack one value per layer)."
         )
-
-    def call(params: Params, h: Any, own: Any) -> tuple[Any, Any, Params]:
-      result = self.layer(params, h, own, *args, **kwargs)
-      if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)
-              and isinstance(result[0], tuple) and len(result[0]) == 2):
-        raise TypeError(
-            f"{self.where()}: with repeat.scan, the layer {self.layer.where()} must"
-            f" return ((x, output), params), got {type(result).__name__}."
-        )
-      (new_h, out), params = result
-      check_same_kind(self.layer.where(), h, new_h)
-      return new_h, out, params
-
-    y, outputs, params = self._scan(params, x, per_layer, call)
+    y, outputs, params = self._scan(params, x, per_layer, args, kwargs, with_own=True)
     return (y, outputs), params
 
-  def _scan(self, params: Params, x: Any, per_layer: Any, call: LayerCall) -> tuple[Any, Any, Params]:
+  def _scan(
+      self, params: Params, x: Any, per_layer: Any, args: tuple[Any, ...],
+      kwargs: dict[str, Any], *, with_own: bool,
+  ) -> tuple[Any, Any, Params]:
+    """The one scan, creating the layer's params or running on them; see the
+    class docstring. Returns `(x, per-layer outputs, params)`."""
     if not isinstance(params, Params):
       raise TypeError(
           f"{self.where()}: params must be a blox Params, got {type(params).__name__}."
       )
-    # Through items(), not params[path]: indexing counts as a read for
+    # Through split, not params[path]: indexing counts as a read for
     # `unused_params`, and only the layer's own reads should.
-    owned = [(path, param) for path, param in params.items() if self._owns(path)]
-    if not owned:
-      return self._initialise(params, x, per_layer, call)
-    for path, param in owned:
+    stacked, outside = params.split(self._owns)
+    for path, param in stacked.items():
       check_stacked(path, param, self.num_layers, self.where())
-    return self._run(params, x, per_layer, call)
+    creating = not stacked
+    if creating:  # the layer's first calls create its params
+      stacked, outside = stacked.unlocked(), outside.unlocked()
+    plan = ScanPlan(
+        args=args, kwargs=kwargs, with_own=with_own, creating=creating,
+        locked=params.is_locked,
+        view_structure=jax.tree.structure(layer_view(stacked)),
+        outside_structure=jax.tree.structure(outside),
+    )
+    (y, outside), steps = jax.lax.scan(
+        self._checkpointed(functools.partial(self._step, plan)),
+        (x, outside), (jax.tree.leaves(stacked), per_layer),
+        length=self.num_layers, unroll=self.unroll,
+    )
+    merged = outside.merge(self._restack(stacked, steps.written))
+    return y, steps.output, merged.locked() if params.is_locked else merged
 
-  # Both scans.
+  def _step(
+      self, plan: ScanPlan, carry: tuple[Any, Params], xs: tuple[list[Any], Any]
+  ) -> tuple[tuple[Any, Params], LayerStep]:
+    """The scan body: one layer on its slice of the stacked params.
+
+    `carry` is `(x, the params outside the layer)`, `xs` the layer's param
+    values (none while creating them) and its own input. Everything a layer
+    gives out besides the carry is a field of the returned `LayerStep`.
+    """
+    h, outside = carry
+    leaves, own = xs
+    given = jax.tree.unflatten(plan.view_structure, leaves)
+    own_input = (own,) if plan.with_own else ()
+    result = self.layer(outside.merge(given), h, *own_input, *plan.args, **plan.kwargs)
+    new_h, output, new_params = unpack_result(self, result, plan.with_own)
+    check_same_kind(self.layer.where(), h, new_h)
+    mine, rest = new_params.split(self._owns)
+    if jax.tree.structure(rest) != plan.outside_structure:
+      raise ValueError(changed_outside(self, outside, rest))
+    if plan.creating and mine and plan.locked:
+      raise RuntimeError(
+          f"{self.where()}: the params are locked but hold none of the repeated"
+          f" layer's params (under {path_text(self.layer_path)}). Initialise"
+          " them first by calling the model with unlocked params"
+          " (params.unlocked()), then run with the params it returns."
+      )
+    if not plan.creating and jax.tree.structure(mine) != plan.view_structure:
+      raise ValueError(changed_inside(self, given, mine))
+    before = dict(zip(given, leaves))
+    written, _ = mine.split(lambda path, param: param.value is not before.get(path))
+    for path, param in written.items():
+      if path in before:
+        check_update(self, path, before[path], param.value)
+    return (new_h, rest), LayerStep(written=written, output=output)
 
   def _checkpointed(self, body: Callable[..., Any]) -> Callable[..., Any]:
     if self.remat_policy is None:
@@ -306,86 +348,13 @@ class Repeat(Module):
     policy = getattr(jax.checkpoint_policies, self.remat_policy)
     return jax.checkpoint(body, prevent_cse=False, policy=policy)
 
-  def _apply_layer(self, params: Params, x: Any, args: Any, kwargs: Any) -> tuple[Any, Params]:
-    result = self.layer(params, x, *args, **kwargs)
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)):
-      raise TypeError(
-          f"{self.where()}: the layer {self.layer.where()} must return (x, params),"
-          f" got {type(result).__name__}."
-      )
-    y, new_params = result
-    check_same_kind(self.layer.where(), x, y)
-    return y, new_params
-
-  def _initialise(
-      self, params: Params, x: Any, per_layer: Any, call: LayerCall
-  ) -> tuple[Any, Any, Params]:
-    """Creates every layer's params in one scan; see the class docstring."""
-    was_locked = params.is_locked
-    outside = params.unlocked()
-    outside_structure: object = jax.tree.structure(outside)
-    created_structure: list[Any] = []
-
-    def body(carry: tuple[Any, Params], own: Any) -> tuple[tuple[Any, Params], Any]:
-      h, rest = carry
-      h, out, new_params = call(rest, h, own)
-      created, rest = new_params.split(self._owns)
-      if jax.tree.structure(rest) != outside_structure:
-        raise ValueError(changed_outside(self, carry[1], rest))
-      if created and was_locked:
-        raise RuntimeError(
-            f"{self.where()}: the params are locked but hold none of the repeated"
-            f" layer's params (under {path_text(self.layer_path)}). Initialise"
-            " them first by calling the model with unlocked params"
-            " (params.unlocked()), then run with the params it returns."
-        )
-      created_structure[:] = [jax.tree.structure(created)]
-      return (h, rest), (jax.tree.leaves(created), out)
-
-    (y, outside), (stacked, outputs) = jax.lax.scan(
-        self._checkpointed(body), (x, outside), per_layer,
-        length=self.num_layers, unroll=self.unroll,
-    )
-    created = jax.tree.unflatten(created_structure[0], stacked)
-    for path, param in created.items():
-      created = created.set(path, metadata=add_stacked(param.metadata, self.num_layers))
-    merged = outside.merge(created)
-    return y, outputs, merged.locked() if was_locked else merged
-
-  def _run(
-      self, params: Params, x: Any, per_layer: Any, call: LayerCall
-  ) -> tuple[Any, Any, Params]:
-    """The runtime scan over the stacked params; see the class docstring."""
-    stacked, outside = params.split(self._owns)
-    outside_structure: object = jax.tree.structure(outside)
-    stacked_leaves, stacked_structure = jax.tree.flatten(stacked)
-    view_structure: object = jax.tree.structure(layer_view(stacked))
-    changed: list[int] = []
-
-    def body(carry: tuple[Any, Params], xs: tuple[list[Any], Any]) -> tuple[tuple[Any, Params], Any]:
-      h, rest = carry
-      leaves, own = xs
-      layer_params = jax.tree.unflatten(view_structure, leaves)
-      h, out, new_params = call(rest.merge(layer_params), h, own)
-      new_layer, rest = new_params.split(self._owns)
-      if jax.tree.structure(rest) != outside_structure:
-        raise ValueError(changed_outside(self, carry[1], rest))
-      if jax.tree.structure(new_layer) != view_structure:
-        raise ValueError(changed_inside(self, layer_params, new_layer))
-      new_leaves = jax.tree.leaves(new_layer)
-      # Only values the layer replaced (statistics, counters) leave the scan:
-      # the weights it merely read are not copied out once per layer.
-      changed[:] = [i for i, (old, new) in enumerate(zip(leaves, new_leaves)) if old is not new]
-      paths = list(new_layer)
-      for i in changed:
-        check_update(self, paths[i], leaves[i], new_leaves[i])
-      return (h, rest), ([new_leaves[i] for i in changed], out)
-
-    (y, outside), (updates, outputs) = jax.lax.scan(
-        self._checkpointed(body), (x, outside), (stacked_leaves, per_layer),
-        length=self.num_layers, unroll=self.unroll,
-    )
-    for i, update in zip(changed, updates):
-      stacked_leaves[i] = update
-    stacked = jax.tree.unflatten(stacked_structure, stacked_leaves)
-    return y, outputs, outside.merge(stacked)
+  def _restack(self, stacked: Params, written: Params) -> Params:
+    """The layer's stacked params after the scan, from what its steps wrote
+    (each value stacked over the layers by the scan)."""
+    if not stacked:  # created: the metadata gains the stacked axis
+      for path, param in written.items():
+        written = written.set(path, metadata=add_stacked(param.metadata, self.num_layers))
+      return written
+    for path, param in written.items():  # replaced: the stacked entry keeps its metadata
+      stacked = stacked.set(path, param.value)
+    return stacked
