@@ -32,7 +32,7 @@ _CHILD = r"""
 import os, signal, sys, time
 import numpy as np
 import blox.params as bp
-from blox.params import _atomic
+import blox.params._atomic as _atomic
 
 size, target, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked savers reap themselves

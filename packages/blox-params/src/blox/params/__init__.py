@@ -12,26 +12,26 @@ Example:
   Array([2., 2., 2.], dtype=float32)
 """
 
-from blox.params._arrays import Initializer as Initializer
-from blox.params._arrays import is_array as is_array
-from blox.params._arrays import is_prng_key as is_prng_key
-from blox.params._arrays import measure as measure
-from blox.params._arrays import split_arrays as split_arrays
+from blox.params._array_kinds import is_array as is_array
+from blox.params._array_kinds import is_prng_key as is_prng_key
 from blox.params._checkpoint_format import CheckpointError as CheckpointError
-from blox.params._checkpoint_load import CheckpointWarning as CheckpointWarning
 from blox.params._checkpoint_load import load as load
+from blox.params._checkpoint_read import CheckpointWarning as CheckpointWarning
 from blox.params._checkpoint_save import save as save
 from blox.params._container import Params as Params
-from blox.params._key_source import RNG_COUNTER as RNG_COUNTER
-from blox.params._key_source import RNG_SEED as RNG_SEED
-from blox.params._key_source import RNG_STREAM as RNG_STREAM
+from blox.params._initializer import Initializer as Initializer
 from blox.params._key_source import KeySource as KeySource
+from blox.params._measure import measure as measure
+from blox.params._metadata import RNG_COUNTER as RNG_COUNTER
+from blox.params._metadata import RNG_SEED as RNG_SEED
+from blox.params._metadata import RNG_STREAM as RNG_STREAM
+from blox.params._metadata import SHARDING as SHARDING
+from blox.params._metadata import STACKED as STACKED
 from blox.params._metadata import Metadata as Metadata
 from blox.params._param import Param as Param
-from blox.params._paths import SHARDING as SHARDING
-from blox.params._paths import STACKED as STACKED
 from blox.params._paths import Path as Path
 from blox.params._paths import path_text as path_text
+from blox.params._split_arrays import split_arrays as split_arrays
 from blox.params._training import param_mask as param_mask
 from blox.params._training import value_and_grad as value_and_grad
 from blox.params._unused import ReadRecorder as ReadRecorder

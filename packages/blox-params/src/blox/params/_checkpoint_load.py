@@ -22,39 +22,31 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar, overload
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from blox.params._checkpoint_format import (
-    HEADER_MEMBER,
-    CheckpointError,
-    Entry,
-    Header,
-    Leaf,
-    array_member,
-    decode_leaves,
-    storage_dtype,
+from blox.params._checkpoint_format import HEADER_MEMBER, CheckpointError, Entry, Header, Leaf, decode_leaves
+from blox.params._checkpoint_read import (
+    CheckpointWarning,
+    check_enabled_dtype,
+    compare_entries,
+    format_errors,
+    place,
+    read_array,
+    rebuild,
 )
+from blox.params._checkpoint_tree import load_tree
 from blox.params._container import Params
-from blox.params._param import Param
 from blox.params._paths import Path, path_text
 
-__all__ = ["CheckpointWarning", "Shardings", "load"]
+__all__ = ["Shardings", "load"]
 
 Shardings: TypeAlias = Params | Mapping[Path, Any] | jax.sharding.Sharding
-
-
-class CheckpointWarning(UserWarning):
-  """`load(..., strict=False)` skipped params that did not match `like`."""
-
 
 _State = TypeVar("_State")
 
@@ -145,9 +137,6 @@ def load(
   with open(source, "rb") as file, _open_archive(file, source) as archive:
     leaves = _read_leaves(archive, source)
     if like is not None and not isinstance(like, Params):
-      # Imported here: the tree loader builds on this module's steps.
-      from blox.params._checkpoint_tree import load_tree
-
       return load_tree(archive, leaves, like, shardings, strict, source)
     if len(leaves) != 1 or leaves[0].params is None or leaves[0].key:
       raise CheckpointError(
@@ -158,7 +147,7 @@ def load(
     header = leaves[0].params
     selected = _select(header, like, strict, source)
     values = _read_and_place(archive, header, selected, shardings, source)
-  return _rebuild(header, selected, values, like)
+  return rebuild(header, selected, values, like)
 
 
 def _open_archive(file: Any, source: str) -> zipfile.ZipFile:
@@ -182,25 +171,9 @@ def _read_leaves(archive: zipfile.ZipFile, source: str) -> tuple[Leaf, ...]:
         f"{source!r} is not a blox checkpoint: the archive has no {HEADER_MEMBER}"
         " member (a plain .npz? open it with numpy.load instead)."
     )
-  with _format_errors(source, f"reading {HEADER_MEMBER}"):
+  with format_errors(source, f"reading {HEADER_MEMBER}"):
     data = archive.read(HEADER_MEMBER)
   return decode_leaves(data, source)
-
-
-@contextlib.contextmanager
-def _format_errors(source: str, what: str) -> Iterator[None]:
-  """Turns the many ways a damaged zip or .npy fails into a CheckpointError."""
-  try:
-    yield
-  except CheckpointError:
-    raise
-  # Any exception: zipfile and numpy fail on damaged bytes in many ways
-  # (BadZipFile, struct.error, NotImplementedError, MemoryError, ...).
-  except Exception as error:
-    raise CheckpointError(
-        f"{source!r} is not a readable blox checkpoint: {what} failed"
-        f" ({type(error).__name__}: {error})."
-    ) from error
 
 
 def _select(header: Header, like: Params | None, strict: bool, source: str) -> list[Entry]:
@@ -210,7 +183,7 @@ def _select(header: Header, like: Params | None, strict: bool, source: str) -> l
   """
   if like is None:
     return list(header.entries)
-  selected, problems = _compare(header.entries, like, source)
+  selected, problems = compare_entries(header.entries, like, source)
   if problems:
     report = (
         f"Checkpoint {source!r} does not match `like` ({len(problems)}"
@@ -229,63 +202,6 @@ def _select(header: Header, like: Params | None, strict: bool, source: str) -> l
   return selected
 
 
-def _compare(
-    entries: Sequence[Entry], like: Params, source: str
-) -> tuple[list[Entry], list[str]]:
-  """Entries that match `like`, and one line per mismatch, by path."""
-  templates = like.as_dict()
-  in_file = {entry.path for entry in entries}
-  problems = [
-      f"  missing from the checkpoint: {path_text(path)}" for path in templates if path not in in_file
-  ]
-  matching = []
-  for entry in entries:
-    template = templates.get(entry.path)
-    if template is None:
-      problems.append(f"  unexpected in the checkpoint (not in like): {path_text(entry.path)}")
-      continue
-    value = template.value
-    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-      raise TypeError(
-          f"like[{path_text(entry.path)}] holds {type(value).__name__}; a template holds"
-          " arrays or jax.ShapeDtypeStruct values."
-      )
-    fits = True
-    if tuple(value.shape) != entry.shape:
-      problems.append(
-          f"  shape mismatch at {path_text(entry.path)}: checkpoint {entry.shape}, like"
-          f" {tuple(value.shape)}"
-      )
-      fits = False
-    if value.dtype != _logical_dtype(entry, source):
-      problems.append(
-          f"  dtype mismatch at {path_text(entry.path)}: checkpoint {_describe_dtype(entry)},"
-          f" like {value.dtype}"
-      )
-      fits = False
-    if fits:
-      matching.append(entry)
-  return matching, problems
-
-
-def _logical_dtype(entry: Entry, source: str) -> Any:
-  """The dtype the loaded value will have (a key dtype for PRNG keys)."""
-  if entry.key_impl is None:
-    return entry.dtype
-  impl = entry.key_impl
-  try:
-    return jax.eval_shape(lambda: jax.random.key(0, impl=impl)).dtype
-  except (ValueError, TypeError, KeyError) as error:
-    raise CheckpointError(
-        f"{source!r}: param {path_text(entry.path)} is a PRNG key of the implementation"
-        f" {impl!r}, which this JAX does not know ({error})."
-    ) from None
-
-
-def _describe_dtype(entry: Entry) -> str:
-  return f"key<{entry.key_impl}>" if entry.key_impl is not None else entry.dtype.name
-
-
 def _read_and_place(
     archive: zipfile.ZipFile,
     header: Header,
@@ -295,27 +211,16 @@ def _read_and_place(
 ) -> list[jax.Array]:
   """Each selected value read from the archive and put on its devices."""
   for entry in selected:
-    _check_enabled_dtype(entry)
+    check_enabled_dtype(entry)
   placement = _sharding_table(shardings, [entry.path for entry in selected])
   index = {entry.path: i for i, entry in enumerate(header.entries)}
   return [
-      _place(
-          entry, _read_array(archive, index[entry.path], entry, source),
+      place(
+          entry, read_array(archive, index[entry.path], entry, source),
           placement[entry.path], source,
       )
       for entry in selected
   ]
-
-
-def _check_enabled_dtype(entry: Entry) -> None:
-  # Without jax_enable_x64, JAX would silently narrow 64-bit values; a
-  # checkpoint promises exact values, so say what to do instead.
-  if entry.key_impl is None and jax.dtypes.canonicalize_dtype(entry.dtype) != entry.dtype:
-    raise ValueError(
-        f"Param {path_text(entry.path)} holds {entry.dtype} values, which JAX cannot hold"
-        " with 64-bit mode off; enable it (jax.config.update('jax_enable_x64',"
-        " True)) before loading."
-    )
 
 
 def _sharding_table(
@@ -354,56 +259,3 @@ def _sharding_table(
   return table
 
 
-def _read_array(archive: zipfile.ZipFile, index: int, entry: Entry, source: str) -> np.ndarray:
-  """The `index`-th value as stored, checked against its header entry."""
-  name = array_member(index)
-  with _format_errors(source, f"reading {name} (param {path_text(entry.path)})"):
-    with archive.open(name) as member:
-      array = np.lib.format.read_array(member, allow_pickle=False)
-      # Reading to the end makes zipfile check the member's CRC, which
-      # catches corrupted bytes inside the array data.
-      if member.read():
-        raise ValueError("unexpected bytes after the array data")
-  if not array.dtype.isnative:
-    array = array.astype(array.dtype.newbyteorder("="))
-  stored = storage_dtype(entry.dtype)
-  key_data_axes = array.shape[len(entry.shape):] if entry.key_impl is not None else ()
-  if array.dtype != stored or array.shape != entry.shape + key_data_axes:
-    raise CheckpointError(
-        f"{source!r} is corrupt: {name} (param {path_text(entry.path)}) holds"
-        f" {array.dtype}{list(array.shape)}, but the header describes"
-        f" {entry.dtype}{list(entry.shape)}."
-    )
-  return array.view(entry.dtype)
-
-
-def _place(entry: Entry, array: np.ndarray, sharding: jax.sharding.Sharding | None, source: str) -> jax.Array:
-  """`array` on its devices, rebuilt as typed PRNG keys where it holds key data."""
-  placed: jax.Array
-  if entry.key_impl is not None:
-    with _format_errors(source, f"rebuilding the PRNG key {path_text(entry.path)}"):
-      placed = jax.random.wrap_key_data(jnp.asarray(array), impl=entry.key_impl)
-    if sharding is not None:
-      placed = jax.device_put(placed, sharding)
-    return placed
-  placed = jax.device_put(array, sharding)
-  return placed
-
-
-def _rebuild(
-    header: Header, selected: Sequence[Entry], values: Sequence[jax.Array], like: Params | None
-) -> Params:
-  """The loaded container: in `like`'s structure, or the file's own."""
-  if like is not None:
-    by_path = {entry.path: value for entry, value in zip(selected, values)}
-    if len(by_path) < len(like):
-      # strict=False dropped some params: keep like's entries for the rest.
-      like, _ = like.split(lambda path, _: path in by_path)
-    return like.map(lambda path, _: by_path[path])
-  return Params(
-      {
-          entry.path: Param(value, entry.trainable, entry.metadata)
-          for entry, value in zip(selected, values)
-      },
-      locked=header.locked,
-  )

@@ -31,7 +31,7 @@ from typing import IO, Any
 import jax
 import numpy as np
 
-from blox.params._arrays import is_prng_key
+from blox.params._array_kinds import is_prng_key
 from blox.params._atomic import write_atomically
 from blox.params._checkpoint_format import (
     HEADER_MEMBER,

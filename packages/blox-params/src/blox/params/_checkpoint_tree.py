@@ -30,15 +30,15 @@ import jax
 import numpy as np
 
 from blox.params._checkpoint_format import Entry, Leaf
-from blox.params._checkpoint_load import (
+from blox.params._checkpoint_read import (
     CheckpointWarning,
-    _check_enabled_dtype,
-    _compare,
-    _describe_dtype,
-    _logical_dtype,
-    _place,
-    _read_array,
-    _rebuild,
+    check_enabled_dtype,
+    compare_entries,
+    describe_dtype,
+    logical_dtype,
+    place,
+    read_array,
+    rebuild,
 )
 from blox.params._container import Params
 
@@ -94,7 +94,7 @@ def load_tree(
       if leaf.params is None:
         problems.append(f"  leaf {key!r}: like holds Params, the checkpoint an array")
         continue
-      selected, found = _compare(leaf.params.entries, template, source)
+      selected, found = compare_entries(leaf.params.entries, template, source)
       (skipped if not strict else problems).extend(f"  leaf {key!r}:{line}" for line in found)
       plans.append((key, template, leaf, selected))
     elif leaf.array is None:
@@ -138,7 +138,7 @@ def _array_problem(leaf: Leaf, template: Any, source: str) -> str | None:
   assert entry is not None
   if isinstance(template, _PYTHON_SCALARS):
     if not leaf.from_python or entry.shape:
-      return f"like holds {_kind(template)}, the checkpoint {_describe_dtype(entry)}{list(entry.shape)}"
+      return f"like holds {_kind(template)}, the checkpoint {describe_dtype(entry)}{list(entry.shape)}"
     return None
   if not hasattr(template, "shape") or not hasattr(template, "dtype"):
     return (
@@ -148,8 +148,8 @@ def _array_problem(leaf: Leaf, template: Any, source: str) -> str | None:
   if tuple(template.shape) != entry.shape:
     return f"shape mismatch: checkpoint {entry.shape}, like {tuple(template.shape)}"
   # A Python scalar is saved at 64 bits; jax.eval_shape sees it at 32.
-  if not leaf.from_python and template.dtype != _logical_dtype(entry, source):
-    return f"dtype mismatch: checkpoint {_describe_dtype(entry)}, like {template.dtype}"
+  if not leaf.from_python and template.dtype != logical_dtype(entry, source):
+    return f"dtype mismatch: checkpoint {describe_dtype(entry)}, like {template.dtype}"
   return None
 
 
@@ -165,16 +165,16 @@ def _load_leaf(
   if leaf.params is not None:
     index = {entry.path: first + i for i, entry in enumerate(leaf.params.entries)}
     for entry in selected:
-      _check_enabled_dtype(entry)
+      check_enabled_dtype(entry)
     values = [
-        _place(entry, _read_array(archive, index[entry.path], entry, source), sharding, source)
+        place(entry, read_array(archive, index[entry.path], entry, source), sharding, source)
         for entry in selected
     ]
-    return _rebuild(leaf.params, selected, values, template)
+    return rebuild(leaf.params, selected, values, template)
   array_entry = leaf.array
   assert array_entry is not None
   entry = array_entry
-  array = _read_array(archive, first, entry, source)
+  array = read_array(archive, first, entry, source)
   if isinstance(template, _PYTHON_SCALARS):
     return type(template)(array.item())
   if leaf.from_python:
@@ -186,5 +186,5 @@ def _load_leaf(
           " wider dtype) in the template."
       )
     return jax.device_put(converted, sharding)
-  _check_enabled_dtype(entry)
-  return _place(entry, array, sharding, source)
+  check_enabled_dtype(entry)
+  return place(entry, array, sharding, source)

@@ -6,9 +6,10 @@ Representation. A `Params` is two slots: a flat tuple of values and one
 one way to make a `Params` from a structure and values: every operation and
 pytree unflattening use it. Mapping views are built only when asked for.
 
-The module is a little over 400 lines because `Params` is one public type
-whose methods keep their documented contracts and examples together; the
-logic behind them lives in `_structure`, `_creation` and `_state_dict`.
+`Params` is one public type; the operations with the longest contracts
+(`get_or_create`, the state dict conversions) are functions in their own
+modules (`_creation`, `_state_dict`) that the class takes as its methods, and
+the order rule lives in `_structure`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -25,14 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Any
 
-from blox.params import _creation, _pytree, _state_dict
-from blox.params._arrays import Initializer, describe_value
-from blox.params._key_source import KeySource
+from blox.params._creation import get_or_create
+from blox.params._measure import describe_value
 from blox.params._metadata import Metadata
 from blox.params._param import Param, check_param, check_replacement
 from blox.params._paths import Path, check_path, closest_hint, path_text
 from blox.params._structure import EMPTY, Structure, fresh, merge, take
 from blox.params._html import params_html
+from blox.params._pytree import register
+from blox.params._state_dict import from_state_dict, to_state_dict
 from blox.params._unused import READS
 
 __all__ = ["Params", "build"]
@@ -289,50 +291,8 @@ class Params:
     structure, sources = merge(self._structure, other._structure)
     return build(structure, take(self._values + other._values, sources))
 
-  # The primitives modules are built on.
-
-  def get_or_create(
-      self,
-      path: Path,
-      shape: Sequence[int] | None = None,
-      *,
-      init: Initializer | None = None,
-      param_dtype: Any = None,
-      trainable: bool = True,
-      metadata: Mapping[str, Any] | None = None,
-      rng: KeySource | None = None,
-  ) -> tuple[Any, Params]:
-    """Returns the value at `path`, creating it first if it is missing.
-
-    An existing value is checked against `shape` and `param_dtype` when they
-    are given; `init`, `trainable`, `metadata` and `rng` only matter for
-    creation. Creating calls `init(key, shape, param_dtype)` (`param_dtype`
-    defaults to float32; a requested dtype means what JAX makes of it, e.g.
-    float32 for float64 while 64-bit mode is off), where `key` is drawn from
-    the key source `rng` (exactly one draw) or is None without one. An
-    exception from `init` gets a note naming the param. A created param is
-    appended. Everything after `shape` is keyword-only.
-
-    Returns:
-      `(value, params)`: params are these params, or a new container that also
-      holds the created param (and the key source's advanced state).
-
-    Raises:
-      ValueError: the existing value has another shape or dtype (the message
-        names the changed dimension); or a creation lacks `shape` or `init`,
-        or `init` returns another shape or dtype.
-      RuntimeError: creating while locked.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> w, params = Params().get_or_create(('w',), (2,), init=jax.nn.initializers.zeros)
-      >>> params.get_or_create(('w',), (2,))[0] is w
-      True
-    """
-    return _creation.get_or_create(
-        self, path, shape, init=init, param_dtype=param_dtype, trainable=trainable,
-        metadata=metadata, rng=rng,
-    )
+  # The primitives modules are built on (`get_or_create` is defined below,
+  # with the operations that live in their own modules).
 
   def set(
       self,
@@ -390,10 +350,12 @@ class Params:
         self._structure.appended(path, trainable, metadata), self._values + (value,)
     )
 
-  # Interop: nested state dicts (see `blox.params._state_dict`).
+  # Operations defined in their own modules, where their contracts and
+  # examples live; each takes these params as its first argument.
 
-  to_state_dict = _state_dict.to_state_dict
-  from_state_dict = classmethod(_state_dict.from_state_dict)
+  get_or_create = get_or_create  # `blox.params._creation`
+  to_state_dict = to_state_dict  # `blox.params._state_dict`
+  from_state_dict = classmethod(from_state_dict)
 
   def _repr_html_(self) -> str:
     """An HTML table for Jupyter: paths, shapes, dtypes, sizes, shardings; no values."""
@@ -448,4 +410,4 @@ def _fill(params: Params, structure: Structure, values: tuple[Any, ...]) -> None
   _set_structure(params, structure)
 
 
-_pytree.register(Params, build)
+register(Params, build)

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 
-from blox.params._arrays import Initializer, canonical_dtype, dtype_text, is_value, same_dtype
+from blox.params._array_kinds import is_value
+from blox.params._dtypes import canonical_dtype, dtype_text, same_dtype
+from blox.params._initializer import Initializer
 from blox.params._key_source import KeySource
 from blox.params._metadata import as_metadata
 from blox.params._paths import Path, check_path, closest_hint, path_text
@@ -52,7 +54,35 @@ def get_or_create(
     metadata: Mapping[str, Any] | None = None,
     rng: KeySource | None = None,
 ) -> tuple[Any, Params]:
-  """`params.get_or_create(...)`; see `Params.get_or_create` for the contract."""
+  """Returns the value at `path`, creating it first if it is missing.
+
+  `Params.get_or_create`: these params are the first argument. An existing
+  value is checked against `shape` and `param_dtype` when they are given;
+  `init`, `trainable`, `metadata` and `rng` only matter for creation.
+  Creating calls `init(key, shape, param_dtype)` (`param_dtype` defaults to
+  float32; a requested dtype means what JAX makes of it, e.g. float32 for
+  float64 while 64-bit mode is off), where `key` is drawn from the key source
+  `rng` (exactly one draw) or is None without one. An exception from `init`
+  gets a note naming the param. A created param is appended (rank max+1).
+  Everything after `shape` is keyword-only.
+
+  Returns:
+    `(value, params)`: params are these params, or a new container that also
+    holds the created param (and the key source's advanced state).
+
+  Raises:
+    ValueError: the existing value has another shape or dtype (the message
+      names the changed dimension); or a creation lacks `shape` or `init`,
+      or `init` returns another shape or dtype.
+    RuntimeError: creating while locked.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from blox.params import Params
+    >>> w, params = Params().get_or_create(('w',), (2,), init=jax.nn.initializers.zeros)
+    >>> params.get_or_create(('w',), (2,))[0] is w
+    True
+  """
   position = params._structure.index().get(check_path(path))
   dtype = _requested_dtype(path, param_dtype)
   if position is not None:

@@ -18,8 +18,8 @@ import html
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from blox.params._arrays import measure
-from blox.params._paths import SHARDING
+from blox.params._measure import measure
+from blox.params._metadata import SHARDING
 
 if TYPE_CHECKING:
   from blox.params._container import Params

@@ -1,8 +1,10 @@
-"""`Metadata`: the read-only, hashable mapping each param carries.
+"""`Metadata`: the read-only, hashable mapping each param carries, and its known keys.
 
 Metadata is static pytree structure (see `blox.params._structure`), so every
 entry must be hashable; `as_metadata` is the one conversion from what users
-pass (`None` or a mapping) to `Metadata`.
+pass (`None` or a mapping) to `Metadata`. The keys that blox itself reads and
+writes are declared here, once: `SHARDING`, `STACKED` and the random-stream
+tags `RNG_STREAM`, `RNG_SEED`, `RNG_COUNTER`.
 
 Example:
   >>> m = as_metadata({'sharding': ('data', None)})
@@ -17,7 +19,46 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["EMPTY_METADATA", "Metadata", "as_metadata"]
+__all__ = [
+    "EMPTY_METADATA",
+    "Metadata",
+    "RNG_COUNTER",
+    "RNG_SEED",
+    "RNG_STREAM",
+    "SHARDING",
+    "STACKED",
+    "as_metadata",
+]
+
+SHARDING = "sharding"
+"""The metadata key under which a param says how it is laid out over a device mesh.
+
+One entry per dimension: a mesh or logical axis name, a tuple of names, or
+None. Layers write it, `blox.parallel` reads it.
+"""
+
+STACKED = "stacked"
+"""The metadata key under which a stacked param records its stacked axes.
+
+A param stored for a stack of identical layers (`blox.graph.Repeat`) records
+the sizes of its leading stacked axes, a tuple of ints, outermost first:
+`(num_layers,)`, or `(outer, inner)` for a stack inside a stack. Its other
+metadata (`SHARDING` too) describes one layer's dimensions, which follow the
+stacked ones.
+"""
+
+# Tools (per-lane folding, checkpoints, summaries) find every random stream in
+# a Params by these tags, without the modules that made them.
+RNG_STREAM = "rng_stream"
+"""The metadata key that marks a param as random-stream state.
+
+A random stream stores its state as params whose metadata maps `RNG_STREAM`
+to `RNG_SEED` or `RNG_COUNTER`.
+"""
+RNG_SEED = "seed"
+"""The `RNG_STREAM` tag of a stream's seed param (a PRNG key)."""
+RNG_COUNTER = "counter"
+"""The `RNG_STREAM` tag of a stream's counter param (a uint32 scalar)."""
 
 
 class Metadata(Mapping[str, Hashable]):

@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from blox.params._arrays import describe_value, is_value
-from blox.params._metadata import Metadata, as_metadata
-from blox.params._paths import SHARDING, Path, check_path, path_text
+from blox.params._array_kinds import is_value
+from blox.params._measure import describe_value
+from blox.params._metadata import SHARDING, Metadata, as_metadata
+from blox.params._paths import Path, check_path, path_text
 
 __all__ = ["Param", "check_param", "check_replacement"]
 

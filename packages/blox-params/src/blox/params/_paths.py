@@ -23,27 +23,10 @@ import difflib
 from collections.abc import Sequence
 from typing import TypeGuard
 
-__all__ = ["Path", "SHARDING", "STACKED", "check_path", "closest_hint", "is_path", "path_text"]
+__all__ = ["Path", "check_path", "closest_hint", "is_path", "path_text"]
 
 Path = tuple[str, ...]
 """A param's path: a non-empty tuple of names, outermost first, e.g. `('net', 'out', 'kernel')`."""
-
-SHARDING = "sharding"
-"""The metadata key under which a param says how it is laid out over a device mesh.
-
-One entry per dimension: a mesh or logical axis name, a tuple of names, or
-None. Layers write it, `blox.parallel` reads it.
-"""
-
-STACKED = "stacked"
-"""The metadata key under which a stacked param records its stacked axes.
-
-A param stored for a stack of identical layers (`blox.graph.Repeat`) records
-the sizes of its leading stacked axes, a tuple of ints, outermost first:
-`(num_layers,)`, or `(outer, inner)` for a stack inside a stack. Its other
-metadata (`SHARDING` too) describes one layer's dimensions, which follow the
-stacked ones.
-"""
 
 
 def is_path(path: object) -> TypeGuard[Path]:

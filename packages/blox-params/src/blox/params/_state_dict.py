@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from blox.params._arrays import describe_value
+from blox.params._measure import describe_value
 from blox.params._param import Param
 from blox.params._paths import Path, path_text
 

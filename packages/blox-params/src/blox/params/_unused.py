@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import jax
 
-from blox.params._arrays import split_arrays
 from blox.params._paths import Path
+from blox.params._split_arrays import split_arrays
 
 if TYPE_CHECKING:
   from blox.params._container import Params
