@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -58,6 +59,26 @@ def same_structure(a: Any, b: Any) -> bool:
 
 
 X = jnp.linspace(-1.0, 1.0, 2 * FEATURES).reshape(2, FEATURES)
+
+
+def test_a_built_block_or_a_class_that_needs_more_says_what_to_pass() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  block = Block(graph.child("block"), rng=rng)
+  with pytest.raises(
+      TypeError,
+      match=r"Repeat 'net/blocks': make_layer must be a function node -> Module"
+      r" \(e\.g\. lambda node: Block\(node, \.\.\.\)\); got a Block instance",
+  ):
+    Repeat(graph.child("blocks"), block, num_layers=2)  # type: ignore[arg-type]  # the misuse under test
+  with pytest.raises(
+      TypeError,
+      match=r"Repeat 'net/stack': make_layer is the class Block, .*'rng'.*lambda node: Block\(node, \.\.\.\)",
+  ):
+    Repeat(graph.child("stack"), Block, num_layers=2)  # type: ignore[arg-type]  # the misuse under test
+  stack = Repeat(graph.child("partial"), functools.partial(Block, rng=rng), num_layers=2)
+  _, params = stack(rng.seed(Params(), seed=0), X)
+  assert params[("net", "partial", "layer", "up", "kernel")].value.shape == (2, FEATURES, 8)
 
 
 def test_params_are_stacked_at_the_layer_paths() -> None:
@@ -268,6 +289,11 @@ def test_layer_calls_are_traced_once() -> None:
   calls = []
 
   class Counted(Block):
+    # Spelled out for mypy: without it, dataclass_transform makes it see a
+    # constructor from Counted's (no) settings instead of Block.__init__.
+    def __init__(self, graph: Graph, *, rng: Rng) -> None:
+      super().__init__(graph, rng=rng)
+
     def __call__(self, params: Params, x: jax.Array, is_training: bool = True) -> Any:
       calls.append(1)
       return super().__call__(params, x, is_training)
