@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Conv, ConvTranspose, Rng
+from blox.nn._contract import Contraction, ConvDimensions, contraction_hooks
 from blox.params import SHARDING, Params
 
 _names = itertools.count()
@@ -47,6 +49,12 @@ def _make(cls: type[Any], **kwargs: Any) -> tuple[Any, Params]:
 
 def _random(shape: tuple[int, ...], seed: int = 1) -> jax.Array:
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _per_axis(layer: Any, name: str) -> tuple[int, ...]:
+  """The layer's setting `name` (an int or one per spatial axis) as one int per axis."""
+  value = getattr(layer, name)
+  return (value,) * len(layer.kernel_size) if isinstance(value, int) else tuple(value)
 
 
 def _run_with_bias(layer: Any, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
@@ -120,18 +128,18 @@ def test_conv_matches_lax(
   padding = kwargs.get("padding", "SAME")
   if isinstance(padding, str):
     padding = padding.upper()
-    if any(d > 1 for d in layer.input_dilation):
+    if any(d > 1 for d in _per_axis(layer, "input_dilation")):
       # lax takes only explicit pairs with an input dilation; the documented
       # rule measures the padding mode on the dilated input.
       spatial = shape[batch_dims:-1]
-      dilated = [(s - 1) * d + 1 for s, d in zip(spatial, layer.input_dilation)]
-      padding = jax.lax.padtype_to_pads(dilated, kernel_size, layer.strides, padding)
+      dilated = [(s - 1) * d + 1 for s, d in zip(spatial, _per_axis(layer, "input_dilation"))]
+      padding = jax.lax.padtype_to_pads(dilated, kernel_size, _per_axis(layer, "strides"), padding)
   reference = _reference_conv(
       x, kernel, bias, n, batch_dims,
-      window_strides=layer.strides,
+      window_strides=_per_axis(layer, "strides"),
       padding=padding,
-      lhs_dilation=layer.input_dilation,
-      rhs_dilation=layer.kernel_dilation,
+      lhs_dilation=_per_axis(layer, "input_dilation"),
+      rhs_dilation=_per_axis(layer, "kernel_dilation"),
       feature_group_count=groups,
   )
   assert y.shape == reference.shape
@@ -300,7 +308,8 @@ def test_conv_transpose_matches_lax(
   n = len(kernel_size)
   padding = kwargs.get("padding", "SAME")
   reference = jax.lax.conv_transpose(
-      x, kernel, layer.strides, padding, rhs_dilation=layer.kernel_dilation,
+      x, kernel, _per_axis(layer, "strides"), padding,
+      rhs_dilation=_per_axis(layer, "kernel_dilation"),
       dimension_numbers=_LAYOUT[n], precision="highest",
   ) + bias
   assert y.shape == reference.shape
@@ -361,3 +370,115 @@ def test_conv_under_jit_grad_vmap(
   ys, _ = jax.vmap(layer, in_axes=(None, 0), out_axes=(0, None))(params, xs)
   np.testing.assert_allclose(ys[0], y, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ys[1], layer(params, 2 * x)[0], rtol=1e-5, atol=1e-5)
+
+
+_SHARED = [
+    "strides", "padding", "kernel_dilation", "feature_group_count", "rng", "use_bias",
+    "kernel_init", "bias_init", "kernel_metadata", "bias_metadata", "precision",
+    "param_dtype", "dtype",
+]
+
+
+@pytest.mark.parametrize(
+    "cls,keywords", [(Conv, ["input_dilation"] + _SHARED), (ConvTranspose, _SHARED)],
+    ids=["Conv", "ConvTranspose"],
+)
+def test_signature_lists_sizes_by_position_and_the_rest_by_keyword(
+    cls: type[Any], keywords: list[str]
+) -> None:
+  parameters = inspect.signature(cls).parameters
+  kinds = {name: p.kind for name, p in parameters.items()}
+  assert [n for n, k in kinds.items() if k is inspect.Parameter.POSITIONAL_OR_KEYWORD] == [
+      "graph", "output_size", "kernel_size"]
+  assert [n for n, k in kinds.items() if k is inspect.Parameter.KEYWORD_ONLY] == keywords
+  assert parameters["rng"].default is inspect.Parameter.empty  # required
+  assert parameters["strides"].default == 1 and parameters["padding"].default == "SAME"
+
+
+def test_repr_and_config_follow_a_changed_setting() -> None:
+  layer, params = _make(Conv, kernel_size=(3,), output_size=2, kernel_init=jax.nn.initializers.ones)
+  name = "/".join(layer.graph.path[:-1])
+  assert repr(layer) == f"Conv(output_size=2, kernel_size=(3,), rng=Rng@{name}/rng, kernel_init=ones)"
+  x = _random((1, 8, 2))
+  y, params = layer(params, x)
+  assert y.shape == (1, 8, 2)
+  # Sequences are kept as tuples and modes upper-cased, as the layer uses them.
+  upper, _ = _make(Conv, output_size=2, kernel_size=[3], padding="valid", strides=[2])
+  assert upper.config["padding"] == "VALID" and upper.config["strides"] == (2,)
+  layer.strides = 2
+  layer.padding = "valid"
+  assert layer.config["strides"] == 2 and layer.config["padding"] == "valid"
+  assert "strides=2, padding='valid'" in repr(layer)
+  y, _ = layer(params, x)  # a later trace computes with the changed settings
+  assert y.shape == (1, 3, 2)
+  layer.strides = (1, 2)
+  with pytest.raises(ValueError, match=r"^Conv '.*': strides must be a positive int or 1 positive ints"):
+    layer(params, x)
+
+
+def _recorded(layer: Any, params: Params, x: jax.Array) -> tuple[jax.Array, list[Contraction]]:
+  seen: list[Contraction] = []
+
+  def hook(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+    seen.append(contraction)
+    return contraction.compute(inputs, weight)
+
+  with contraction_hooks(hook):
+    y, _ = layer(params, x)
+  return y, seen
+
+
+def test_convolutions_go_through_contract() -> None:
+  conv, params = _make(Conv, kernel_size=(3, 3), output_size=4, strides=2, input_dilation=(1, 2),
+                       feature_group_count=2)
+  x = _random((2, 5, 5, 4))
+  y, params = conv(params, x)
+  hooked, seen = _recorded(conv, params, x)
+  np.testing.assert_array_equal(hooked, y)
+  (contraction,) = seen
+  assert contraction.weight_path() == conv.param_path("kernel")
+  assert contraction.module is conv and contraction.weight_name == ("kernel",)
+  assert contraction.equation is None and contraction.conv == ConvDimensions(
+      (2, 2), ((1, 1), (1, 1)), (1, 2), (1, 1), 2)
+  transpose, params = _make(ConvTranspose, kernel_size=(3,), output_size=2, strides=2)
+  x = _random((1, 4, 3))
+  _, params = transpose(params, x)
+  _, seen = _recorded(transpose, params, x)
+  (contraction,) = seen
+  assert contraction.weight_name == ("kernel",) and contraction.conv is not None
+  assert contraction.conv.input_dilation == (2,) and contraction.conv.strides == (1,)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"strides": (2, 1), "kernel_dilation": (1, 2), "padding": "SAME"},
+               {"input_dilation": 2, "padding": ((1, 0), (2, 1)), "feature_group_count": 2}],
+    ids=["strided_dilated", "input_dilation_pairs"],
+)
+def test_conv_is_bit_identical_to_conv_general_dilated(kwargs: dict[str, Any]) -> None:
+  layer, params = _make(Conv, kernel_size=(3, 2), output_size=4, use_bias=False, **kwargs)
+  x = _random((2, 7, 6, 4))
+  y, params = layer(params, x)
+  kernel = params[layer.param_path("kernel")].value
+  strides = _per_axis(layer, "strides")
+  dilation = _per_axis(layer, "kernel_dilation")
+  input_dilation = _per_axis(layer, "input_dilation")
+  padding = kwargs["padding"]
+  if isinstance(padding, str):
+    extent = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, dilation)]
+    padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], extent, strides, padding))
+  reference = jax.lax.conv_general_dilated(
+      x, kernel, strides, padding, lhs_dilation=input_dilation, rhs_dilation=dilation,
+      dimension_numbers=_LAYOUT[2], feature_group_count=kwargs.get("feature_group_count", 1),
+  )
+  np.testing.assert_array_equal(y, reference)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_transpose_is_bit_identical_to_conv_transpose(padding: str) -> None:
+  layer, params = _make(ConvTranspose, kernel_size=(3, 4), output_size=3, strides=(2, 3),
+                        padding=padding, use_bias=False)
+  x = _random((2, 4, 5, 2))
+  y, params = layer(params, x)
+  kernel = params[layer.param_path("kernel")].value
+  reference = jax.lax.conv_transpose(x, kernel, (2, 3), padding, dimension_numbers=_LAYOUT[2])
+  np.testing.assert_array_equal(y, reference)
