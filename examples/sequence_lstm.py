@@ -54,7 +54,7 @@ class CharModel(bx.Module):
       self, graph: bx.Graph, vocab_size: int, cell: str, hidden_size: int, rng: bx.Rng
   ) -> None:
     super().__init__(graph)
-    self.embed = bx.Embed(graph.child("embed"), vocab_size, embedding_size=32, rng=rng)
+    self.embed = bx.Embed(graph.child("embed"), vocab_size, output_size=32, rng=rng)
     self.cell: bx.RecurrenceBase
     if cell == "lstm":
       self.cell = bx.LSTM(graph.child("lstm"), hidden_size, rng=rng)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Embed, Rng
+from blox.nn._contract import Contraction, contraction_hooks
 from blox.params import SHARDING, Params
 
 _names = itertools.count()
@@ -21,7 +23,7 @@ def _make(**kwargs: Any) -> tuple[Embed, Params]:
   graph = Graph(f"embed{next(_names)}")
   rng = Rng(graph.child("rng"))
   kwargs.setdefault("num_embeddings", 7)
-  kwargs.setdefault("embedding_size", 3)
+  kwargs.setdefault("output_size", 3)
   embed = Embed(graph.child("embed"), rng=rng, **kwargs)
   return embed, rng.seed(Params(), seed=0)
 
@@ -58,7 +60,7 @@ def test_attend_multiplies_by_the_transposed_table() -> None:
 
 
 def test_default_init_scale_and_metadata() -> None:
-  embed, params = _make(num_embeddings=512, embedding_size=16,
+  embed, params = _make(num_embeddings=512, output_size=16,
                         embedding_metadata={SHARDING: ("model", None)})
   _, params = embed(params, jnp.zeros((), jnp.int32))
   table = _table(embed, params)
@@ -81,12 +83,12 @@ def test_embed_errors() -> None:
     embed(params, jnp.array([1.0, 2.0]))
   with pytest.raises(TypeError, match="integer ids, got dtype bool"):
     embed(params, jnp.array([True]))
-  with pytest.raises(ValueError, match=r"attend needs inputs whose last axis is embedding_size=3"):
+  with pytest.raises(ValueError, match=r"attend needs inputs whose last axis is output_size=3"):
     embed.attend(params, jnp.ones((2, 4)))
   with pytest.raises(ValueError, match=r"Embed 'bad/e': num_embeddings must be a positive int"):
-    Embed(Graph("bad").child("e"), num_embeddings=0, embedding_size=2, rng=Rng(Graph("r").child("r")))
-  with pytest.raises(ValueError, match=r"Embed 'bad/f': embedding_size must be a positive int, got True"):
-    Embed(Graph("bad").child("f"), num_embeddings=3, embedding_size=True, rng=Rng(Graph("r").child("r")))
+    Embed(Graph("bad").child("e"), num_embeddings=0, output_size=2, rng=Rng(Graph("r").child("r")))
+  with pytest.raises(ValueError, match=r"Embed 'bad/f': output_size must be a positive int, got True"):
+    Embed(Graph("bad").child("f"), num_embeddings=3, output_size=True, rng=Rng(Graph("r").child("r")))
 
 
 @pytest.mark.parametrize("method", ["lookup", "attend"])
@@ -110,3 +112,48 @@ def test_embed_under_jit_grad_vmap(method: str) -> None:
   ys, _ = jax.vmap(apply, in_axes=(None, 0), out_axes=(0, None))(params, jnp.stack([x, other]))
   np.testing.assert_allclose(ys[0], y, rtol=1e-6)
   np.testing.assert_allclose(ys[1], apply(params, other)[0], rtol=1e-6)
+
+
+def test_signature_lists_sizes_by_position_and_the_rest_by_keyword() -> None:
+  parameters = inspect.signature(Embed).parameters
+  kinds = {name: p.kind for name, p in parameters.items()}
+  assert [n for n, k in kinds.items() if k is inspect.Parameter.POSITIONAL_OR_KEYWORD] == [
+      "graph", "num_embeddings", "output_size"]
+  assert [n for n, k in kinds.items() if k is inspect.Parameter.KEYWORD_ONLY] == [
+      "rng", "embedding_init", "embedding_metadata", "precision", "param_dtype", "dtype"]
+  assert parameters["rng"].default is inspect.Parameter.empty
+  with pytest.raises(TypeError, match="unexpected keyword argument 'embedding_size'"):
+    Embed(Graph("old").child("e"), 4, 3, embedding_size=3, rng=Rng(Graph("r").child("r")))  # type: ignore[call-arg]  # the old name
+
+
+def test_repr_and_config_follow_a_changed_setting() -> None:
+  embed, params = _make()
+  name = embed.graph.path[0]
+  assert repr(embed) == f"Embed(num_embeddings=7, output_size=3, rng=Rng@{name}/rng)"
+  embed.precision = jax.lax.Precision.HIGHEST
+  assert embed.config["precision"] == jax.lax.Precision.HIGHEST
+  assert "precision=" in repr(embed)
+  jaxpr = str(jax.make_jaxpr(lambda p: embed.attend(p, jnp.ones((2, 3)))[0])(params))
+  assert "Precision.HIGHEST" in jaxpr
+
+
+def test_attend_goes_through_contract_and_the_lookup_does_not() -> None:
+  embed, params = _make()
+  seen: list[Contraction] = []
+
+  def hook(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+    seen.append(contraction)
+    return contraction.compute(inputs, weight)
+
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3)), jnp.float32)
+  logits, params = embed.attend(params, x)
+  with contraction_hooks(hook):
+    vectors, _ = embed(params, jnp.array([1, 2]))
+    assert seen == []  # a lookup is a gather, no product
+    hooked, _ = embed.attend(params, x)
+  np.testing.assert_array_equal(hooked, logits)
+  (contraction,) = seen
+  assert contraction.module is embed and contraction.weight_name == ("embedding",)
+  assert contraction.weight_path() == embed.param_path("embedding")
+  assert contraction.equation == "...d,nd->...n"
+  assert vectors.shape == (2, 3)

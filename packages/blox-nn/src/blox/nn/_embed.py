@@ -3,6 +3,8 @@
 `embed(params, ids)` returns one row of the table per id; `embed.attend(params,
 x)` multiplies by the transposed table, turning vectors back into one score
 per id (the output layer of a language model that shares its input table).
+The lookup is a gather; `attend` is a product by the table, computed through
+`blox.nn.contract` with the weight named `'embedding'`.
 
 Example:
   >>> import jax.numpy as jnp
@@ -11,7 +13,7 @@ Example:
   >>> from blox.nn import Rng
   >>> graph = Graph('lm')
   >>> rng = Rng(graph.child('rng'))
-  >>> embed = Embed(graph.child('embed'), num_embeddings=10, embedding_size=4, rng=rng)
+  >>> embed = Embed(graph.child('embed'), 10, 4, rng=rng)
   >>> vectors, params = embed(rng.seed(Params(), seed=0), jnp.array([[1, 2, 3]]))
   >>> logits, params = embed.attend(params, vectors)
   >>> vectors.shape, logits.shape
@@ -26,24 +28,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, Module
+from blox.graph import setting
 from blox.nn._checks import check_float_inputs, check_positive_int
-from blox.nn._precision import (
-    Dtypes,
-    check_dtype,
-    float32_init,
-    resolve_dtypes,
-    to_compute,
-    to_output,
-)
+from blox.nn._contract import contract
+from blox.nn._layer import Layer
+from blox.nn._precision import float32_init, to_compute, to_output
 from blox.nn.initializers import variance_scaling
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["Embed"]
 
 
-class Embed(Module):
-  """An embedding table of shape `(num_embeddings, embedding_size)`.
+class Embed(Layer):
+  """An embedding table of shape `(num_embeddings, output_size)`.
 
   The table's shape is known up front, so `attend` works even before any
   lookup has created it.
@@ -53,50 +50,27 @@ class Embed(Module):
   from the end, as in NumPy indexing. (Checking ids eagerly is impossible
   under `jax.jit`, where they are abstract.)
 
-  Args:
-    graph: the node this layer binds to.
-    num_embeddings: the number of rows (the vocabulary size).
-    embedding_size: the length of each row.
-    rng: the key source for initialisation.
-    embedding_init: the table's initializer; by default a (truncated) normal
-      with standard deviation `1 / sqrt(embedding_size)`, which keeps both the
-      looked-up vectors and `attend` scores of unit-scale inputs near unit scale.
-    embedding_metadata: metadata for the table, e.g. `{'sharding': ('model', None)}`.
-    precision: the precision of the product in `attend` (`jax.lax.Precision`).
-    param_dtype: the dtype of the table when it is created; None: the
-      policy's `param_dtype` (`Module.policy()`), else float32.
-    dtype: the dtype of the looked-up vectors and of `attend`'s product;
-      None: the policy's `compute_dtype`, else the table's dtype for lookups
-      and the inputs' dtype promoted with the table's for `attend`. Outputs
-      of both come out in the policy's `output_dtype` when it has one.
+  `dtype` is the dtype of the looked-up vectors and of `attend`'s product;
+  without it (and without a policy's `compute_dtype`) lookups keep the
+  table's dtype and `attend` computes in the inputs' dtype promoted with the
+  table's.
   """
 
-  def __init__(
-      self,
-      graph: Graph,
-      num_embeddings: int,
-      embedding_size: int,
-      *,
-      rng: KeySource,
-      embedding_init: Initializer = variance_scaling(
-          1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=0
-      ),
-      embedding_metadata: Mapping[str, Any] | None = None,
-      precision: jax.lax.PrecisionLike = None,
-      param_dtype: Any = None,
-      dtype: Any = None,
-  ) -> None:
-    super().__init__(graph)
-    check_positive_int(num_embeddings, "num_embeddings", self.where())
-    check_positive_int(embedding_size, "embedding_size", self.where())
-    self.num_embeddings = num_embeddings
-    self.embedding_size = embedding_size
-    self.rng = rng
-    self.embedding_init = embedding_init
-    self.embedding_metadata = embedding_metadata
-    self.precision = precision
-    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
-    self.dtype = check_dtype(dtype, "dtype", self.where())
+  num_embeddings: int = setting(
+      kw_only=False, check=check_positive_int, doc="the number of rows (the vocabulary size).")
+  output_size: int = setting(
+      kw_only=False, check=check_positive_int, doc="the length of each row.")
+  rng: KeySource = setting(doc="the key source for initialisation.")
+  embedding_init: Initializer = setting(
+      default=variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=0),
+      doc="the table's initializer; by default a (truncated) normal with standard"
+      " deviation `1 / sqrt(output_size)`, which keeps both the looked-up vectors"
+      " and `attend` scores of unit-scale inputs near unit scale.",
+  )
+  embedding_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the table, e.g. `{'sharding': ('model', None)}`.")
+  precision: jax.lax.PrecisionLike = setting(
+      default=None, doc="the precision of the product in `attend` (`jax.lax.Precision`).")
 
   def table(self, params: Params) -> tuple[jax.Array, Params]:
     """Returns `(table, params)`, creating the table if it is missing.
@@ -104,19 +78,16 @@ class Embed(Module):
     The table is returned as stored (in its param dtype), not cast.
     """
     table: jax.Array
-    param_dtype = self._dtypes().param
+    param_dtype = self.dtypes().param
     table, params = self.get_param(
-        params, "embedding", (self.num_embeddings, self.embedding_size),
+        params, "embedding", (self.num_embeddings, self.output_size),
         init=float32_init(self.embedding_init, param_dtype), rng=self.rng,
         metadata=self.embedding_metadata, param_dtype=param_dtype,
     )
     return table, params
 
-  def _dtypes(self) -> Dtypes:
-    return resolve_dtypes(self, self.param_dtype, self.dtype)
-
   def __call__(self, params: Params, ids: jax.Array) -> tuple[jax.Array, Params]:
-    """Looks up `ids` (integers of any shape); outputs are `(*ids.shape, embedding_size)`.
+    """Looks up `ids` (integers of any shape); outputs are `(*ids.shape, output_size)`.
 
     Raises:
       TypeError: `ids` are not integers (floats or bools).
@@ -128,24 +99,28 @@ class Embed(Module):
           " them with ids.astype(jnp.int32)."
       )
     table, params = self.table(params)
-    dtypes = self._dtypes()
+    dtypes = self.dtypes()
     # Only the rows looked up are cast, not the whole table.
     (vectors,) = to_compute(dtypes, jnp.take(table, ids, axis=0))
     return to_output(dtypes, vectors), params
 
   def attend(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
-    """Scores `inputs` `(..., embedding_size)` against every row: `inputs @ table.T`.
+    """Scores `inputs` `(..., output_size)` against every row: `inputs @ table.T`.
 
     Returns `(scores, params)` with scores of shape `(..., num_embeddings)`.
     """
     check_float_inputs(inputs, self.where())
     shape = tuple(jnp.shape(inputs))
-    if not shape or shape[-1] != self.embedding_size:
+    if not shape or shape[-1] != self.output_size:
       raise ValueError(
           f"{self.where()}: attend needs inputs whose last axis is"
-          f" embedding_size={self.embedding_size}; got shape {shape}."
+          f" output_size={self.output_size}; got shape {shape}."
       )
     table, params = self.table(params)
-    dtypes = self._dtypes()
+    dtypes = self.dtypes()
     inputs, table = to_compute(dtypes, inputs, table)
-    return to_output(dtypes, jnp.dot(inputs, table.T, precision=self.precision)), params
+    scores = contract(
+        inputs, table, "...d,nd->...n", module=self, params=params,
+        weight_name="embedding", precision=self.precision,
+    )
+    return to_output(dtypes, scores), params
