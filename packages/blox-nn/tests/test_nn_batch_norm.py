@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any
 
@@ -228,3 +229,27 @@ def test_integer_or_boolean_inputs_are_refused(dtype: Any) -> None:
 def test_options_are_keyword_only() -> None:
   with pytest.raises(TypeError, match="positional"):
     BatchNorm(Graph("bn_positional").child("bn"), 0.9)  # type: ignore[call-arg]  # the misuse under test
+
+
+def test_signature_lists_every_setting_by_keyword() -> None:
+  parameters = inspect.signature(BatchNorm).parameters
+  assert list(parameters) == [
+      "graph", "momentum", "epsilon", "use_scale", "use_bias", "scale_init", "bias_init",
+      "running_mean_init", "running_var_init", "scale_metadata", "bias_metadata",
+      "running_mean_metadata", "running_var_metadata", "axis_name", "param_dtype", "dtype",
+  ]
+  assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(parameters.values())[1:])
+  assert parameters["momentum"].default == 0.9
+
+
+def test_repr_and_config_follow_a_changed_setting() -> None:
+  bn = _make(momentum=0.5)
+  assert repr(bn) == "BatchNorm(momentum=0.5)"
+  x = jnp.array([[0.0], [2.0]])
+  _, params = bn(Params(), x)
+  assert float(params[bn.param_path("running_mean")].value[0]) == 0.5
+  bn.momentum = 0.0
+  assert dict(bn.config) == {"momentum": 0.0}
+  assert repr(bn) == "BatchNorm(momentum=0.0)"
+  _, params = bn(Params(), x)  # a later call averages with the new momentum
+  assert float(params[bn.param_path("running_mean")].value[0]) == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -183,3 +184,31 @@ def test_axis_name_outside_its_transform_names_the_module_and_axis(cls: type[Any
   norm = _make(cls, axis_name="features")
   with pytest.raises(NameError, match=rf"{cls.__name__} 'norm\d+/norm': axis_name='features' is not bound.*vmap"):
     norm(Params(), jnp.ones((2, 3)))
+
+
+_SHARED = ["epsilon", "use_scale", "scale_init", "scale_metadata", "axis_name", "param_dtype", "dtype"]
+
+
+@pytest.mark.parametrize(
+    "cls,keywords",
+    [(LayerNorm, ["use_bias", "bias_init", "bias_metadata"] + _SHARED), (RMSNorm, _SHARED)],
+    ids=["LayerNorm", "RMSNorm"],
+)
+def test_signature_lists_every_setting_by_keyword(cls: type[Any], keywords: list[str]) -> None:
+  parameters = inspect.signature(cls).parameters
+  assert list(parameters) == ["graph"] + keywords
+  assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in keywords)
+  assert parameters["epsilon"].default == 1e-5
+
+
+@pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
+def test_repr_and_config_follow_a_changed_setting(cls: type[Any]) -> None:
+  norm = _make(cls, use_scale=False)
+  assert repr(norm) == f"{cls.__name__}(use_scale=False)"
+  x = jnp.asarray(_data((2, 4)), jnp.float32)
+  y, params = norm(Params(), x)
+  norm.epsilon = 100.0
+  assert dict(norm.config) == {"epsilon": 100.0, "use_scale": False}
+  assert repr(norm) == f"{cls.__name__}(epsilon=100.0, use_scale=False)"
+  y_changed, _ = norm(params, x)  # a later call computes with the new epsilon
+  assert float(jnp.max(jnp.abs(y_changed))) < 0.5 * float(jnp.max(jnp.abs(y)))

@@ -26,9 +26,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, Module
+from blox.graph import setting
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_is_training
-from blox.nn._precision import check_dtype, float32_init, resolve_dtypes
+from blox.nn._layer import Layer
+from blox.nn._precision import float32_init
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
 from blox.params import Initializer, Params
@@ -36,7 +37,14 @@ from blox.params import Initializer, Params
 __all__ = ["BatchNorm"]
 
 
-class BatchNorm(Module):
+def _check_momentum(value: Any, name: str, where: str) -> Any:
+  """`value`; raises ValueError unless it is a number in [0, 1]."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    raise ValueError(f"{where}: {name} must be a number in [0, 1], got {value!r}.")
+  return value
+
+
+class BatchNorm(Layer):
   """`(x - mean) / sqrt(var + epsilon) * scale + bias`, statistics over the batch.
 
   Statistics are taken per feature (the last axis) over every other axis, so
@@ -68,72 +76,39 @@ class BatchNorm(Module):
   name bound; elsewhere it raises a `NameError` naming this layer
   (evaluation reads the running averages and needs no axis).
 
-  Args:
-    graph: the node this layer binds to.
-    momentum: the weight of the old running value in each update, in [0, 1].
-    epsilon: added to the variance before the square root.
-    use_scale: whether to learn a scale.
-    use_bias: whether to learn a bias.
-    scale_init: the scale's initializer, called with `key=None` (the layer
-      has no key source); so are the three below.
-    bias_init: the bias's initializer.
-    running_mean_init: the running mean's initializer.
-    running_var_init: the running variance's initializer.
-    scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
-    bias_metadata: metadata for the bias.
-    running_mean_metadata: metadata for the running mean.
-    running_var_metadata: metadata for the running variance.
-    axis_name: the named axis the batch is split over, or None.
-    param_dtype: the dtype `scale` and `bias` are created in; None: the
-      policy's `param_dtype` (`Module.policy()`), else float32. The running
-      statistics are always created in float32: averaging many small updates
-      in a 16-bit float would lose them.
-    dtype: the dtype of the outputs; None: the policy's `compute_dtype`, else
-      the inputs' dtype. A policy's `output_dtype` wins over both. The
-      statistics and the normalisation itself are computed in float32 (or
-      float64 for float64 inputs) whatever this dtype.
+  The layer has no key source, so its initializers are called with
+  `key=None`. `param_dtype` is the dtype `scale` and `bias` are created in;
+  the running statistics are always created in float32, since averaging
+  many small updates in a 16-bit float would lose them. `dtype` is the dtype
+  of the outputs (without it, the policy's `compute_dtype`, else the inputs'
+  dtype; a policy's `output_dtype` wins over both): the statistics and the
+  normalisation itself are computed in float32 (or float64 for float64
+  inputs) whatever this dtype.
   """
 
-  def __init__(
-      self,
-      graph: Graph,
-      *,
-      momentum: float = 0.9,
-      epsilon: float = 1e-5,
-      use_scale: bool = True,
-      use_bias: bool = True,
-      scale_init: Initializer = ones,
-      bias_init: Initializer = zeros,
-      running_mean_init: Initializer = zeros,
-      running_var_init: Initializer = ones,
-      scale_metadata: Mapping[str, Any] | None = None,
-      bias_metadata: Mapping[str, Any] | None = None,
-      running_mean_metadata: Mapping[str, Any] | None = None,
-      running_var_metadata: Mapping[str, Any] | None = None,
-      axis_name: Hashable | None = None,
-      param_dtype: Any = None,
-      dtype: Any = None,
-  ) -> None:
-    super().__init__(graph)
-    where = self.where()
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-      raise ValueError(f"{where}: momentum must be a number in [0, 1], got {momentum!r}.")
-    check_epsilon(epsilon, where)
-    self.momentum = momentum
-    self.epsilon = epsilon
-    self.use_scale = use_scale
-    self.use_bias = use_bias
-    self.scale_init = scale_init
-    self.bias_init = bias_init
-    self.running_mean_init = running_mean_init
-    self.running_var_init = running_var_init
-    self.scale_metadata = scale_metadata
-    self.bias_metadata = bias_metadata
-    self.running_mean_metadata = running_mean_metadata
-    self.running_var_metadata = running_var_metadata
-    self.axis_name = axis_name
-    self.param_dtype = check_dtype(param_dtype, "param_dtype", where)
-    self.dtype = check_dtype(dtype, "dtype", where)
+  momentum: float = setting(
+      default=0.9, check=_check_momentum,
+      doc="the weight of the old running value in each update, in [0, 1].")
+  epsilon: float = setting(
+      default=1e-5, check=check_epsilon, doc="added to the variance before the square root.")
+  use_scale: bool = setting(default=True, doc="whether to learn a scale.")
+  use_bias: bool = setting(default=True, doc="whether to learn a bias.")
+  scale_init: Initializer = setting(
+      default=ones, doc="the scale's initializer, called with `key=None`; so are the three below.")
+  bias_init: Initializer = setting(default=zeros, doc="the bias's initializer.")
+  running_mean_init: Initializer = setting(
+      default=zeros, doc="the running mean's initializer.")
+  running_var_init: Initializer = setting(
+      default=ones, doc="the running variance's initializer.")
+  scale_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the scale, e.g. `{'sharding': ('model',)}`.")
+  bias_metadata: Mapping[str, Any] | None = setting(default=None, doc="metadata for the bias.")
+  running_mean_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the running mean.")
+  running_var_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the running variance.")
+  axis_name: Hashable | None = setting(
+      default=None, doc="the named axis the batch is split over, or None.")
 
   def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance per feature, over all axes but the last (and
@@ -159,7 +134,7 @@ class BatchNorm(Module):
     where = self.where()
     check_feature_axis(inputs, where)
     check_is_training(is_training, where)
-    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    dtypes = self.dtypes()
     compute, output = compute_dtypes(check_float_inputs(inputs, where), dtypes)
     x = jnp.asarray(inputs, compute)
     features = (x.shape[-1],)

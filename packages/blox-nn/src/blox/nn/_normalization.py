@@ -35,9 +35,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, Module
+from blox.graph import setting
 from blox.nn._checks import check_feature_axis, check_float_inputs
-from blox.nn._precision import check_dtype, float32_init, resolve_dtypes
+from blox.nn._layer import Layer
+from blox.nn._precision import float32_init
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
 from blox.params import Initializer, Params
@@ -51,8 +52,26 @@ def _feature_mean(x: jax.Array, axis_name: Hashable | None, where: str) -> jax.A
   return mean if axis_name is None else pmean(mean, axis_name, where)
 
 
-class _FeatureNorm(Module):
-  """What both norms share: the input checks and how learned params are read."""
+class _FeatureNorm(Layer):
+  """What both norms share: the scale's settings, the input checks and how
+  learned params are read.
+
+  They have no key source, so their initializers are called with `key=None`
+  and must not need a key (`ones`, `zeros` and `constant(...)` don't). Their
+  `dtype` is the dtype of the outputs: the statistics stay in float32.
+  """
+
+  epsilon: float = setting(
+      default=1e-5, check=check_epsilon,
+      doc="added under the square root (to the variance, or to `RMSNorm`'s mean of squares).")
+  use_scale: bool = setting(default=True, doc="whether to learn a scale.")
+  scale_init: Initializer = setting(
+      default=ones,
+      doc="the scale's initializer `(key, shape, dtype) -> array`, called with `key=None`.")
+  scale_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the scale, e.g. `{'sharding': ('model',)}`.")
+  axis_name: Hashable | None = setting(
+      default=None, doc="the named axis the features are sharded over, or None.")
 
   def _check(self, inputs: jax.Array) -> Any:
     """The dtype of `inputs`, once they are checked to be float with a feature axis."""
@@ -84,57 +103,21 @@ class LayerNorm(_FeatureNorm):
   `var` is the biased variance (divided by the number of features). Params
   `scale` (ones) and `bias` (zeros) have shape `(features,)`. The layer has
   no key source, so its initializers are called with `key=None` and must not
-  need a key (`ones`, `zeros` and `constant(...)` don't).
-
-  Args:
-    graph: the node this layer binds to.
-    epsilon: added to the variance before the square root.
-    use_scale: whether to learn a scale.
-    use_bias: whether to learn a bias.
-    scale_init: the scale's initializer `(key, shape, dtype) -> array`,
-      called with `key=None`.
-    bias_init: the bias's initializer, called with `key=None`.
-    scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
-    bias_metadata: metadata for the bias.
-    axis_name: the named axis the features are sharded over, or None.
-    param_dtype: the dtype of the params when they are created; None: the
-      policy's `param_dtype` (`Module.policy()`), else float32.
-    dtype: the dtype of the outputs (the statistics stay in float32); None:
-      the policy's `compute_dtype`, else the inputs' dtype. A policy's
-      `output_dtype` wins over both.
+  need a key (`ones`, `zeros` and `constant(...)` don't). `dtype` is the
+  dtype of the outputs (the statistics stay in float32); without it, the
+  policy's `compute_dtype`, else the inputs' dtype. A policy's
+  `output_dtype` wins over both.
   """
 
-  def __init__(
-      self,
-      graph: Graph,
-      *,
-      epsilon: float = 1e-5,
-      use_scale: bool = True,
-      use_bias: bool = True,
-      scale_init: Initializer = ones,
-      bias_init: Initializer = zeros,
-      scale_metadata: Mapping[str, Any] | None = None,
-      bias_metadata: Mapping[str, Any] | None = None,
-      axis_name: Hashable | None = None,
-      param_dtype: Any = None,
-      dtype: Any = None,
-  ) -> None:
-    super().__init__(graph)
-    check_epsilon(epsilon, self.where())
-    self.epsilon = epsilon
-    self.use_scale = use_scale
-    self.use_bias = use_bias
-    self.scale_init = scale_init
-    self.bias_init = bias_init
-    self.scale_metadata = scale_metadata
-    self.bias_metadata = bias_metadata
-    self.axis_name = axis_name
-    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
-    self.dtype = check_dtype(dtype, "dtype", self.where())
+  use_bias: bool = setting(default=True, doc="whether to learn a bias.")
+  bias_init: Initializer = setting(
+      default=zeros, doc="the bias's initializer, called with `key=None`.")
+  bias_metadata: Mapping[str, Any] | None = setting(
+      default=None, doc="metadata for the bias.")
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
-    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    dtypes = self.dtypes()
     compute, output = compute_dtypes(self._check(inputs), dtypes)
     x = jnp.asarray(inputs, compute)
     mean = _feature_mean(x, self.axis_name, self.where())
@@ -163,44 +146,13 @@ class RMSNorm(_FeatureNorm):
   """`x / sqrt(mean(x ** 2) + epsilon) * scale` over the last axis.
 
   Unlike `LayerNorm` it neither subtracts the mean nor adds a bias. The
-  param `scale` (ones) has shape `(features,)`.
-
-  Args:
-    graph: the node this layer binds to.
-    epsilon: added to the mean of squares before the square root.
-    use_scale: whether to learn a scale.
-    scale_init: the scale's initializer, called with `key=None`.
-    scale_metadata: metadata for the scale, e.g. `{'sharding': ('model',)}`.
-    axis_name: the named axis the features are sharded over, or None.
-    param_dtype: as for `LayerNorm`.
-    dtype: as for `LayerNorm`.
+  param `scale` (ones) has shape `(features,)`. Initializers and dtypes work
+  as for `LayerNorm`.
   """
-
-  def __init__(
-      self,
-      graph: Graph,
-      *,
-      epsilon: float = 1e-5,
-      use_scale: bool = True,
-      scale_init: Initializer = ones,
-      scale_metadata: Mapping[str, Any] | None = None,
-      axis_name: Hashable | None = None,
-      param_dtype: Any = None,
-      dtype: Any = None,
-  ) -> None:
-    super().__init__(graph)
-    check_epsilon(epsilon, self.where())
-    self.epsilon = epsilon
-    self.use_scale = use_scale
-    self.scale_init = scale_init
-    self.scale_metadata = scale_metadata
-    self.axis_name = axis_name
-    self.param_dtype = check_dtype(param_dtype, "param_dtype", self.where())
-    self.dtype = check_dtype(dtype, "dtype", self.where())
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
-    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
+    dtypes = self.dtypes()
     compute, output = compute_dtypes(self._check(inputs), dtypes)
     x = jnp.asarray(inputs, compute)
     mean_square = _feature_mean(jnp.square(x), self.axis_name, self.where())

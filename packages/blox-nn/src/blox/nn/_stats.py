@@ -58,7 +58,8 @@ def compute_dtypes(dtype: Any, dtypes: Dtypes | None = None) -> tuple[Any, Any]:
   return statistics, output
 
 
-def check_epsilon(epsilon: float, where: str) -> None:
-  """Raises ValueError unless `epsilon` is a non-negative number."""
-  if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-    raise ValueError(f"{where}: epsilon must be a non-negative number, got {epsilon!r}.")
+def check_epsilon(value: Any, name: str, where: str) -> Any:
+  """`value`; raises ValueError unless it is a non-negative number (a setting's check)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    raise ValueError(f"{where}: {name} must be a non-negative number, got {value!r}.")
+  return value
