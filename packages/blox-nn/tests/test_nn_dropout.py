@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +99,26 @@ def test_traced_is_training_is_reported() -> None:
     jax.jit(lambda p, t: dropout(p, jnp.ones(3), is_training=t))(params, True)
   y, _ = jax.jit(dropout, static_argnames="is_training")(params, jnp.ones(3), is_training=False)
   np.testing.assert_array_equal(y, jnp.ones(3))
+
+
+def test_signature_takes_the_rate_by_position_and_rng_by_keyword() -> None:
+  parameters = inspect.signature(Dropout).parameters
+  assert [(n, p.kind) for n, p in parameters.items()] == [
+      ("graph", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+      ("rate", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+      ("rng", inspect.Parameter.KEYWORD_ONLY),
+  ]
+  assert all(p.default is inspect.Parameter.empty for p in parameters.values())
+
+
+def test_repr_and_config_follow_a_changed_rate() -> None:
+  _, dropout, params = _setup(0.5)
+  assert repr(dropout) == "Dropout(rate=0.5, rng=Rng@net/rng)"
+  dropout.rate = 0.0
+  assert dropout.config["rate"] == 0.0 and repr(dropout).startswith("Dropout(rate=0.0,")
+  y, same = dropout(params, jnp.ones(8))  # a rate of 0 keeps everything
+  np.testing.assert_array_equal(y, jnp.ones(8))
+  assert same is params
+  dropout.rate = 1.0
+  with pytest.raises(ValueError, match=r"^Dropout 'net/dropout': rate must be in \[0, 1\), got 1.0"):
+    dropout(params, jnp.ones(8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any
 
@@ -26,7 +27,7 @@ class _Record(Module):
 
   def __call__(self, params: Params, x: jax.Array, **kwargs: Any) -> tuple[jax.Array, Params]:
     self.seen.append(kwargs)
-    offset, params = self.get_param(params, "offset", (), jax.nn.initializers.ones)
+    offset, params = self.get_param(params, "offset", (), init=jax.nn.initializers.ones)
     return x + offset, params
 
 
@@ -157,3 +158,31 @@ def test_nested_sequential_gets_only_the_keywords_it_accepts() -> None:
     top(params, x, is_trainig=False)
   # A layer taking **kwargs makes the container accept any keyword.
   assert Sequential(graph.child("any"), [_Record(graph.child("rec"))]).accepted_keywords is None
+
+
+def test_signature_takes_the_layers_by_position() -> None:
+  parameters = inspect.signature(Sequential).parameters
+  assert [(n, p.kind) for n, p in parameters.items()] == [
+      ("graph", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+      ("layers", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+  ]
+
+
+def test_repr_config_and_keywords_follow_changed_layers() -> None:
+  graph, rng, params = _graph()
+  linear = Linear(graph.child("linear"), 2, rng=rng)
+  model = Sequential(graph.child("model"), [linear, jnp.tanh])
+  name = graph.path[0]
+  assert repr(model) == f"Sequential(layers=(Linear@{name}/linear, tanh))"
+  assert model.accepted_keywords == frozenset()
+  dropout = Dropout(graph.child("dropout"), 0.5, rng=rng)
+  model.layers = [dropout, linear]
+  assert model.config["layers"] == [dropout, linear]
+  assert repr(model) == f"Sequential(layers=[Dropout@{name}/dropout, Linear@{name}/linear])"
+  assert model.accepted_keywords == frozenset({"is_training"})
+  x = jnp.arange(3.0)
+  y, params = model(params, x, is_training=False)
+  np.testing.assert_allclose(y, linear(params, x)[0], rtol=1e-6)
+  model.layers = [model]
+  with pytest.raises(ValueError, match=r"^Sequential 'seq\d+/model': layer 0 is the Sequential itself"):
+    model(params, x)

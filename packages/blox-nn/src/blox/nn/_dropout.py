@@ -15,17 +15,26 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from blox.graph import Graph, Module
+from blox.graph import Module, setting
 from blox.nn._checks import check_float_inputs, check_is_training
 from blox.params import KeySource, Params
 
 __all__ = ["Dropout"]
 
 
-def _drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Array:
+def check_rate(value: Any, name: str, where: str) -> Any:
+  """`value`; raises ValueError unless it is a number in [0, 1) (a dropout rate)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}.")
+  return value
+
+
+def drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Array:
   """`inputs` with each element kept with probability `1 - rate`, else zeroed.
 
   Kept elements are scaled by `1 / (1 - rate)`. The product is taken in at
@@ -42,27 +51,21 @@ def _drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Arr
   return jnp.where(keep, kept, jnp.zeros_like(kept))
 
 
+# The former name, until the attention code that imports it moves to `drop`.
+_drop = drop
+
+
 class Dropout(Module):
   """Keeps each element with probability `1 - rate`, scaled by `1 / (1 - rate)`.
 
   Draws one key from `rng` per training call with `rate > 0`; otherwise it
   returns its inputs and params unchanged. Inputs must be floating point
   (or complex); `is_training` must be a Python bool (static under jit).
-
-  Args:
-    graph: the node this layer binds to.
-    rate: the probability of zeroing each element, in [0, 1).
-    rng: the key source of the masks.
   """
 
-  def __init__(self, graph: Graph, rate: float, *, rng: KeySource) -> None:
-    super().__init__(graph)
-    if not 0.0 <= rate < 1.0:
-      raise ValueError(
-          f"{self.where()}: rate must be in [0, 1), got {rate}."
-      )
-    self.rate = rate
-    self.rng = rng
+  rate: float = setting(
+      kw_only=False, check=check_rate, doc="the probability of zeroing each element, in [0, 1).")
+  rng: KeySource = setting(doc="the key source of the masks.")
 
   def __call__(
       self, params: Params, inputs: jax.Array, is_training: bool = True
@@ -71,7 +74,9 @@ class Dropout(Module):
     check_is_training(is_training, where)
     # Checked in evaluation too, so that the mistake shows before training.
     check_float_inputs(inputs, where)
-    if not is_training or self.rate == 0.0:
+    # Checked again here: `rate` may have been changed since construction.
+    rate = check_rate(self.rate, "rate", where)
+    if not is_training or rate == 0.0:
       return inputs, params
     key, params = self.rng(params)
-    return _drop(key, inputs, self.rate, where), params
+    return drop(key, inputs, rate, where), params

@@ -24,7 +24,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from blox.graph import Graph, Module
+from blox.graph import Module, setting
 from blox.params import Params
 
 __all__ = ["Sequential"]
@@ -36,7 +36,9 @@ def _keywords(module: Module) -> frozenset[str] | None:
     # Its own signature says **kwargs, but it refuses what none of its layers takes.
     return module.accepted_keywords
   try:
-    signature = inspect.signature(module)
+    # The bound `__call__`, not the module: a module class's own signature
+    # (what `inspect.signature(module)` may fall back to) is its constructor's.
+    signature = inspect.signature(module.__call__)
   except (TypeError, ValueError):
     return None  # No readable signature: let the module decide at call time.
   names = []
@@ -53,6 +55,21 @@ def _keywords(module: Module) -> frozenset[str] | None:
   return frozenset(n for n in names if n not in positional)
 
 
+def _check_layers(value: Any, name: str, where: str) -> tuple[Module | Callable[[Any], Any], ...]:
+  """`value` as a tuple; raises TypeError unless it is a sequence of callables."""
+  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+    raise TypeError(
+        f"{where}: {name} must be a list of modules and functions, got {type(value).__name__}."
+    )
+  for i, layer in enumerate(value):
+    if not callable(layer):
+      raise TypeError(
+          f"{where}: layer {i} is a {type(layer).__name__}, which is neither a Module"
+          " nor a callable."
+      )
+  return tuple(value)
+
+
 class Sequential(Module):
   """Applies `layers` in order, threading params through the modules.
 
@@ -63,37 +80,39 @@ class Sequential(Module):
   every module whose `__call__` has a parameter of that name, or takes
   `**kwargs`; other modules and plain functions never see them. A nested
   `Sequential` gets the ones in its `accepted_keywords`. Signatures are read
-  once, at construction. A keyword that no layer accepts raises
+  once, at construction (and again after `layers` is changed). A keyword that no layer accepts raises
   `TypeError`, so that a misspelt `is_trainig=False` does not pass unnoticed.
 
   The layers are modules bound to graph nodes of their own (anywhere in the
   graph); `Sequential` itself owns no params. With no layers it returns its
   inputs unchanged.
-
-  Args:
-    graph: the node this container binds to.
-    layers: modules and plain single-argument functions, in order.
   """
 
-  def __init__(self, graph: Graph, layers: Sequence[Module | Callable[[Any], Any]]) -> None:
-    super().__init__(graph)
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-      raise TypeError(
-          f"{self.where()}: layers must be a list of modules and"
-          f" functions, got {type(layers).__name__}."
-      )
+  layers: Sequence[Module | Callable[[Any], Any]] = setting(
+      kw_only=False, check=_check_layers,
+      doc="modules and plain single-argument functions, in order.")
+
+  def __post_init__(self) -> None:
+    self._accepts_of: tuple[tuple[Any, ...], tuple[frozenset[str] | None, ...]] | None = None
+    self._accepts()  # refuses the container among its own layers now
+
+  def _accepts(self) -> tuple[frozenset[str] | None, ...]:
+    """What each layer accepts (see `_keywords`; a function, nothing).
+
+    Read once per list of layers, and again when `layers` is changed.
+    """
+    layers = tuple(self.layers)
+    cached = self._accepts_of
+    if cached is not None and len(cached[0]) == len(layers) and all(
+        a is b for a, b in zip(cached[0], layers)):
+      return cached[1]
     for i, layer in enumerate(layers):
-      if not callable(layer):
-        raise TypeError(
-            f"{self.where()}: layer {i} is a {type(layer).__name__},"
-            " which is neither a Module nor a callable."
-        )
       if layer is self:
         raise ValueError(f"{self.where()}: layer {i} is the Sequential itself.")
-    self.layers: tuple[Module | Callable[[Any], Any], ...] = tuple(layers)
-    self._accepts: tuple[frozenset[str] | None, ...] = tuple(
-        _keywords(layer) if isinstance(layer, Module) else frozenset() for layer in self.layers
-    )
+    accepts = tuple(
+        _keywords(layer) if isinstance(layer, Module) else frozenset() for layer in layers)
+    self._accepts_of = (layers, accepts)
+    return accepts
 
   @property
   def accepted_keywords(self) -> frozenset[str] | None:
@@ -101,19 +120,21 @@ class Sequential(Module):
 
     A `Sequential` nested in another one is given only these.
     """
-    if any(a is None for a in self._accepts):
+    accepts = self._accepts()
+    if any(a is None for a in accepts):
       return None
-    return frozenset().union(*(a for a in self._accepts if a is not None))
+    return frozenset().union(*(a for a in accepts if a is not None))
 
   def __len__(self) -> int:
     return len(self.layers)
 
   def __call__(self, params: Params, inputs: Any, **kwargs: Any) -> tuple[Any, Params]:
     """Runs the layers on `inputs`; returns `(outputs, params)`."""
+    all_accepts = self._accepts()
     if kwargs:
       unused = sorted(
           name for name in kwargs
-          if not any(a is None or name in a for a in self._accepts)
+          if not any(a is None or name in a for a in all_accepts)
       )
       if unused:
         raise TypeError(
@@ -121,7 +142,7 @@ class Sequential(Module):
             f" argument(s) {unused}; remove them or check the spelling."
         )
     x = inputs
-    for i, (layer, accepts) in enumerate(zip(self.layers, self._accepts)):
+    for i, (layer, accepts) in enumerate(zip(self.layers, all_accepts)):
       if not isinstance(layer, Module):
         x = layer(x)
         continue
