@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -11,6 +12,7 @@ import pytest
 
 from blox.graph import Graph
 from blox.nn import Linear, Rng, initializers
+from blox.nn._contract import Contraction, contraction_hooks
 from blox.params import SHARDING, Params
 
 
@@ -111,3 +113,39 @@ def test_input_size_change_after_init_raises() -> None:
 def test_repr_shows_constructor_arguments() -> None:
   _, linear, _ = _setup("lin_repr", output_size=4)
   assert repr(linear) == "Linear(output_size=4, rng=Rng@lin_repr/rng)"
+
+
+def test_signature_lists_the_size_by_position_and_the_rest_by_keyword() -> None:
+  parameters = inspect.signature(Linear).parameters
+  assert [n for n, p in parameters.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == [
+      "graph", "output_size"]
+  assert [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY] == [
+      "rng", "use_bias", "kernel_init", "bias_init", "kernel_metadata", "bias_metadata",
+      "precision", "param_dtype", "dtype"]
+
+
+def test_repr_and_config_follow_a_changed_setting() -> None:
+  _, linear, params = _setup("lin_change", output_size=4)
+  linear.use_bias = False
+  assert linear.config["use_bias"] is False
+  assert repr(linear) == "Linear(output_size=4, rng=Rng@lin_change/rng, use_bias=False)"
+  _, params = linear(params, jnp.ones(3))
+  assert linear.param_path("bias") not in params
+
+
+def test_the_product_goes_through_contract() -> None:
+  _, linear, params = _setup("lin_contract", output_size=2)
+  x = jnp.ones((2, 3))
+  y, params = linear(params, x)
+  seen: list[Contraction] = []
+
+  def hook(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+    seen.append(contraction)
+    return contraction.compute(inputs, weight)
+
+  with contraction_hooks(hook):
+    hooked, _ = linear(params, x)
+  np.testing.assert_array_equal(hooked, y)
+  (contraction,) = seen
+  assert contraction.module is linear and contraction.weight_name == ("kernel",)
+  assert contraction.weight_path() == ("lin_contract", "linear", "kernel")

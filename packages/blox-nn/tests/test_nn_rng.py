@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from blox.graph import Graph
-from blox.nn import Linear, Rng, initializers
+from blox.nn import Dropout, Linear, Rng, initializers
 from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params
 
 _SEED = ("net", "rng", "seed")
@@ -152,3 +153,90 @@ def test_creating_a_param_draws_exactly_one_key() -> None:
       jax.random.fold_in(jax.random.key(0), 0), (3, 2), jnp.float32
   )
   np.testing.assert_array_equal(kernel, expected)
+
+
+def _mlp() -> tuple[Rng, Any]:
+  """A function model: Linear, dropout (drawing from the stream while training), Linear."""
+  graph = Graph("mlp")
+  rng = Rng(graph.child("rng"))
+  hidden = Linear(graph.child("hidden"), 4, rng=rng)
+  dropout = Dropout(graph.child("dropout"), 0.5, rng=rng)
+  out = Linear(graph.child("out"), 2, rng=rng)
+
+  def model(params: Params, x: jax.Array, is_training: bool = True) -> tuple[jax.Array, Params]:
+    x, params = hidden(params, x)
+    x, params = dropout(params, x, is_training=is_training)
+    return out(params, x)
+
+  return rng, model
+
+
+def _assert_same_params(a: Params, b: Params) -> None:
+  assert list(a) == list(b)
+  assert _treedef(a) == _treedef(b)  # trainable flags, metadata and the locked flag too
+  for path in a:
+    left, right = a[path].value, b[path].value
+    if jnp.issubdtype(left.dtype, jax.dtypes.prng_key):
+      assert _same_key(left, right)
+    else:
+      np.testing.assert_array_equal(left, right)
+
+
+def test_init_equals_seed_call_and_lock() -> None:
+  rng, model = _mlp()
+  x = jnp.ones((3, 5))
+  params = rng.seed(Params(), seed=7)
+  _, params = model(params, x)
+  params = params.locked()
+  _assert_same_params(rng.init(model, x, seed=7), params)
+  # Keyword arguments reach the model: evaluation draws no dropout key.
+  evaluated = rng.init(model, x, seed=7, is_training=False)
+  assert int(rng.get_counter(evaluated)) == int(rng.get_counter(params)) - 1
+  assert inspect.signature(rng.init).parameters["seed"].default == 0
+
+
+def test_init_returns_locked_params_and_takes_a_module() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  linear = Linear(graph.child("out"), 2, rng=rng)
+  params = rng.init(linear, jnp.ones(3))
+  assert params.is_locked
+  assert list(params) == [_SEED, _COUNTER, ("net", "out", "kernel"), ("net", "out", "bias")]
+  assert _same_key(rng.get_seed(params), jax.random.key(0))  # seed=0 by default
+  wider = Linear(graph.child("wider"), 3, rng=rng)
+  with pytest.raises(RuntimeError, match=r"locked.*'wider'"):  # no new param
+    wider(params, jnp.ones(3))
+
+
+def test_init_under_jit_gives_the_eager_params() -> None:
+  rng, model = _mlp()
+  x = jnp.ones((3, 5))
+  eager = rng.init(model, x, seed=7)
+  _assert_same_params(jax.jit(lambda x: rng.init(model, x, seed=7))(x), eager)
+  # The seed may be traced as well (an int array becomes a key).
+  _assert_same_params(jax.jit(lambda s: rng.init(model, x, seed=s))(jnp.int32(7)), eager)
+  shapes = jax.eval_shape(lambda: rng.init(model, x))
+  assert shapes.is_locked and shapes[("mlp", "out", "kernel")].value.shape == (4, 2)
+
+
+def test_init_names_a_model_that_returns_no_params() -> None:
+  rng, model = _mlp()
+
+  def outputs_only(params: Params, x: jax.Array) -> jax.Array:
+    outputs: jax.Array = model(params, x)[0]
+    return outputs
+
+  with pytest.raises(TypeError, match=r"^Rng 'mlp/rng': init ran `.*outputs_only`, which returned"
+                     r" ArrayImpl, not an \(outputs, params\) pair.*`return outputs, params`"):
+    rng.init(outputs_only, jnp.ones((1, 5)))
+
+  graph = Graph("bad")
+  bad_rng = Rng(graph.child("rng"))
+
+  class ParamsFirst(Linear):
+    def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
+      y, params = super().__call__(params, inputs)
+      return params, y  # type: ignore[return-value]  # the mistake under test
+
+  with pytest.raises(TypeError, match=r"init ran ParamsFirst 'bad/out', which returned a tuple of 2"):
+    bad_rng.init(ParamsFirst(graph.child("out"), 2, rng=bad_rng), jnp.ones(3))

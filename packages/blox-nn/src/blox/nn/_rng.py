@@ -16,13 +16,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blox.graph import Graph, Module
+from blox.graph import Module
 from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Params, is_array, is_prng_key
 
 __all__ = ["Rng"]
@@ -35,9 +36,6 @@ class Rng(Module):
   params tagged with `blox.params.RNG_STREAM` metadata, so tools can find
   every stream in a `Params` without the `Rng` objects.
   """
-
-  def __init__(self, graph: Graph) -> None:
-    super().__init__(graph)
 
   def seed(
       self, params: Params, *, seed: int | np.integer[Any] | jax.Array | None = None,
@@ -75,6 +73,49 @@ class Rng(Module):
     if counter_value is not None:
       params = self.set_param(params, "counter", counter_value)
     return params
+
+  def init(
+      self,
+      model: Callable[..., Any],
+      *args: Any,
+      seed: int | np.integer[Any] | jax.Array = 0,
+      **kwargs: Any,
+  ) -> Params:
+    """The params `model` creates on `args`, from this stream seeded with `seed`, locked.
+
+    One line for the usual initialisation: it runs
+    `model(rng.seed(Params(), seed=seed), *args, **kwargs)` and returns the
+    params of its `(outputs, params)` result, locked (creating a param
+    later is an error). `model` is any `(params, *args) -> (outputs, params)`
+    callable: a `Module`, a method such as `lstm.apply`, or a function. Its
+    outputs are dropped. It runs eagerly; wrapped in `jax.jit` (the model
+    static, e.g. `jax.jit(lambda x: rng.init(model, x))`) it traces the model
+    once and returns the same params, computed by the compiled function; in
+    `jax.eval_shape` it returns their shapes without computing them.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from blox.graph import Graph
+      >>> from blox.nn import Linear
+      >>> graph = Graph('net')
+      >>> rng = Rng(graph.child('rng'))
+      >>> linear = Linear(graph.child('out'), 2, rng=rng)
+      >>> params = rng.init(linear, jnp.ones((1, 3)), seed=0)
+      >>> params.is_locked, params[('net', 'out', 'kernel')].value.shape
+      (True, (3, 2))
+
+    Raises:
+      TypeError: `model` does not return an `(outputs, params)` pair.
+    """
+    result = model(self.seed(Params(), seed=seed), *args, **kwargs)
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Params)):
+      got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+      raise TypeError(
+          f"{self.where()}: init ran {_name(model)}, which returned {got}, not an"
+          " (outputs, params) pair; the model must return the params it was given"
+          " (with those it created), e.g. `return outputs, params`."
+      )
+    return result[1].locked()
 
   def _create(self, params: Params, name: str, value: jax.Array, tag: str) -> Params:
     _, params = self.get_param(
@@ -128,6 +169,14 @@ def _as_key(seed: int | np.integer[Any] | jax.Array, where: str) -> jax.Array:
       f"{_dtype_text(seed)}; pass an int or a typed key such as jax.random.key(0)"
       " (wrap a raw uint32 key with jax.random.wrap_key_data)."
   )
+
+
+def _name(model: Any) -> str:
+  """How `init`'s error names the model: a module by `where()`, else by name."""
+  if isinstance(model, Module):
+    return model.where()
+  name = getattr(model, "__qualname__", None) or getattr(model, "__name__", None)
+  return repr(model) if name is None else f"`{name}`"
 
 
 def _dtype_text(value: Any) -> str:
