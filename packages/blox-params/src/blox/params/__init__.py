@@ -19,9 +19,11 @@ from blox.params._checkpoint_load import load as load
 from blox.params._checkpoint_read import CheckpointWarning as CheckpointWarning
 from blox.params._checkpoint_save import save as save
 from blox.params._container import Params as Params
+from blox.params._frozen_layers import restore_frozen_layers as restore_frozen_layers
 from blox.params._initializer import Initializer as Initializer
 from blox.params._key_source import KeySource as KeySource
 from blox.params._measure import measure as measure
+from blox.params._metadata import FROZEN_LAYERS as FROZEN_LAYERS
 from blox.params._metadata import RNG_COUNTER as RNG_COUNTER
 from blox.params._metadata import RNG_SEED as RNG_SEED
 from blox.params._metadata import RNG_STREAM as RNG_STREAM
@@ -42,6 +44,7 @@ from blox.params._version import __version__ as __version__
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
+    "FROZEN_LAYERS",
     "Initializer",
     "KeySource",
     "Metadata",
@@ -62,6 +65,7 @@ __all__ = [
     "param_mask",
     "path_text",
     "recording_reads",
+    "restore_frozen_layers",
     "save",
     "split_arrays",
     "unused_params",

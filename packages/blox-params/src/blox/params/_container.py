@@ -7,9 +7,10 @@ one way to make a `Params` from a structure and values: every operation and
 pytree unflattening use it. Mapping views are built only when asked for.
 
 `Params` is one public type; the operations with the longest contracts
-(`get_or_create`, the state dict conversions) are functions in their own
-modules (`_creation`, `_state_dict`) that the class takes as its methods, and
-the order rule lives in `_structure`.
+(`get_or_create` and `set`, `astype`, `freeze`, `unfreeze`, `replace_values`,
+the state dict conversions) are functions in their own modules (`_creation`,
+`_cast`, `_freezing`, `_replace_values`, `_state_dict`) that the class takes
+as its methods, and the order rule lives in `_structure`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -26,14 +27,17 @@ from __future__ import annotations
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Any
 
-from blox.params._creation import get_or_create
+from blox.params._cast import astype
+from blox.params._creation import get_or_create, set_param
+from blox.params._freezing import freeze, unfreeze
 from blox.params._measure import describe_value
 from blox.params._metadata import Metadata
-from blox.params._param import Param, check_param, check_replacement
+from blox.params._param import Param, check_param
 from blox.params._paths import Path, check_path, closest_hint, path_text
 from blox.params._structure import EMPTY, Structure, fresh, merge, take
 from blox.params._html import params_html
 from blox.params._pytree import register
+from blox.params._replace_values import replace_values
 from blox.params._state_dict import from_state_dict, to_state_dict
 from blox.params._unused import READS
 
@@ -291,51 +295,6 @@ class Params:
     structure, sources = merge(self._structure, other._structure)
     return build(structure, take(self._values + other._values, sources))
 
-  # The primitives modules are built on (`get_or_create` is defined below,
-  # with the operations that live in their own modules).
-
-  def set(
-      self,
-      path: Path,
-      value: Any = None,
-      *,
-      trainable: bool | None = None,
-      metadata: Mapping[str, Any] | None = None,
-  ) -> Params:
-    """Returns params with the existing param at `path` changed (rank kept).
-
-    Works on locked params too (runtime state such as counters changes there).
-
-    Args:
-      path: an existing path.
-      value: a new array of the same shape and dtype, or None to keep it.
-      trainable: a new flag, or None to keep it.
-      metadata: entries merged over the existing metadata, or None.
-
-    Raises:
-      KeyError: no param at `path`.
-      TypeError: `value` is not an array.
-      ValueError: `value` has another shape or dtype.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> params = Params({('n',): Param(jnp.zeros(()))})
-      >>> params.set(('n',), jnp.ones(()), trainable=False)[('n',)]
-      Param(float32[], trainable=False)
-    """
-    i = self._position(check_path(path))
-    s = self._structure
-    old = self._values[i]
-    if value is None:
-      value = old
-    else:
-      check_replacement(path, old, value)
-    if trainable is not None and not isinstance(trainable, bool):
-      raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}.")
-    new_trainable = s.trainable[i] if trainable is None else trainable
-    new_metadata = s.metadata[i] if metadata is None else s.metadata[i].merged(metadata)
-    return self._changed(i, value, new_trainable, new_metadata)
-
   def _changed(self, i: int, value: Any, trainable: bool, metadata: Metadata) -> Params:
     """A copy with the entry at position `i` changed; its rank is kept."""
     s = self._structure
@@ -350,10 +309,20 @@ class Params:
         self._structure.appended(path, trainable, metadata), self._values + (value,)
     )
 
+  def _restructured(self, structure: Structure) -> Params:
+    """These values under a new structure of the same paths, ranks and order
+    (new trainable flags or metadata); see `blox.params._freezing`."""
+    return build(structure, self._values)
+
   # Operations defined in their own modules, where their contracts and
   # examples live; each takes these params as its first argument.
 
-  get_or_create = get_or_create  # `blox.params._creation`
+  get_or_create = get_or_create  # `blox.params._creation`, with `set`
+  set = set_param
+  astype = astype  # `blox.params._cast`
+  freeze = freeze  # `blox.params._freezing`
+  unfreeze = unfreeze
+  replace_values = replace_values  # `blox.params._replace_values`
   to_state_dict = to_state_dict  # `blox.params._state_dict`
   from_state_dict = classmethod(from_state_dict)
 

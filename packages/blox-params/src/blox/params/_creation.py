@@ -1,6 +1,7 @@
-"""`get_or_create`, the primitive every module's params are made with.
+"""`get_or_create` and `set`: the primitives every module's params are made with.
 
-It runs as named steps: find the path; if it exists, check the requested
+`Params` takes both as its methods (`set_param` is `Params.set`). `get_or_create`
+runs as named steps: find the path; if it exists, check the requested
 shape and dtype against it and return it; otherwise refuse while locked,
 draw a key, call the init function (adding a note naming the param if it
 fails), check what it returned, and insert it (rank max+1, see
@@ -28,13 +29,14 @@ from blox.params._dtypes import canonical_dtype, dtype_text, same_dtype
 from blox.params._initializer import Initializer
 from blox.params._key_source import KeySource
 from blox.params._metadata import as_metadata
+from blox.params._param import check_replacement
 from blox.params._paths import Path, check_path, closest_hint, path_text
 from blox.params._unused import READS
 
 if TYPE_CHECKING:
   from blox.params._container import Params
 
-__all__ = ["get_or_create"]
+__all__ = ["get_or_create", "set_param"]
 
 _REINITIALISE = (
     " If the module's input (for a layer, the input's last axis) or its"
@@ -106,6 +108,51 @@ def get_or_create(
   return value, params._inserted(path, value, trainable, as_metadata(metadata))
 
 
+def set_param(
+    params: Params,
+    path: Path,
+    value: Any = None,
+    *,
+    trainable: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Params:
+  """Returns params with the existing param at `path` changed (rank kept).
+
+  `Params.set`: these params are the first argument. Works on locked params
+  too (runtime state such as counters changes there).
+
+  Args:
+    path: an existing path.
+    value: a new array of the same shape and dtype, or None to keep it.
+    trainable: a new flag, or None to keep it.
+    metadata: entries merged over the existing metadata, or None.
+
+  Raises:
+    KeyError: no param at `path`.
+    TypeError: `value` is not an array.
+    ValueError: `value` has another shape or dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from blox.params import Param, Params
+    >>> params = Params({('n',): Param(jnp.zeros(()))})
+    >>> params.set(('n',), jnp.ones(()), trainable=False)[('n',)]
+    Param(float32[], trainable=False)
+  """
+  i = params._position(check_path(path))
+  s = params._structure
+  old = params._values[i]
+  if value is None:
+    value = old
+  else:
+    check_replacement(path, old, value)
+  if trainable is not None and not isinstance(trainable, bool):
+    raise TypeError(f"trainable must be a bool, got {type(trainable).__name__}.")
+  new_trainable = s.trainable[i] if trainable is None else trainable
+  new_metadata = s.metadata[i] if metadata is None else s.metadata[i].merged(metadata)
+  return params._changed(i, value, new_trainable, new_metadata)
+
+
 def _requested_dtype(path: Path, dtype: Any) -> Any:
   """The dtype JAX really makes of `dtype` (None stays None).
 
@@ -135,8 +182,8 @@ def _check_existing(path: Path, value: Any, shape: Sequence[int] | None, dtype: 
     raise ValueError(
         f"Param {path_text(path)} exists with dtype {dtype_text(value.dtype)}, but"
         f" dtype {dtype_text(dtype)} was requested. Cast the params to the"
-        f" module's param dtype (params.map or jax.tree.map with"
-        f" astype({dtype_text(dtype)})) or build the module with"
+        f" module's param dtype (params.astype({dtype_text(dtype)}) casts every"
+        " floating-point param) or build the module with"
         f" param_dtype={dtype_text(value.dtype)}; params loaded from a checkpoint"
         " keep the dtype they were saved with."
     )

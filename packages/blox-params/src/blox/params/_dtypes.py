@@ -3,14 +3,14 @@
 A requested dtype is not always what JAX creates (float64 is float32 while
 64-bit mode is off), typed PRNG key dtypes are not numpy dtypes, and the same
 dtype has many spellings. These helpers answer "which dtype", "the same
-dtype?" and "how to write it" once.
+dtype?", "how to write it" and "floating (or differentiable) at all?" once.
 
 Example:
   >>> import jax.numpy as jnp
   >>> canonical_dtype(jnp.float64), dtype_text(jnp.bfloat16)
   (dtype('float32'), 'bfloat16')
-  >>> same_dtype('float32', jnp.float32)
-  True
+  >>> same_dtype('float32', jnp.float32), is_floating_dtype(jnp.int8)
+  (True, False)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from blox.params._array_kinds import is_prng_key
 
-__all__ = ["canonical_dtype", "dtype_text", "same_dtype"]
+__all__ = ["canonical_dtype", "dtype_text", "is_floating_dtype", "is_inexact_dtype", "same_dtype"]
 
 
 def canonical_dtype(dtype: Any) -> Any:
@@ -70,3 +70,38 @@ def same_dtype(existing: Any, requested: Any) -> bool:
   except TypeError:
     return False
 
+
+def is_floating_dtype(dtype: Any) -> bool:
+  """Whether `dtype` is a real floating-point dtype (bfloat16 and float8 too).
+
+  Integers, bools, complex numbers and typed PRNG keys are not.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> is_floating_dtype(jnp.bfloat16), is_floating_dtype(jax.random.key(0).dtype)
+    (True, False)
+  """
+  if dtype is None or is_prng_key(dtype):  # jnp.dtype(None) would be float64
+    return False
+  try:
+    return bool(jnp.issubdtype(jnp.dtype(dtype), jnp.floating))
+  except TypeError:
+    return False
+
+
+def is_inexact_dtype(dtype: Any) -> bool:
+  """Whether values of `dtype` can be differentiated: floating or complex.
+
+  Integers, bools and typed PRNG keys (counters, seeds) have no gradient.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> is_inexact_dtype(jnp.complex64), is_inexact_dtype(jnp.uint32)
+    (True, False)
+  """
+  if dtype is None or is_prng_key(dtype):  # jnp.dtype(None) would be float64
+    return False
+  try:
+    return bool(jnp.issubdtype(jnp.dtype(dtype), jnp.inexact))
+  except TypeError:
+    return False

@@ -3,8 +3,8 @@
 Metadata is static pytree structure (see `blox.params._structure`), so every
 entry must be hashable; `as_metadata` is the one conversion from what users
 pass (`None` or a mapping) to `Metadata`. The keys that blox itself reads and
-writes are declared here, once: `SHARDING`, `STACKED` and the random-stream
-tags `RNG_STREAM`, `RNG_SEED`, `RNG_COUNTER`.
+writes are declared here, once: `SHARDING`, `STACKED`, `FROZEN_LAYERS` and the
+random-stream tags `RNG_STREAM`, `RNG_SEED`, `RNG_COUNTER`.
 
 Example:
   >>> m = as_metadata({'sharding': ('data', None)})
@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "EMPTY_METADATA",
+    "FROZEN_LAYERS",
     "Metadata",
     "RNG_COUNTER",
     "RNG_SEED",
@@ -45,6 +46,15 @@ the sizes of its leading stacked axes, a tuple of ints, outermost first:
 `(num_layers,)`, or `(outer, inner)` for a stack inside a stack. Its other
 metadata (`SHARDING` too) describes one layer's dimensions, which follow the
 stacked ones.
+"""
+
+FROZEN_LAYERS = "frozen_layers"
+"""The metadata key under which a stacked param lists its frozen layers.
+
+A sorted tuple of indices along the outermost stacked axis (see `STACKED`),
+written by `Params.freeze(where, layers=...)`. The param stays trainable (one
+flag covers all layers); `value_and_grad` gives these layers zero gradients
+and `restore_frozen_layers` puts their values back after an optimizer step.
 """
 
 # Tools (per-lane folding, checkpoints, summaries) find every random stream in

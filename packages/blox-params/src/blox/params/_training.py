@@ -78,6 +78,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.params._container import Params
+from blox.params._frozen_layers import zero_frozen_layers
 from blox.params._param import Param
 from blox.params._paths import Path, path_text
 
@@ -100,7 +101,10 @@ def value_and_grad(
     is the optimizer's job). It has the same tree structure as `params`;
   - `grads`: a `Params` holding exactly the trainable params, with the same
     tree structure as `params.split()[0]`, so it can be passed straight to
-    `optimizer.update`.
+    `optimizer.update`. The frozen layers of stacked params (see
+    `Params.freeze(where, layers=...)`) get zero gradients; the optimizer
+    may still move them (weight decay), so put them back with
+    `restore_frozen_layers` after its step.
 
   See the module docstring for a complete train step with optax.
 
@@ -140,7 +144,7 @@ def value_and_grad(
         trainable
     )
     value = (loss, aux) if has_aux else loss
-    return value, trainable.merge(new_rest), grads
+    return value, trainable.merge(new_rest), zero_frozen_layers(grads)
 
   return step
 
