@@ -76,16 +76,23 @@ class _ModuleMeta(abc.ABCMeta):
       init = make_init(cls, settings)
       init.__blox_generated__ = True  # type: ignore[attr-defined]  # read just above
       setattr(cls, "__init__", init)  # the constructor made from the settings
-    if own:
+    if settings and "__doc__" in namespace:
       cls.__doc__ = document_settings(cls.__doc__, settings)
     return cls
 
+  @property
+  def __signature__(cls) -> inspect.Signature:
+    """What `inspect.signature(cls)` shows: the constructor's arguments (the
+    metaclass's own `__call__` would otherwise show as `(*args, **kwargs)`).
+
+    A property of the metaclass, so that instances do not inherit it: the
+    signature of a module instance is that of its `__call__`.
+    """
+    signature = inspect.signature(getattr(cls, "__init__"))  # unbound: its first parameter is self
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
   def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> None:
     super().__init__(name, bases, namespace, **kwargs)
-    # What inspect.signature(cls) shows: the constructor's arguments (the
-    # metaclass's own __call__ would otherwise show as (*args, **kwargs)).
-    signature = inspect.signature(getattr(cls, "__init__"))  # unbound: its first parameter is self
-    cls.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     # Module's own methods (get_param, ...) are no module calls; a subclass's
     # public methods and __call__ are, when they take and return params.
     if not any(isinstance(base, _ModuleMeta) for base in bases):
