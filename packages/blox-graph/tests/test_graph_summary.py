@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blox.graph import Graph, Module, summary
-from blox.params import Param, Params
+from blox.graph import Graph, Module, Repeat, summary
+from blox.params import STACKED, Param, Params
 
 
 class Dense(Module):
@@ -23,11 +23,11 @@ class Dense(Module):
 
   def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
     w, params = self.get_param(
-        params, "kernel", (x.shape[-1], self.features), jax.nn.initializers.ones
+        params, "kernel", (x.shape[-1], self.features), init=jax.nn.initializers.ones
     )
     y = x @ w
     if self.use_bias:
-      b, params = self.get_param(params, "bias", (self.features,), jax.nn.initializers.zeros)
+      b, params = self.get_param(params, "bias", (self.features,), init=jax.nn.initializers.zeros)
       y = y + b
     return y, params
 
@@ -193,10 +193,10 @@ class _Attention(Module):
   def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
     for name in ("query", "value"):
       w, params = self.get_param(
-          params, (name, "kernel"), (x.shape[-1], self.features), jax.nn.initializers.ones
+          params, (name, "kernel"), (x.shape[-1], self.features), init=jax.nn.initializers.ones
       )
       x = x @ w
-    b, params = self.get_param(params, "bias", (self.features,), jax.nn.initializers.zeros)
+    b, params = self.get_param(params, "bias", (self.features,), init=jax.nn.initializers.zeros)
     return x + b, params
 
 
@@ -239,3 +239,48 @@ def test_graph_below_the_root_owns_only_its_subtree() -> None:
   table = summary(params, graph.children["block"])
   assert "net/block/mha  _Attention(features=2)" in table
   assert "query/kernel" in table
+
+
+class _Square(Module):
+  """`x @ w` with a square `w`: a layer for the stacks below."""
+
+  def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    w, params = self.get_param(params, "w", (x.shape[-1], x.shape[-1]), init=jax.nn.initializers.ones)
+    return x @ w, params
+
+
+class _Wrapper(Module):
+  """A layer whose own child is named 'layer', as a Repeat's layer is."""
+
+  def __init__(self, graph: Graph) -> None:
+    super().__init__(graph)
+    self.layer = _Square(graph.child("layer"))
+
+  def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    return self.layer(params, x)
+
+
+def _line(table: str, start: str) -> str:
+  return next(line for line in table.splitlines() if line.startswith(start + " "))
+
+
+def test_stack_lines_come_from_the_stacked_metadata() -> None:
+  graph = Graph("net")
+  stack = Repeat(graph.child("outer"), lambda node: Repeat(node, _Square, 3), 2)
+  _, params = stack(Params(), jnp.ones((1, 4)))
+  assert params[("net", "outer", "layer", "layer", "w")].metadata[STACKED] == (2, 3)
+  table = summary(params, graph)
+  # 2 x 3 layers of 16: each stack's line counts all of them, and one of its layers.
+  outer, inner = _line(table, "net/outer"), _line(table, "net/outer/layer")
+  assert "num_layers=2)  2 layers x 48" in outer and outer.split()[-2:] == ["96", "384"]
+  assert "num_layers=3)  3 layers x 16" in inner and inner.split()[-2:] == ["96", "384"]
+  # A layer's own child named 'layer' is no stack: one line, for the Repeat.
+  graph = Graph("net")
+  blocks = Repeat(graph.child("blocks"), _Wrapper, 3)
+  _, params = blocks(Params(), jnp.ones((1, 4)))
+  table = summary(params, graph)
+  assert sum("layers x" in line for line in table.splitlines()) == 1
+  assert "3 layers x 16" in _line(table, "net/blocks")
+  # Without the metadata there is no stack to show.
+  unstacked = Params({path: Param(p.value, p.trainable) for path, p in params.items()})
+  assert "layers x" not in summary(unstacked, graph)

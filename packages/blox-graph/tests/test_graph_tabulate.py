@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from blox.graph import Graph, Module, Repeat, Table, summary, tabulate
-from blox.graph._calls import CALLS
+from blox.graph._inspect._calls import CALLS
 from blox.params import SHARDING, Param, Params
 
 
@@ -24,7 +24,7 @@ class Dense(Module):
 
   def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
     w, params = self.get_param(
-        params, "kernel", (x.shape[-1], self.features), jax.nn.initializers.ones,
+        params, "kernel", (x.shape[-1], self.features), init=jax.nn.initializers.ones,
         metadata={SHARDING: ("embed", "mlp")},
     )
     return x @ w, params
@@ -49,7 +49,7 @@ class Residual(Module):
   """`x + x @ w`, a layer for `Repeat`."""
 
   def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
-    w, params = self.get_param(params, "w", (x.shape[-1], x.shape[-1]), jax.nn.initializers.ones)
+    w, params = self.get_param(params, "w", (x.shape[-1], x.shape[-1]), init=jax.nn.initializers.ones)
     return x @ w, params
 
 
@@ -253,3 +253,17 @@ def test_tabulate_shows_unknown_flops_of_a_call_that_needs_its_context() -> None
   assert calls["net/centre"][6] == "?" and _number(calls["net/dense"][6]) == 2 * 4 * 3 * 2
   assert table.footer[0][1][6] == "?"  # a sum with an unknown part is unknown
   assert _number(table.footer[1][1][6]) == _compiled_flops(fn, params, x)
+
+
+def test_tabulate_a_repeat_in_a_repeat_multiplies_the_counts() -> None:
+  stack = Repeat(Graph("net").child("outer"), lambda node: Repeat(node, Residual, 3), 2)
+  x = jnp.ones((4, 8))
+  _, params = stack(Params(), x)
+  for given in (params, Params()):  # running, and creating the params
+    table = tabulate(stack, given, x)
+    calls = {cells[0].split("  ")[0]: cells for _, cells in table.rows if cells[6]}
+    assert list(calls) == ["net/outer", "layer x2", "layer x3"]
+    one_layer = 2 * 4 * 8 * 8
+    assert [_number(calls[name][4]) for name in calls] == [6 * 64, 3 * 64, 64]
+    assert [_number(calls[name][6]) for name in calls] == [6 * one_layer, 3 * one_layer, one_layer]
+    assert _footer(table)[:3] == (6 * 64, 4 * 6 * 64, 6 * one_layer)

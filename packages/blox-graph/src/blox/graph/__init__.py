@@ -18,9 +18,10 @@ from blox.graph._sequence import RecurrenceBase as RecurrenceBase
 from blox.graph._sequence import SequenceBase as SequenceBase
 from blox.graph._sequence import maybe_reset_state as maybe_reset_state
 from blox.graph._settings import setting as setting
-from blox.graph._display import Table as Table
-from blox.graph._summary import summary as summary
-from blox.graph._tabulate import tabulate as tabulate
+from blox.graph._inspect._capture import capture as capture
+from blox.graph._inspect._display import Table as Table
+from blox.graph._inspect._summary import summary as summary
+from blox.graph._inspect._tabulate import tabulate as tabulate
 from blox.graph._version import __version__ as __version__
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Step",
     "Table",
     "__version__",
+    "capture",
     "dynamic_scan",
     "maybe_reset_state",
     "setting",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, dataclass_transform
 
 import numpy as np
 
-from blox.graph._calls import recorded
+from blox.graph._inspect._calls import recorded, sow_value
 from blox.graph._settings import collect_settings, config_of, document_settings, make_init, setting
 from blox.graph._graph import Graph
 from blox.graph._policy import Policy, effective_policy
@@ -318,6 +318,30 @@ class Module(metaclass=_ModuleMeta):
     return params.set(
         self.param_path(name), value, trainable=trainable, metadata=metadata
     )
+
+  def sow(self, name: str, value: Any) -> None:
+    """Hands `value` to an active `blox.graph.capture`, under `(*path, name)`.
+
+    A module's way to expose a value it computes on the way (an attention
+    map, a norm): `capture(fn)` returns every value sown while `fn` runs, in
+    call order. Without a capture this does nothing (one `ContextVar.get`,
+    at trace time: jitted code never sees it). `name` must be a non-empty
+    string without '/', and not the name of one of the module's child nodes.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from blox.graph import Graph, capture
+      >>> from blox.params import Params
+      >>> class Centre(Module):
+      ...   def __call__(self, params, x):
+      ...     self.sow('mean', x.mean())
+      ...     return x - x.mean(), params
+      >>> centre = Centre(Graph('net').child('centre'))
+      >>> _, seen = capture(centre)(Params(), jnp.array([1.0, 3.0]))
+      >>> seen
+      {('net', 'centre', 'mean'): (Array(2., dtype=float32),)}
+    """
+    sow_value(self, name, value)
 
   @abc.abstractmethod
   def __call__(self, params: Params, *args: Any, **kwargs: Any) -> tuple[Any, Params]:

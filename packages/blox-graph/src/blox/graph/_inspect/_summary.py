@@ -32,10 +32,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from blox.graph._graph import Graph
-from blox.graph._summary_rows import collect_groups
-from blox.graph._display import Table
-from blox.graph._table import render_table, table_cells
+from blox.graph._inspect._display import Table
+from blox.graph._inspect._summary_rows import ModuleGroup, ParamRow, collect_groups, total
+from blox.graph._inspect._table import Column, Label, Row, human_bytes, number, render
 from blox.params import Params
 
 __all__ = ["summary"]
@@ -112,7 +114,57 @@ def summary(
         " blox.parallel.param_shardings(params, mesh, rules) returns."
     )
   groups = collect_groups(params, graph, shardings)
-  text = render_table(groups, width, is_locked=params.is_locked)
-  headings, rows, footer = table_cells(groups)
-  lines = text.split("\n")
-  return Table(text, headings, rows, (lines[0], lines[-1]), footer)
+  return _table(groups, width, is_locked=params.is_locked)
+
+
+# The text columns are cut in this order, each down to its floor: name,
+# sharding, shape, dtype; the train column and the numbers never are.
+_COLUMNS = (
+    Column("module / param", floor=12, rank=0),
+    Column("shape", floor=8, rank=2),
+    Column("dtype", floor=7, rank=3),
+    Column("train"),
+    Column("count", numeric=True),
+    Column("bytes", numeric=True),
+)
+# Shown last, only when some param has sharding metadata (or a resolved spec).
+_SHARDING = Column("sharding", floor=12, rank=1)
+
+
+def _table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) -> Table:
+  """The summary table of `groups`: a line per module (path, label, compute
+  dtype when known, subtotals), its param rows below it, then the totals."""
+  members = [row for group in groups for row in group.members]
+  sharded = any(row.sharding for row in members)
+  columns = (*_COLUMNS, _SHARDING) if sharded else _COLUMNS
+  extra: tuple[str, ...] = ("",) if sharded else ()
+
+  def spanning(label: Label, sizes: tuple[int, int]) -> Row:
+    return Row(0, (label.text, "", "", "", number(sizes[0]), number(sizes[1]), *extra), label)
+
+  def param_row(row: ParamRow) -> Row:
+    return Row(1, (
+        row.name, row.shape, row.dtype, "yes" if row.trainable else "no",
+        number(row.count), number(row.nbytes), *((row.sharding,) if sharded else ()),
+    ))
+
+  body: list[Row] = []
+  for group in groups:
+    where = "/".join(group.path) if group.path else "(top level)"
+    tag = None if group.compute is None else f"compute {group.compute}"
+    subtotal = group.subtotal if group.subtotal is not None else total(group.members)
+    body.append(spanning(Label(where, group.label, tag), subtotal))
+    body.extend(param_row(row) for row in group.members)
+  totals = {
+      "trainable": total(r for r in members if r.trainable),
+      "non-trainable": total(r for r in members if not r.trainable),
+      "total": total(members),
+  }
+  footer = [spanning(Label(name), sizes) for name, sizes in totals.items()]
+  state = "locked" if is_locked else "unlocked"
+  size = (
+      f"size: {human_bytes(totals['total'][1])} (trainable {human_bytes(totals['trainable'][1])},"
+      f" non-trainable {human_bytes(totals['non-trainable'][1])})"
+  )
+  title = f"{len(members):,} params in {len(groups):,} modules, {state}"
+  return render(columns, title, body, footer, width, after=(size,))

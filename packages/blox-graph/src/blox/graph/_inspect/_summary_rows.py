@@ -6,7 +6,9 @@
 longest graph path that is a prefix of its path, and its row is named by the
 rest of its path (`'query/kernel'` under an attention module); otherwise, and
 for params no module owns, a param belongs to `path[:-1]` and its row is named
-`path[-1]`. Rendering the groups as a table is `blox.graph._table`'s job.
+`path[-1]`. A layer stack (a `Repeat`) gets a line of its own, found from
+the params' `STACKED` metadata (see `collect_groups`). `summary` lays the
+groups out as a table.
 
 Example:
   >>> import jax.numpy as jnp
@@ -27,7 +29,7 @@ import numpy as np
 
 from blox.graph._graph import Graph
 from blox.graph._module import Module
-from blox.graph._repeat import Repeat
+from blox.graph._stacking import LAYER, stacked_sizes
 from blox.params import SHARDING, Param, Params, Path, is_prng_key, measure, path_text
 
 __all__ = [
@@ -37,7 +39,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ParamRow:
-  """What the table shows of one param; `name` is its path below its module."""
+  """What the table shows of one param; `name` is its path below its module;
+  `stacked`, the sizes of its leading layer axes (its `STACKED` metadata)."""
 
   name: str
   shape: str
@@ -46,6 +49,7 @@ class ParamRow:
   count: int
   nbytes: int
   sharding: str = ""
+  stacked: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class ModuleGroup:
 
   `label` is the module's `repr` (type and configuration) when a graph binds
   a module at `path`, else None. `subtotal`, when set, is the line's
-  `(count, bytes)` instead of its members' sum: a `Repeat` owns no rows
+  `(count, bytes)` instead of its members' sum: a layer stack owns no rows
   itself, its line sums the stacked params of the groups below it.
   `compute` is the name of the module's compute dtype when it is known (see
   `compute_dtype_name`) and it has floating-point params, else None.
@@ -186,6 +190,7 @@ def collect_groups(
         count=count,
         nbytes=nbytes,
         sharding=sharding_text(param, _spec_of(shardings, path)),
+        stacked=stacked_sizes(param.metadata),
     ))
   groups = [
       ModuleGroup(
@@ -195,22 +200,31 @@ def collect_groups(
       if group in modules else ModuleGroup(group, None, tuple(rows))
       for group, rows in members.items()
   ]
-  return _with_repeat_lines(groups, modules)
+  return _with_stack_lines(groups, modules)
 
 
-def _with_repeat_lines(groups: list[ModuleGroup], modules: dict[Path, Module]) -> list[ModuleGroup]:
-  """`groups` with a line for each `Repeat` before the first group below it:
-  its subtotal, and the count of one layer (`4 layers x 1,234`)."""
-  repeats = {path: m for path, m in modules.items() if isinstance(m, Repeat)}
-  for path, repeat in repeats.items():
-    below = [i for i, g in enumerate(groups) if g.path[: len(path)] == path and g.path != path]
-    if not below:
+def _with_stack_lines(groups: list[ModuleGroup], modules: dict[Path, Module]) -> list[ModuleGroup]:
+  """`groups` with a line for each layer stack, before the first group below
+  it: its subtotal, and the count of one layer (`4 layers x 1,234`).
+
+  A stack is read from the metadata, not from the module's type: a module
+  whose `layer` child (where `Repeat` builds its layer) holds params with
+  more `STACKED` axes than the stacks around the module add. Outer stacks
+  come first, so a stack inside a stack's layer counts one axis more.
+  """
+  stacks: list[Path] = []
+  for path in sorted(modules, key=len):
+    layer = (*path, LAYER)
+    below = [i for i, g in enumerate(groups) if g.path[: len(layer)] == layer]
+    around = sum(1 for outer in stacks if path[: len(outer)] == outer)
+    sizes = next((row.stacked for i in below for row in groups[i].members
+                  if len(row.stacked) > around), None)
+    if sizes is None:
       continue
+    stacks.append(path)
     count, nbytes = total(row for i in below for row in groups[i].members)
-    # The params of a repeat inside a repeat are stacked for every enclosing one.
-    layers = math.prod(
-        m.num_layers for p, m in repeats.items() if path[: len(p)] == p
-    )
-    label = f"{repeat!r}  {repeat.num_layers} layers x {count // layers:,}"
+    # The params of a stack inside a stack are stacked for every enclosing one.
+    layers = math.prod(sizes[: around + 1])
+    label = f"{modules[path]!r}  {sizes[around]} layers x {count // layers:,}"
     groups.insert(below[0], ModuleGroup(path, label, (), (count, nbytes)))
   return groups

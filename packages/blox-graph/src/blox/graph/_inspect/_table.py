@@ -1,69 +1,120 @@
-"""Rendering a params summary: module groups as a fixed-width text table.
+"""The one table renderer of `summary` and `tabulate`: rows of cells as fixed-width text.
 
-`render_table` lays out the `ModuleGroup`s of `blox.graph._summary_rows`: a
-heading, a line per module (path, label, compute dtype when known,
-subtotals) with its param rows indented below, and the trainable,
-non-trainable and overall totals. When any param row has a sharding text
-(`ParamRow.sharding`), a last `sharding` column shows it; otherwise the table
-has no such column. Text columns are cut with `...` to fit the width; numbers
-never are.
+A table is `Column`s and `Row`s. A column is text (left-aligned, cut or
+wrapped to fit) or numbers (right-aligned, never cut: a clipped count would
+be a wrong count). A row holds one unclipped cell per column (what the HTML
+display shows), indented by its depth in the first column; or a `Label`
+spanning the text columns before the first number column (a module line of
+`summary`, a total). When the lines are too long, text columns give up
+characters down to their floor: columns of a lower `rank` first, and among
+columns of one rank the one with the most room above its floor (its room
+times its `weight`). A cut cell ends in `...`; a column whose `lines` is
+more than one wraps its cells first (after spaces, commas, slashes and
+opening brackets) onto at most that many lines.
 
 Example:
-  >>> from blox.graph._summary_rows import ModuleGroup, ParamRow
-  >>> rows = (ParamRow('w', '[2]', 'float32', True, 2, 8),)
-  >>> print(render_table([ModuleGroup(('net',), None, rows)], 60, is_locked=True))
-  ... # doctest: +NORMALIZE_WHITESPACE
-  1 params in 1 modules, locked
-  module / param  shape  dtype    train  count  bytes
-  ---------------------------------------------------
-  net                                        2      8
-    w             [2]    float32  yes        2      8
-  ---------------------------------------------------
-  trainable                                  2      8
-  non-trainable                              0      0
-  total                                      2      8
-  size: 8 B (trainable 8 B, non-trainable 0 B)
+  >>> columns = (Column('name', floor=4), Column('count', numeric=True))
+  >>> table = render(columns, '2 rows', [Row(0, ('a_rather_long_name', '1,234')),
+  ...                                    Row(1, ('b', '5'))],
+  ...                [Row(0, ('total', '1,239'), Label('total'))], width=14)
+  >>> print(table)
+  2 rows
+  name     count
+  --------------
+  a_ra...  1,234
+    b          5
+  --------------
+  total    1,239
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from blox.graph._summary_rows import ModuleGroup, ParamRow, total
-from blox.params import Path
+from blox.graph._inspect._display import Table
 
-__all__ = ["render_table", "table_cells"]
+__all__ = [
+    "ELLIPSIS", "GAP", "INDENT", "Column", "Label", "Row", "clip", "clip_left", "human_bytes",
+    "number", "render", "wrap",
+]
 
-_GAP = "  "  # between columns
-_INDENT = "  "  # param rows under their module line
-_ELLIPSIS = "..."
-_HEADINGS = ("module / param", "shape", "dtype", "train", "count", "bytes")
-# Shown last, only when some param has sharding metadata (or a resolved spec).
-_SHARDING = "sharding"
-# The columns cut to fit the width, in this order, and the narrowest each
-# gets: name, sharding, shape, dtype.
-_FLOORS = ((0, 12), (6, 12), (1, 8), (2, 7))
+GAP = "  "  # between columns
+INDENT = "  "  # per depth level, and for the continuation lines of a wrapped cell
+ELLIPSIS = "..."
 
 
-def _clip(text: str, width: int) -> str:
-  """`text`, cut at the end to `width` characters with a visible ellipsis."""
-  if len(text) <= width:
-    return text
-  if width <= len(_ELLIPSIS):
-    return text[:width]
-  return text[: width - len(_ELLIPSIS)] + _ELLIPSIS
+@dataclass(frozen=True)
+class Column:
+  """One column: its heading and how it may be fitted.
+
+  Attributes:
+    heading: the column's heading.
+    numeric: numbers: right-aligned and never cut.
+    floor: the narrowest a text column may be cut to; None: never cut.
+    rank: text columns of a lower rank are cut first.
+    weight: how a column's room above its floor counts against the other
+      columns of its rank (0.5: cut it half as eagerly).
+    lines: how many lines a cell may wrap onto; 1 cuts it at the end.
+  """
+
+  heading: str
+  numeric: bool = False
+  floor: int | None = None
+  rank: int = 0
+  weight: float = 1.0
+  lines: int = 1
 
 
-def _clip_left(text: str, width: int) -> str:
-  """`text`, cut at the start: the end of a path says most about it."""
-  if len(text) <= width:
-    return text
-  if width <= len(_ELLIPSIS):
-    return text[len(text) - width :]
-  return _ELLIPSIS + text[len(text) - width + len(_ELLIPSIS) :]
+@dataclass(frozen=True)
+class Label:
+  """The text of a row spanning the text columns: `head` (a path) first, cut
+  at its start, as the end of a path says most; then `tail` (a short tag)
+  whole or not at all; `body` (a configuration) between them, cut at its end
+  to fill the room left."""
+
+  head: str
+  body: str | None = None
+  tail: str | None = None
+
+  @property
+  def text(self) -> str:
+    """The whole label, unclipped."""
+    return GAP.join(part for part in (self.head, self.body, self.tail) if part is not None)
+
+  def fit(self, width: int) -> str:
+    """The label cut to `width` characters, the head kept first."""
+    head = clip_left(self.head, width)
+    room = width - len(head) - len(GAP)
+    tail = ""
+    if self.tail is not None:
+      if room < len(self.tail):
+        return head
+      room -= len(self.tail) + len(GAP)
+      tail = f"{GAP}{self.tail}"
+    if self.body is None or room <= len(ELLIPSIS):
+      return f"{head}{tail}"
+    return f"{head}{GAP}{clip(self.body, room)}{tail}"
 
 
-def _human(nbytes: int) -> str:
+@dataclass(frozen=True)
+class Row:
+  """One row: `cells` unclipped, one per column; with `label`, the label is
+  shown across the text columns before the first number column instead of
+  their cells (which then hold the label's text and blanks)."""
+
+  depth: int
+  cells: tuple[str, ...]
+  label: Label | None = None
+
+
+def number(value: int | None) -> str:
+  """A count with thousands separators; `?` when unknown."""
+  return "?" if value is None else f"{value:,}"
+
+
+def human_bytes(nbytes: int) -> str:
   """Bytes in binary units, e.g. `4.0 MiB`."""
   size = float(nbytes)
   for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -73,158 +124,160 @@ def _human(nbytes: int) -> str:
   raise AssertionError("unreachable")
 
 
-def _module_text(
-    path: Path, label: str | None, width: int | None = None, compute: str | None = None
-) -> str:
-  """`path  Type(arguments)  compute bfloat16`, cut to `width`.
+def clip(text: str, width: int) -> str:
+  """`text`, cut at the end to `width` characters with a visible ellipsis."""
+  if len(text) <= width:
+    return text
+  if width <= len(ELLIPSIS):
+    return text[:width]
+  return text[: width - len(ELLIPSIS)] + ELLIPSIS
 
-  The path is kept first, then the compute dtype, then as much of the label
-  as fits between them.
+
+def clip_left(text: str, width: int) -> str:
+  """`text`, cut at the start to `width` characters with a visible ellipsis."""
+  if len(text) <= width:
+    return text
+  if width <= len(ELLIPSIS):
+    return text[len(text) - width :]
+  return ELLIPSIS + text[len(text) - width + len(ELLIPSIS) :]
+
+
+# Where a line may break: after a space, a comma, a slash or an opening bracket.
+_PIECES = re.compile(r"[^\s,/(\[{]*[,/(\[{]?\s*")
+
+
+def _pieces(text: str) -> list[str]:
+  """The unbreakable pieces of `text`; a closing ` (read)` stays with its word."""
+  if not (text.endswith(")") and " (" in text):
+    return [p for p in _PIECES.findall(text) if p]
+  head, tail = text.rsplit(" (", 1)
+  pieces = [p for p in _PIECES.findall(head) if p] or [""]
+  pieces[-1] += f" ({tail}"
+  return pieces
+
+
+def wrap(text: str, width: int, indent: str = "", lines: int = 1) -> list[str]:
+  """`indent + text` in at most `lines` lines of at most `width`.
+
+  One line: cut at the end. More: broken after spaces, commas, slashes and
+  opening brackets (a longer piece is cut), continuation lines indented
+  further; what does not fit ends in `...`.
   """
-  where = "/".join(path) if path else "(top level)"
-  tag = None if compute is None else f"compute {compute}"
-  if width is None:
-    return _GAP.join(part for part in (where, label, tag) if part is not None)
-  where = _clip_left(where, width)
-  room = width - len(where) - len(_GAP)
-  if tag is not None:
-    if room < len(tag):
-      return where
-    room -= len(tag) + len(_GAP)
-    tail = f"{_GAP}{tag}"
-  else:
-    tail = ""
-  if label is None or room <= len(_ELLIPSIS):
-    return f"{where}{tail}"
-  return f"{where}{_GAP}{_clip(label, room)}{tail}"
+  room = width - len(indent)
+  if lines <= 1 or room < 8:
+    return [clip(indent + text, width)]
+  out: list[str] = []
+  current = ""
+  for piece in _pieces(text):
+    limit = room if not out else room - len(INDENT)
+    if current and len(current) + len(piece.rstrip()) > limit:
+      out.append(current.rstrip())
+      current = ""
+      limit = room - len(INDENT)
+    current += piece
+    while len(current.rstrip()) > limit:
+      out.append(current[:limit])
+      current = current[limit:]
+      limit = room - len(INDENT)
+  if current.strip() or not out:
+    out.append(current.rstrip())
+  if len(out) > lines:
+    last, limit = out[lines - 1], room - len(INDENT)
+    fits = len(last) + 1 + len(ELLIPSIS) <= limit
+    cut = f"{last} {ELLIPSIS}" if fits else last[: limit - len(ELLIPSIS)] + ELLIPSIS
+    out = out[: lines - 1] + [cut]
+  return [indent + (line if i == 0 else INDENT + line) for i, line in enumerate(out)]
 
 
-def _fit(widths: list[int], width: int) -> list[int]:
-  """Shrinks the name, then the sharding, shape and dtype columns to fit `width`.
-
-  The numeric columns are never cut: a clipped count would be a wrong count.
-  """
-  widths = list(widths)
-  excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
-  for column, floor in _FLOORS:
-    if excess <= 0:
-      break
-    if column >= len(widths):
-      continue
-    cut = min(excess, max(widths[column] - floor, 0))
-    widths[column] -= cut
-    excess -= cut
+def _fit(columns: Sequence[Column], widths: list[int], width: int) -> list[int]:
+  """`widths` with text columns cut, by rank, until the lines fit `width`."""
+  excess = sum(widths) + len(GAP) * (len(widths) - 1) - width
+  for rank in sorted({c.rank for c in columns if c.floor is not None}):
+    group = [i for i, c in enumerate(columns) if c.floor is not None and c.rank == rank]
+    while excess > 0:
+      room = {i: widths[i] - (columns[i].floor or 0) for i in group}
+      widest = max(group, key=lambda i: room[i] * columns[i].weight)
+      if room[widest] <= 0:
+        break
+      widths[widest] -= 1
+      excess -= 1
   return widths
 
 
-def _column_widths(
-    groups: Sequence[ModuleGroup], totals: dict[str, tuple[int, int]], width: int
-) -> list[int]:
-  """The width of each column, the name column grown to give module lines room."""
-  rows = [row for group in groups for row in group.members]
-  counts = [r.count for r in rows] + [count for count, _ in totals.values()]
-  sizes = [r.nbytes for r in rows] + [nbytes for _, nbytes in totals.values()]
-  widths = [
-      max([len(h) for h in (_HEADINGS[0], *totals)] + [len(_INDENT + r.name) for r in rows]),
-      max([len(_HEADINGS[1])] + [len(r.shape) for r in rows]),
-      max([len(_HEADINGS[2])] + [len(r.dtype) for r in rows]),
-      len(_HEADINGS[3]),
-      max(len(_HEADINGS[4]), *(len(f"{n:,}") for n in counts)),
-      max(len(_HEADINGS[5]), *(len(f"{n:,}") for n in sizes)),
+def _widths(columns: Sequence[Column], rows: Sequence[Row], span: int, width: int) -> list[int]:
+  """The width of each column, the first grown so that labels fit their span."""
+  widths = [len(c.heading) for c in columns]
+  for row in rows:
+    for i, cell in enumerate(row.cells):
+      if row.label is None or i >= span:
+        extra = len(INDENT) * row.depth if i == 0 else 0
+        widths[i] = max(widths[i], len(cell) + extra)
+  spanned = sum(widths[1:span]) + len(GAP) * (span - 1)
+  labels = [len(row.label.text) for row in rows if row.label is not None]
+  widths[0] = max([widths[0]] + [n - spanned for n in labels])
+  return _fit(columns, widths, width)
+
+
+def _layout(columns: Sequence[Column], widths: list[int], span: int, row: Row) -> list[str]:
+  """The text lines of one row."""
+  def aligned(i: int, cell: str) -> str:
+    return f"{cell:>{widths[i]}}" if columns[i].numeric else f"{cell:<{widths[i]}}"
+
+  if row.label is not None:
+    room = sum(widths[:span]) + len(GAP) * (span - 1)
+    rest = [aligned(i, row.cells[i] if columns[i].numeric else clip(row.cells[i], widths[i]))
+            for i in range(span, len(columns))]
+    return [GAP.join([f"{row.label.fit(room):<{room}}", *rest]).rstrip()]
+  pieces = [
+      [cell] if column.numeric
+      else wrap(cell, widths[i], INDENT * row.depth if i == 0 else "", column.lines)
+      for i, (column, cell) in enumerate(zip(columns, row.cells))
   ]
-  if any(r.sharding for r in rows):
-    widths.append(max([len(_SHARDING)] + [len(r.sharding) for r in rows]))
-  # A module line spans the text columns (name to train), then the numbers.
-  spanned = sum(widths[1:4]) + 3 * len(_GAP)
-  wanted = max(
-      (len(_module_text(g.path, g.label, compute=g.compute)) for g in groups), default=0
-  )
-  widths[0] = max(widths[0], wanted - spanned)
-  return _fit(widths, width)
+  height = max(len(piece) for piece in pieces)
+  return [
+      GAP.join(aligned(i, piece[k] if k < len(piece) else "") for i, piece in enumerate(pieces)).rstrip()
+      for k in range(height)
+  ]
 
 
-def render_table(groups: Sequence[ModuleGroup], width: int, *, is_locked: bool) -> str:
-  """The summary table of `groups`, lines at most `width` long where the
-  numbers allow, without a trailing newline.
+def render(
+    columns: Sequence[Column],
+    title: str,
+    body: Sequence[Row],
+    footer: Sequence[Row],
+    width: int,
+    *,
+    after: Sequence[str] = (),
+) -> Table:
+  """The table, each line at most `width` long where the numbers allow.
 
   Args:
-    groups: the module groups, in the order to show them.
+    columns: the columns, at least one text column first.
+    title: the line above the headings (cut to `width`).
+    body: the rows, in order.
+    footer: the rows of totals, below the body's closing rule.
     width: the longest line allowed, in characters.
-    is_locked: whether the params are locked, said in the first line.
+    after: lines below the table (cut to `width`).
+
+  Returns:
+    The text as a `Table`, keeping the unclipped cells for its HTML display;
+    its notes are `title` and `after`.
   """
-  rows = [row for group in groups for row in group.members]
-  totals = {
-      "trainable": total(r for r in rows if r.trainable),
-      "non-trainable": total(r for r in rows if not r.trainable),
-      "total": total(rows),
-  }
-  widths = _column_widths(groups, totals, width)
-  sharded = len(widths) > len(_HEADINGS)
-  label_width = sum(widths[:4]) + 3 * len(_GAP)
-
-  def numbers(count: int, nbytes: int) -> str:
-    return f"{count:>{widths[4]},}{_GAP}{nbytes:>{widths[5]},}"
-
-  def line(cells: Sequence[str]) -> str:
-    left = [f"{cell:<{w}}" for cell, w in zip(cells[:4], widths[:4])]
-    right = [f"{cell:>{w}}" for cell, w in zip(cells[4:6], widths[4:6])]
-    last = [f"{cell:<{w}}" for cell, w in zip(cells[6:], widths[6:])]
-    return _GAP.join(left + right + last)
-
-  def param_line(row: ParamRow) -> str:
-    return line([
-        _clip(_INDENT + row.name, widths[0]), _clip(row.shape, widths[1]),
-        _clip(row.dtype, widths[2]), "yes" if row.trainable else "no",
-        f"{row.count:,}", f"{row.nbytes:,}", *([_clip(row.sharding, widths[6])] if sharded else []),
-    ])
-
-  rule = "-" * (sum(widths) + len(_GAP) * (len(widths) - 1))
-  state = "locked" if is_locked else "unlocked"
-  lines = [
-      _clip(f"{len(rows):,} params in {len(groups):,} modules, {state}", width),
-      line((*_HEADINGS, _SHARDING) if sharded else _HEADINGS),
-      rule,
-  ]
-  for group in groups:
-    text = _module_text(group.path, group.label, label_width, group.compute)
-    subtotal = group.subtotal if group.subtotal is not None else total(group.members)
-    lines.append(f"{text:<{label_width}}{_GAP}{numbers(*subtotal)}")
-    lines.extend(param_line(row) for row in group.members)
+  span = next((i for i, c in enumerate(columns) if c.numeric), len(columns))
+  headings = Row(0, tuple(c.heading for c in columns))
+  widths = _widths(columns, [headings, *body, *footer], span, width)
+  rule = "-" * (sum(widths) + len(GAP) * (len(widths) - 1))
+  lines = [clip(title, width), *_layout(columns, widths, span, headings), rule]
+  for row in body:
+    lines.extend(_layout(columns, widths, span, row))
   lines.append(rule)
-  for name, (count, nbytes) in totals.items():
-    lines.append(f"{name:<{label_width}}{_GAP}{numbers(count, nbytes)}")
-  lines.append(_clip(
-      f"size: {_human(totals['total'][1])} (trainable {_human(totals['trainable'][1])},"
-      f" non-trainable {_human(totals['non-trainable'][1])})",
-      width,
-  ))
-  return "\n".join(l.rstrip() for l in lines)
-
-
-def table_cells(
-    groups: Sequence[ModuleGroup],
-) -> tuple[tuple[str, ...], list[tuple[int, tuple[str, ...]]], list[tuple[int, tuple[str, ...]]]]:
-  """The rows `render_table` lays out, unclipped, for the HTML display:
-  `(headings, rows, footer)`, each row `(depth, cells)`."""
-  rows = [row for group in groups for row in group.members]
-  sharded = any(r.sharding for r in rows)
-  headings = (*_HEADINGS, _SHARDING) if sharded else _HEADINGS
-  extra: tuple[str, ...] = ("",) if sharded else ()
-  body: list[tuple[int, tuple[str, ...]]] = []
-  for group in groups:
-    count, nbytes = group.subtotal if group.subtotal is not None else total(group.members)
-    body.append((0, (_module_text(group.path, group.label, compute=group.compute),
-                     "", "", "", f"{count:,}", f"{nbytes:,}", *extra)))
-    body.extend((1, (
-        row.name, row.shape, row.dtype, "yes" if row.trainable else "no",
-        f"{row.count:,}", f"{row.nbytes:,}", *((row.sharding,) if sharded else ()),
-    )) for row in group.members)
-  footer = [
-      (0, (name, "", "", "", f"{count:,}", f"{nbytes:,}", *extra))
-      for name, (count, nbytes) in (
-          ("trainable", total(r for r in rows if r.trainable)),
-          ("non-trainable", total(r for r in rows if not r.trainable)),
-          ("total", total(rows)),
-      )
-  ]
-  return headings, body, footer
+  for row in footer:
+    lines.extend(_layout(columns, widths, span, row))
+  lines.extend(clip(line, width) for line in after)
+  return Table(
+      "\n".join(lines),
+      headings.cells,
+      [(row.depth, row.cells) for row in body],
+      (title, *after),
+      [(row.depth, row.cells) for row in footer],
+  )

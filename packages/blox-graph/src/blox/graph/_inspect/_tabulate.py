@@ -2,11 +2,11 @@
 
 `fn(params, *args, **kwargs)` is traced with `jax.eval_shape` (nothing is
 computed or allocated) while the module calls are recorded
-(`blox.graph._calls`); each becomes a row, nested under the call it was made
+(`blox.graph._inspect._calls`); each becomes a row, nested under the call it was made
 in: module type and configuration, input and output shapes and dtypes, the
 compute dtype, the params it read or created (each param on a line of its
-own, with its sharding), and FLOPs. `blox.graph._tabulate_table` lays the
-rows out.
+own, with its sharding), and FLOPs. `blox.graph._inspect._tabulate_rows`
+lays the rows out.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -31,26 +31,29 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
 
-from blox.graph._calls import Call, abstract, not_recording, recording
-from blox.graph._display import Table
-from blox.graph._repeat import Repeat
-from blox.graph._summary_rows import compute_dtype_name, sharding_text
-from blox.graph._tabulate_table import CallLine, ParamLine, render_calls
+from blox.graph._inspect._calls import Call, abstract, not_recording, recording
+from blox.graph._inspect._display import Table
+from blox.graph._inspect._summary_rows import compute_dtype_name, sharding_text
+from blox.graph._inspect._tabulate_rows import (
+    CallLine,
+    ParamLine,
+    array_text,
+    inputs_text,
+    render_calls,
+    short_dtype,
+    tree_text,
+)
+from blox.graph._stacking import stacked_sizes
 from blox.params import Param, Params, Path, measure, split_arrays
 
 __all__ = ["tabulate"]
-
-_SHORT_DTYPES = {
-    "float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16",
-    "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8",
-    "uint64": "u64", "uint32": "u32", "uint16": "u16", "uint8": "u8",
-}
 
 
 def tabulate(
@@ -74,7 +77,10 @@ def tabulate(
 
   Repeat. The layer of a `Repeat` runs in a `jax.lax.scan`, which traces it
   once: its calls show once, the layer's line marked `x N` (N layers), with
-  one layer's numbers; the `Repeat`'s line counts all N. Likewise, a jitted
+  one layer's numbers; the `Repeat`'s line counts all N. This is read from
+  the params' `STACKED` metadata (a call that sees a param with N fewer
+  layers stacked than its caller does runs N times), so a layer that uses
+  no param shows without its count. Likewise, a jitted
   function that `fn` calls twice with the same input shapes runs its Python
   once, so its second call shows no rows (and a jitted `fn` traced before
   for the same shapes none at all: pass the function before `jax.jit`).
@@ -190,16 +196,38 @@ def _leaves(calls: list[Call]) -> Iterator[Call]:
       yield call
 
 
-def _layers(call: Call) -> int:
-  """How often each call made inside `call` runs per run of `call`."""
-  return call.module.num_layers if isinstance(call.module, Repeat) else 1
+def _used(call: Call) -> Iterator[Path]:
+  """The paths `call` and the calls inside it read or created."""
+  yield from call.reads
+  yield from call.created
+  for child in call.children:
+    yield from _used(child)
+
+
+def _runs(call: Call, child: Call) -> int:
+  """How often `child` runs per run of `call`, from the params' `STACKED`
+  metadata: a layer stack's scan hands its layer each param with the
+  outermost stacked axis dropped, one run per layer."""
+  for path in _used(child):
+    outer, inner = call.seen(path), child.seen(path)
+    if outer is None or inner is None:
+      continue
+    around, within = stacked_sizes(outer.metadata), stacked_sizes(inner.metadata)
+    if len(around) > len(within):
+      return math.prod(around[: len(around) - len(within)])
+  return 1
 
 
 def _flops_of(call: Call, flops: dict[int, int | None]) -> int | None:
   if not call.children:
     return flops[id(call)]
-  inner = _sum_flops(_flops_of(child, flops) for child in call.children)
-  return None if inner is None else inner * _layers(call)
+  total = 0
+  for child in call.children:
+    inner = _flops_of(child, flops)
+    if inner is None:
+      return None
+    total += inner * _runs(call, child)
+  return total
 
 
 def _sum_flops(values: Iterable[int | None]) -> int | None:
@@ -212,17 +240,13 @@ def _sum_flops(values: Iterable[int | None]) -> int | None:
 
 
 def _footprint(call: Call) -> dict[Path, tuple[int, int]]:
-  """`(count, bytes)` of each param `call` and the calls inside it use; a
-  Repeat's layer params counted once per layer."""
+  """`(count, bytes)` of each param `call` and the calls inside it use, as
+  `call`'s frame holds it: a layer stack's params with all their layers."""
   used = {path: measure(param.value)[2:] for path, param in {**call.reads, **call.created}.items()}
   for child in call.children:
-    used.update(_footprint(child))
-  if isinstance(call.module, Repeat):
-    prefix, layers = call.module.layer_path, call.module.num_layers
-    used = {
-        path: (count * layers, nbytes * layers) if path[: len(prefix)] == prefix else (count, nbytes)
-        for path, (count, nbytes) in used.items()
-    }
+    for path, size in _footprint(child).items():
+      mine = call.seen(path)
+      used[path] = size if mine is None else measure(mine.value)[2:]
   return used
 
 
@@ -252,10 +276,10 @@ def _lines(call: Call, parent: Call | None, flops: dict[int, int | None]) -> Ite
       _param_line(call, p, param, "new" if p in call.created else "read")
       for p, param in {**call.reads, **call.created}.items()
   ]
+  runs = _runs(parent, call) if parent is not None else 1
   yield CallLine(
-      depth=call.depth, name=name, label=repr(call.module),
-      repeat=_layers(parent) if parent is not None and _layers(parent) > 1 else None,
-      inputs=_inputs_text(call.args, call.kwargs), outputs=_tree_text(call.outputs),
+      depth=call.depth, name=name, label=repr(call.module), repeat=runs if runs > 1 else None,
+      inputs=inputs_text(call.args, call.kwargs), outputs=tree_text(call.outputs),
       compute=_compute(call), count=count, nbytes=nbytes, flops=_flops_of(call, flops),
       params=tuple(params),
   )
@@ -267,54 +291,15 @@ def _param_line(call: Call, path: Path, param: Param, use: str) -> ParamLine:
   own = call.module.graph.path
   name = "/".join(path[len(own):] if path[: len(own)] == own else path)
   shape, dtype, count, nbytes = measure(param.value)
-  return ParamLine(name, _array_text(shape, dtype), sharding_text(param), use, count, nbytes)
+  return ParamLine(name, array_text(shape, dtype), sharding_text(param), use, count, nbytes)
 
 
 def _compute(call: Call) -> str:
   known = compute_dtype_name(call.module)
   if known is not None:
-    return _short(known)
+    return short_dtype(known)
   for leaf in jax.tree.leaves(call.outputs):
     dtype = getattr(leaf, "dtype", None)
     if dtype is not None and np.issubdtype(dtype, np.inexact):
-      return _short(str(dtype))
+      return short_dtype(str(dtype))
   return ""
-
-
-def _short(dtype: str) -> str:
-  return _SHORT_DTYPES.get(dtype, dtype)
-
-
-def _array_text(shape: tuple[int, ...], dtype: Any) -> str:
-  return f"{_short(str(dtype))}[{','.join(map(str, shape))}]"
-
-
-def _tree_text(tree: Any) -> str:
-  """`f32[2,3]` for an array; `Type(leaf, ...)`, `(...)`, `[...]`, `{k: ...}` for pytrees."""
-  if isinstance(tree, jax.ShapeDtypeStruct):
-    return _array_text(tuple(tree.shape), tree.dtype)
-  if tree is None:
-    return "None"
-  if isinstance(tree, dict):
-    return "{" + ", ".join(f"{k}: {_tree_text(v)}" for k, v in tree.items()) + "}"
-  if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
-    inner = ", ".join(_tree_text(v) for v in tree)
-    return f"[{inner}]" if isinstance(tree, list) else f"({inner})"
-  children, _ = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is not tree)
-  if len(children) == 1 and children[0] is tree:  # a leaf: a static value
-    text = _short_repr(tree)
-    return text if len(text) <= 24 else text[:21] + "..."
-  return f"{type(tree).__name__}({', '.join(_tree_text(c) for c in children)})"
-
-
-def _inputs_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-  parts = [_tree_text(a) for a in args] + [f"{k}={_tree_text(v)}" for k, v in kwargs.items()]
-  return ", ".join(parts)
-
-
-
-def _short_repr(value: Any) -> str:
-  """A static argument: modules by type, other values by repr."""
-  if hasattr(value, "where") and hasattr(value, "graph"):
-    return type(value).__name__
-  return repr(value)

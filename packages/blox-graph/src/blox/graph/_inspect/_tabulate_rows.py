@@ -1,12 +1,11 @@
-"""Rendering `tabulate`'s rows: module calls, nested, as a fixed-width text table.
+"""`tabulate`'s rows: module calls, nested, and the text of their values.
 
 A `CallLine` per call (indented by its depth, its param lines below it) in
 seven columns: call or param (`kernel (read)`, `kernel (new)`), inputs or
 shape, outputs or sharding, compute dtype, element count, bytes, FLOPs. The
-headings and text columns
-wrap (at most a few lines, then `...`) so that every line fits the width;
-numbers are never cut. `summary`'s renderer (`blox.graph._table`) supplies
-the clipping and the byte units.
+headings and text columns wrap (at most a few lines, then `...`) so that
+every line fits the width; numbers are never cut. The layout itself is the
+renderer `summary` uses too (`blox.graph._inspect._table`).
 
 Example:
   >>> line = CallLine(0, 'net', 'Dense()', None, 'f32[2]', 'f32[3]', 'f32', 6, 24, 12,
@@ -24,24 +23,35 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from blox.graph._display import Table
-from blox.graph._table import _ELLIPSIS, _clip, _human
+import jax
 
-__all__ = ["CallLine", "ParamLine", "render_calls"]
+from blox.graph._inspect._display import Table
+from blox.graph._inspect._table import GAP, Column, Label, Row, human_bytes, number, render
 
-_GAP = "  "
-_INDENT = "  "
-_HEADINGS = ("call / param", "in / shape", "out / sharding", "compute", "params", "bytes", "flops")
-# The narrowest each wrapped text column gets: call, inputs, outputs.
-_FLOORS = (16, 10, 10)
-# How many lines a wrapped cell may take before it is cut with '...'.
-_MAX_LINES = 3
+__all__ = ["CallLine", "ParamLine", "array_text", "inputs_text", "render_calls", "short_dtype", "tree_text"]
+
+# The call column wraps worst (paths and configurations), so it is cut half
+# as eagerly as the inputs and outputs; the compute dtype and numbers never are.
+_COLUMNS = (
+    Column("call / param", floor=16, weight=0.5, lines=3),
+    Column("in / shape", floor=10, lines=3),
+    Column("out / sharding", floor=10, lines=3),
+    Column("compute"),
+    Column("params", numeric=True),
+    Column("bytes", numeric=True),
+    Column("flops", numeric=True),
+)
 _TOTAL = "module calls (Repeat layers x their count)"
 _WHOLE = "whole function, compiled (XLA)"
+_SHORT_DTYPES = {
+    "float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16",
+    "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8",
+    "uint64": "u64", "uint32": "u32", "uint16": "u16", "uint8": "u8",
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,8 @@ class ParamLine:
 
 @dataclass(frozen=True)
 class CallLine:
-  """One module call: `repeat` is N for a `Repeat`'s layer (shown `x N`)."""
+  """One module call: `repeat` is N for a call that runs N times per run of
+  the call it is made in (a `Repeat`'s layer, shown `x N`)."""
 
   depth: int
   name: str
@@ -73,88 +84,17 @@ class CallLine:
   params: tuple[ParamLine, ...] = ()
 
 
-def _number(value: int | None) -> str:
-  return "?" if value is None else f"{value:,}"
-
-
-def _call_cells(line: CallLine) -> tuple[str, ...]:
+def _call_row(line: CallLine) -> Row:
   repeat = f" x{line.repeat}" if line.repeat is not None else ""
-  return (
-      f"{line.name}{repeat}{_GAP}{line.label}", line.inputs, line.outputs, line.compute,
-      f"{line.count:,}", f"{line.nbytes:,}", _number(line.flops),
-  )
+  return Row(line.depth, (
+      f"{line.name}{repeat}{GAP}{line.label}", line.inputs, line.outputs, line.compute,
+      number(line.count), number(line.nbytes), number(line.flops),
+  ))
 
 
-def _param_cells(param: ParamLine) -> tuple[str, ...]:
-  return (f"{param.name} ({param.use})", param.shape, param.sharding, "",
-          f"{param.count:,}", f"{param.nbytes:,}", "")
-
-
-# Where a line may break: after a space, a comma, a slash or an opening bracket.
-_PIECES = re.compile(r"[^\s,/(\[{]*[,/(\[{]?\s*")
-
-
-def _pieces(text: str) -> list[str]:
-  """The unbreakable pieces of `text`; a closing ` (read)` stays with its word."""
-  if not (text.endswith(")") and " (" in text):
-    return [p for p in _PIECES.findall(text) if p]
-  head, tail = text.rsplit(" (", 1)
-  pieces = [p for p in _PIECES.findall(head) if p] or [""]
-  pieces[-1] += f" ({tail}"
-  return pieces
-
-
-def _wrap(text: str, width: int, indent: str = "") -> list[str]:
-  """`text` in at most `_MAX_LINES` lines of at most `width`, broken after
-  spaces, commas, slashes and opening brackets (a longer piece is cut), continuation
-  lines indented further; what does not fit ends in `...`."""
-  room = width - len(indent)
-  if room < 8:
-    return [_clip(indent + text, width)]
-  lines: list[str] = []
-  current = ""
-  for piece in _pieces(text):
-    limit = room if not lines else room - len(_INDENT)
-    if current and len(current) + len(piece.rstrip()) > limit:
-      lines.append(current.rstrip())
-      current = ""
-      limit = room - len(_INDENT)
-    current += piece
-    while len(current.rstrip()) > limit:
-      lines.append(current[:limit])
-      current = current[limit:]
-      limit = room - len(_INDENT)
-  if current.strip() or not lines:
-    lines.append(current.rstrip())
-  if len(lines) > _MAX_LINES:
-    last, limit = lines[_MAX_LINES - 1], room - len(_INDENT)
-    fits = len(last) + 1 + len(_ELLIPSIS) <= limit
-    cut = f"{last} {_ELLIPSIS}" if fits else last[: limit - len(_ELLIPSIS)] + _ELLIPSIS
-    lines = lines[: _MAX_LINES - 1] + [cut]
-  return [indent + (line if i == 0 else _INDENT + line) for i, line in enumerate(lines)]
-
-
-def _widths(rows: Sequence[tuple[int, tuple[str, ...]]], numbers: Sequence[str], width: int) -> list[int]:
-  widths = [len(h) for h in _HEADINGS]
-  for depth, cells in rows:
-    for i, cell in enumerate(cells):
-      extra = len(_INDENT) * depth if i == 0 else 0
-      widths[i] = max(widths[i], len(cell) + extra)
-  widths[4] = max([widths[4]] + [len(n) for n in numbers[0::3]])
-  widths[5] = max([widths[5]] + [len(n) for n in numbers[1::3]])
-  widths[6] = max([widths[6]] + [len(n) for n in numbers[2::3]])
-  widths[0] = max(widths[0], len(_TOTAL) - sum(widths[1:4]) - 3 * len(_GAP))
-  excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
-  # One column at a time, the one with most room above its floor; the call
-  # column's room counts half, as its paths and names wrap worst.
-  while excess > 0:
-    room = [widths[i] - _FLOORS[i] for i in range(3)]
-    widest = max(range(3), key=lambda i: room[i] / 2 if i == 0 else room[i])
-    if room[widest] <= 0:
-      break
-    widths[widest] -= 1
-    excess -= 1
-  return widths
+def _param_row(depth: int, param: ParamLine) -> Row:
+  return Row(depth, (f"{param.name} ({param.use})", param.shape, param.sharding, "",
+                     number(param.count), number(param.nbytes), ""))
 
 
 def render_calls(
@@ -174,37 +114,55 @@ def render_calls(
     totals: `(count, bytes, FLOPs)` of the outermost calls together.
     whole: the whole function's FLOPs, compiled.
   """
-  rows: list[tuple[int, tuple[str, ...]]] = []
+  rows: list[Row] = []
   for line in lines:
-    rows.append((line.depth, _call_cells(line)))
-    rows.extend((line.depth + 1, _param_cells(p)) for p in line.params)
+    rows.append(_call_row(line))
+    rows.extend(_param_row(line.depth + 1, p) for p in line.params)
   count, nbytes, flops = totals
   footer = [
-      (0, (_TOTAL, "", "", "", f"{count:,}", f"{nbytes:,}", _number(flops))),
-      (0, (_WHOLE, "", "", "", "", "", _number(whole))),
+      Row(0, (_TOTAL, "", "", "", number(count), number(nbytes), number(flops)), Label(_TOTAL)),
+      Row(0, (_WHOLE, "", "", "", "", "", number(whole)), Label(_WHOLE)),
   ]
-  numbers = [cell for _, cells in rows + footer for cell in cells[4:7]]
-  widths = _widths(rows, numbers, width)
-  span = sum(widths[:4]) + 3 * len(_GAP)
+  title = f"{len(lines):,} module calls; {used:,} params used, {count:,} ({human_bytes(nbytes)})"
+  return render(_COLUMNS, title, rows, footer, width)
 
-  def layout(depth: int, cells: tuple[str, ...]) -> list[str]:
-    columns = [_wrap(cells[0], widths[0], _INDENT * depth)]
-    columns += [_wrap(cell, widths[i]) for i, cell in enumerate(cells[1:4], 1)]
-    height = max(len(c) for c in columns)
-    out = []
-    for k in range(height):
-      left = [f"{(c[k] if k < len(c) else ''):<{w}}" for c, w in zip(columns, widths)]
-      right = [f"{(cells[i] if k == 0 else ''):>{widths[i]}}" for i in range(4, 7)]
-      out.append(_GAP.join(left + right).rstrip())
-    return out
 
-  title = f"{len(lines):,} module calls; {used:,} params used, {count:,} ({_human(nbytes)})"
-  rule = "-" * (sum(widths) + len(_GAP) * (len(widths) - 1))
-  text = [_clip(title, width), *layout(0, _HEADINGS), rule]
-  for depth, cells in rows:
-    text.extend(layout(depth, cells))
-  text.append(rule)
-  for _, cells in footer:
-    numbers_text = _GAP.join(f"{cells[i]:>{widths[i]}}" for i in range(4, 7))
-    text.append(f"{_clip(cells[0], span):<{span}}{_GAP}{numbers_text}".rstrip())
-  return Table("\n".join(text), _HEADINGS, rows, (title,), footer)
+def short_dtype(dtype: str) -> str:
+  """`f32` for float32, and so on; other dtypes by name."""
+  return _SHORT_DTYPES.get(dtype, dtype)
+
+
+def array_text(shape: tuple[int, ...], dtype: Any) -> str:
+  """`f32[2,3]`."""
+  return f"{short_dtype(str(dtype))}[{','.join(map(str, shape))}]"
+
+
+def tree_text(tree: Any) -> str:
+  """`f32[2,3]` for an array; `Type(leaf, ...)`, `(...)`, `[...]`, `{k: ...}` for pytrees."""
+  if isinstance(tree, jax.ShapeDtypeStruct):
+    return array_text(tuple(tree.shape), tree.dtype)
+  if tree is None:
+    return "None"
+  if isinstance(tree, dict):
+    return "{" + ", ".join(f"{k}: {tree_text(v)}" for k, v in tree.items()) + "}"
+  if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+    inner = ", ".join(tree_text(v) for v in tree)
+    return f"[{inner}]" if isinstance(tree, list) else f"({inner})"
+  children, _ = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is not tree)
+  if len(children) == 1 and children[0] is tree:  # a leaf: a static value
+    text = _short_repr(tree)
+    return text if len(text) <= 24 else text[:21] + "..."
+  return f"{type(tree).__name__}({', '.join(tree_text(c) for c in children)})"
+
+
+def inputs_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+  """A call's arguments after its params: `f32[8,16], is_training=True`."""
+  parts = [tree_text(a) for a in args] + [f"{k}={tree_text(v)}" for k, v in kwargs.items()]
+  return ", ".join(parts)
+
+
+def _short_repr(value: Any) -> str:
+  """A static argument: modules by type, other values by repr."""
+  if hasattr(value, "where") and hasattr(value, "graph"):
+    return type(value).__name__
+  return repr(value)
