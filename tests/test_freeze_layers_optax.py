@@ -5,8 +5,9 @@ with a leading layer axis and metadata `STACKED: (num_layers,)`; one trainable
 flag covers every layer. `params.freeze(where, layers=[...])` records the
 frozen layers, `value_and_grad` gives them zero gradients, and
 `restore_frozen_layers` puts their values back after the optimizer step. The
-params here are stacked by hand (as Repeat stores them) and run by a
-`lax.scan` over the layers, so only blox.params and optax are involved.
+params of most tests here are stacked by hand (as Repeat stores them) and
+run by a `lax.scan` over the layers, so that only blox.params and optax are
+involved; the last test trains a real `bx.Repeat` of `bx.Linear` layers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import blox as bx
 from blox.params import STACKED, Param, Params, restore_frozen_layers, value_and_grad
 
 NUM_LAYERS = 4
@@ -119,3 +121,39 @@ def test_unfreezing_the_layers_trains_them_again() -> None:
   thawed = frozen.unfreeze("net/stack/.*", layers=FROZEN)
   after, _ = _train(thawed, steps=2, restore=True)
   assert (np.asarray(after[KERNEL].value[:2]) != np.asarray(thawed[KERNEL].value[:2])).any()
+
+
+def test_a_repeat_of_linear_layers_trains_only_its_unfrozen_layers() -> None:
+  graph = bx.Graph("net")
+  rng = bx.Rng(graph.child("rng"))
+  blocks = bx.Repeat(
+      graph.child("blocks"), lambda node: bx.Linear(node, WIDTH, rng=rng), num_layers=NUM_LAYERS
+  )
+  x, y = _data()
+  params = rng.seed(bx.Params(), seed=0)
+  _, params = blocks(params, x)
+  before = params.locked().freeze("net/blocks/layer/.*", layers=FROZEN)
+  optimizer = optax.adamw(1e-2, weight_decay=0.1)
+  opt_state = optimizer.init(before.split()[0])
+
+  def loss_fn(params: Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Params]:
+    out, params = blocks(params, x)
+    return jnp.mean((out[:, :1] - y) ** 2), params
+
+  @jax.jit
+  def train_step(params: Params, opt_state: Any) -> tuple[Params, Any]:
+    _, params, grads = bx.value_and_grad(loss_fn)(params, x, y)
+    trainable, rest = params.split()
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    stepped = restore_frozen_layers(optax.apply_updates(trainable, updates), trainable)
+    return stepped.merge(rest), opt_state
+
+  after = before
+  for _ in range(3):
+    after, opt_state = train_step(after, opt_state)
+  stacked = [path for path in before if path[:3] == ("net", "blocks", "layer")]
+  assert len(stacked) == 2  # the kernel and the bias
+  for path in stacked:
+    old, new = before[path].value, after[path].value
+    np.testing.assert_array_equal(_bits(new[:2]), _bits(old[:2]))
+    assert (np.asarray(new[2:]) != np.asarray(old[2:])).any()
