@@ -41,7 +41,7 @@ def test_the_constructor_takes_sizes_by_position_and_the_rest_by_keyword() -> No
   assert str(signature) == "(graph, size, *, scale=1.0, shift=0.0, tag)"
   affine = _Affine(Graph("net").child("a"), 3, tag="t", shift=2.0)
   assert (affine.size, affine.scale, affine.shift, affine.tag) == (3, 1.0, 2.0, "t")
-  with pytest.raises(TypeError, match=r"_Affine\(\.\.\.\): too many positional arguments"):
+  with pytest.raises(TypeError, match=r"_Affine\(\.\.\.\): too many positional arguments; it takes \(graph, size\) by position and every other argument by keyword"):
     _Affine(Graph("net").child("b"), 3, 2.0)  # type: ignore[call-arg]  # the misuse under test
   with pytest.raises(TypeError, match=r"_Affine\(\.\.\.\): missing a required argument: 'tag'"):
     _Affine(Graph("net").child("c"), 3)  # type: ignore[call-arg]  # the misuse under test

@@ -207,7 +207,11 @@ def make_init(cls: type, settings: Mapping[str, Setting]) -> Callable[..., None]
     try:
       bound = signature.bind(self, *args, **kwargs)
     except TypeError as error:
-      raise TypeError(f"{type(self).__name__}(...): {error}.") from None
+      positional = ", ".join(["graph", *(s.name for s in ordered if s.positional)])
+      raise TypeError(
+          f"{type(self).__name__}(...): {error}; it takes ({positional}) by position"
+          " and every other argument by keyword."
+      ) from None
     arguments = bound.arguments
     vars(module_base)["__init__"](self, arguments["graph"])
     where = self.where()
