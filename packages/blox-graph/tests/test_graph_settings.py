@@ -154,3 +154,16 @@ def test_setting_without_annotation_is_refused() -> None:
   with pytest.raises(TypeError, match=r"setting\(\.\.\.\) needs an annotation"):
     class _Bare(Module):  # noqa: F841 (the class statement is what fails)
       size = setting(default=1)
+
+
+def test_post_init_runs_in_a_module_without_settings() -> None:
+  class _Built(Module):
+    def __post_init__(self) -> None:
+      self.children = [self.graph.child("a"), self.graph.child("b")]
+
+    def __call__(self, params: Params) -> tuple[int, Params]:
+      return len(self.children), params
+
+  built = _Built(Graph("net").child("built"))
+  assert built(Params())[0] == 2
+  assert str(inspect.signature(_Built)) == "(graph)"

@@ -62,13 +62,14 @@ class _ModuleMeta(abc.ABCMeta):
     cls.__blox_settings__ = settings  # type: ignore[attr-defined]  # set on every module class
     if not any(isinstance(base, _ModuleMeta) for base in bases):
       return cls  # Module itself, whose __init__ is written by hand
-    if "__init__" not in namespace and own:
+    if "__init__" not in namespace and (own or "__post_init__" in namespace):
       written = next(
           (k for k in cls.__mro__[1:-2] if "__init__" in vars(k)
            and not getattr(vars(k)["__init__"], "__blox_generated__", False)), None)
       if written is not None:
+        what = f"declares settings ({', '.join(own)})" if own else "defines __post_init__"
         raise TypeError(
-            f"{name} declares settings ({', '.join(own)}) but inherits the hand-written"
+            f"{name} {what} but inherits the hand-written"
             f" __init__ of {written.__name__}, which does not know them; write"
             f" {name}.__init__ yourself, or declare {written.__name__}'s arguments"
             " as settings too."
