@@ -223,9 +223,19 @@ def test_restore_names_what_does_not_fit() -> None:
   wrong = Params({STACK_W: Param(jnp.zeros((4, 3)))})
   with pytest.raises(ValueError, match=r"float32\[4, 2\] in updated but float32\[4, 3\] in original"):
     restore_frozen_layers(frozen, wrong)
-  broken = Params({STACK_W: Param(jnp.zeros(2), metadata={FROZEN_LAYERS: (5,)})})
-  with pytest.raises(ValueError, match=r"holds float32\[2\], but its 'frozen_layers' metadata lists the layers \(5,\)"):
-    restore_frozen_layers(broken, broken)
+  past = Params({STACK_W: Param(jnp.zeros(2), metadata={STACKED: (2,), FROZEN_LAYERS: (5,)})})
+  with pytest.raises(ValueError, match=r"float32\[2\] with the metadata .*'frozen_layers' entry lists the layers \(5,\)"):
+    restore_frozen_layers(past, past)
+
+
+def test_a_frozen_layers_record_without_its_stack_is_refused() -> None:
+  # E.g. one layer's params cut out of a stack, which kept the stack's record:
+  # their own first axis must not be taken for the layer axis.
+  layer = Params({("net", "0", "w"): Param(jnp.ones((3, 2)), metadata={FROZEN_LAYERS: (0, 1)})})
+  with pytest.raises(ValueError, match=r"\('net', '0', 'w'\) holds float32\[3, 2\].*drop the 'frozen_layers' entry"):
+    restore_frozen_layers(layer, layer)
+  with pytest.raises(ValueError, match="index the leading axis of a stacked param"):
+    value_and_grad(lambda p: (jnp.sum(p[("net", "0", "w")].value), p))(layer)
 
 
 def test_frozen_layers_survive_a_checkpoint(tmp_path: Any) -> None:

@@ -46,7 +46,7 @@ from blox.params._where import Where, selected_positions
 if TYPE_CHECKING:
   from blox.params._container import Params
 
-__all__ = ["freeze", "frozen_layers", "unfreeze"]
+__all__ = ["freeze", "frozen_layers", "stack_size", "unfreeze"]
 
 
 def frozen_layers(metadata: Mapping[str, Any]) -> tuple[int, ...]:
@@ -124,7 +124,7 @@ def _refrozen(params: Params, where: Where, layers: Iterable[int] | None, frozen
   flags = list(s.trainable)
   metas = list(s.metadata)
   if wanted is not None:
-    _check_stacked(what, [s.paths[i] for i in positions if not _stack_size(metas[i])])
+    _check_stacked(what, [s.paths[i] for i in positions if not stack_size(metas[i])])
   for i in positions:
     # Counters and keys have no gradient: unfreezing never makes them trainable.
     if not frozen and not is_inexact_dtype(getattr(params._values[i], "dtype", None)):
@@ -135,7 +135,7 @@ def _refrozen(params: Params, where: Where, layers: Iterable[int] | None, frozen
       continue
     if frozen and not flags[i]:
       continue  # frozen as a whole: every layer is frozen already
-    size = _stack_size(metas[i])
+    size = stack_size(metas[i])
     chosen = {_layer_index(what, s.paths[i], layer, size) for layer in wanted}
     before = set(frozen_layers(metas[i])) if flags[i] else set(range(size))
     after = before | chosen if frozen else before - chosen
@@ -183,8 +183,13 @@ def _layer_list(what: str, layers: Iterable[int]) -> list[int]:
   return wanted
 
 
-def _stack_size(metadata: Metadata) -> int:
-  """The outermost stacked size of a param (0 when it is not stacked)."""
+def stack_size(metadata: Mapping[str, Any]) -> int:
+  """The outermost stacked size of a param (0 when it is not stacked).
+
+  Example:
+    >>> stack_size({'stacked': (4, 2)}), stack_size({})
+    (4, 0)
+  """
   sizes = metadata.get(STACKED)
   if isinstance(sizes, tuple) and sizes and isinstance(sizes[0], int):
     return sizes[0]

@@ -26,45 +26,53 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from blox.params._container import Params
-from blox.params._freezing import frozen_layers
+from blox.params._freezing import frozen_layers, stack_size
 from blox.params._measure import describe_value
-from blox.params._metadata import FROZEN_LAYERS
+from blox.params._metadata import FROZEN_LAYERS, STACKED, Metadata
 from blox.params._param import Param
 from blox.params._paths import Path, path_text
 
 __all__ = ["layer_mask", "restore_frozen_layers", "zero_frozen_layers"]
 
 
-def layer_mask(path: Path, value: Any, layers: tuple[int, ...]) -> np.ndarray:
-  """A bool mask, True on the `layers` of `value`'s leading axis, shaped to
-  broadcast against `value` (`(num_layers, 1, ..., 1)`).
+def layer_mask(path: Path, value: Any, metadata: Mapping[str, Any]) -> np.ndarray:
+  """A bool mask, True on the frozen layers that `metadata` records, shaped
+  to broadcast against `value` (`(num_layers, 1, ..., 1)`).
 
   Raises:
-    ValueError: `value` has no leading axis holding every one of `layers`.
+    ValueError: the param is not stacked (no `STACKED` metadata whose
+      outermost size is `value`'s leading axis), or lists a layer past it.
+      A per-layer param that kept its stack's record must not have its own
+      first axis taken for layers.
 
   Example:
     >>> import numpy as np
-    >>> layer_mask(('w',), np.zeros((3, 2)), (1,)).tolist()
+    >>> layer_mask(('w',), np.zeros((3, 2)), {'stacked': (3,), 'frozen_layers': (1,)}).tolist()
     [[False], [True], [False]]
   """
+  layers = frozen_layers(metadata)
   shape = tuple(getattr(value, "shape", ()))
-  if not shape or any(not 0 <= layer < shape[0] for layer in layers):
+  size = stack_size(metadata)
+  if not size or not shape or shape[0] != size or any(not 0 <= i < size for i in layers):
     raise ValueError(
-        f"Param {path_text(path)} holds {describe_value(value)}, but its"
-        f" {FROZEN_LAYERS!r} metadata lists the layers {layers}: the frozen"
-        " layers index the leading (layer) axis of a stacked param. Set them"
-        " with params.freeze(where, layers=...) on the stacked params."
+        f"Param {path_text(path)} holds {describe_value(value)} with the"
+        f" metadata {dict(metadata)!r}: its {FROZEN_LAYERS!r} entry lists the"
+        f" layers {layers}, which index the leading axis of a stacked param"
+        f" (one whose {STACKED!r} metadata starts with that axis's size). Set"
+        " frozen layers with params.freeze(where, layers=...) on the stacked"
+        f" params, and drop the {FROZEN_LAYERS!r} entry from params that are"
+        " not stacked."
     )
-  mask = np.zeros(shape[0], dtype=bool)
+  mask = np.zeros(size, dtype=bool)
   mask[list(layers)] = True
-  return mask.reshape((shape[0],) + (1,) * (len(shape) - 1))
+  return mask.reshape((size,) + (1,) * (len(shape) - 1))
 
 
 def zero_frozen_layers(grads: Params) -> Params:
@@ -75,12 +83,13 @@ def zero_frozen_layers(grads: Params) -> Params:
   Example:
     >>> import jax.numpy as jnp
     >>> from blox.params import FROZEN_LAYERS, Param, Params
-    >>> grads = Params({('w',): Param(jnp.ones(3), metadata={FROZEN_LAYERS: (2,)})})
+    >>> from blox.params import STACKED
+    >>> grads = Params({('w',): Param(jnp.ones(3), metadata={STACKED: (3,), FROZEN_LAYERS: (2,)})})
     >>> zero_frozen_layers(grads)[('w',)].value.tolist()
     [1.0, 1.0, 0.0]
   """
-  def zeroed(path: Path, grad: Any, layers: tuple[int, ...]) -> Any:
-    return jnp.where(layer_mask(path, grad, layers), jnp.zeros_like(grad), grad)
+  def zeroed(path: Path, grad: Any, metadata: Metadata) -> Any:
+    return jnp.where(layer_mask(path, grad, metadata), jnp.zeros_like(grad), grad)
 
   return _with_layers(grads, zeroed)
 
@@ -122,13 +131,14 @@ def restore_frozen_layers(updated: Params, original: Params) -> Params:
       )
   index = original._structure.index()
 
-  def restored(path: Path, value: Any, layers: tuple[int, ...]) -> Any:
+  def restored(path: Path, value: Any, metadata: Metadata) -> Any:
     position = index.get(path)
     if position is None:
       raise ValueError(
           f"restore_frozen_layers: param {path_text(path)} has frozen layers"
-          f" {layers}, but original holds no such path; pass the params from"
-          " before the optimizer step (the same half of the split)."
+          f" {frozen_layers(metadata)}, but original holds no such path; pass"
+          " the params from before the optimizer step (the same half of the"
+          " split)."
       )
     before = original._values[position]
     if tuple(before.shape) != tuple(value.shape) or before.dtype != value.dtype:
@@ -137,20 +147,21 @@ def restore_frozen_layers(updated: Params, original: Params) -> Params:
           f" {describe_value(value)} in updated but {describe_value(before)} in"
           " original; pass the params from before the optimizer step."
       )
-    return jnp.where(layer_mask(path, value, layers), before, value)
+    return jnp.where(layer_mask(path, value, metadata), before, value)
 
   return _with_layers(updated, restored)
 
 
-def _with_layers(params: Params, change: Callable[[Path, Any, tuple[int, ...]], Any]) -> Params:
-  """`params` with `change(path, value, layers)` as the value of every entry
+def _with_layers(params: Params, change: Callable[[Path, Any, Metadata], Any]) -> Params:
+  """`params` with `change(path, value, metadata)` as the value of every entry
   that has frozen layers; the structure and all other values kept."""
   s = params._structure
   if not any(FROZEN_LAYERS in metadata for metadata in s.metadata):
     return params  # nothing frozen by layer: the very same params
 
   def value_of(path: Path, param: Param) -> Any:
-    layers = frozen_layers(param.metadata)
-    return change(path, param.value, layers) if layers else param.value
+    if not frozen_layers(param.metadata):
+      return param.value
+    return change(path, param.value, param.metadata)
 
   return params.map(value_of)

@@ -55,6 +55,8 @@ A sorted tuple of indices along the outermost stacked axis (see `STACKED`),
 written by `Params.freeze(where, layers=...)`. The param stays trainable (one
 flag covers all layers); `value_and_grad` gives these layers zero gradients
 and `restore_frozen_layers` puts their values back after an optimizer step.
+Both refuse the entry on a param that is not stacked, so a layer's params cut
+out of a stack must not keep it.
 """
 
 # Tools (per-lane folding, checkpoints, summaries) find every random stream in
