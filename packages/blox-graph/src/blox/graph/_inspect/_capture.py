@@ -244,11 +244,8 @@ def capture(
         " model or a function that calls it."
     )
   select = _selector(modules)
-  # What the captured function shows as its signature: a module class's
-  # signature is its constructor's, its calls take __call__'s arguments.
-  shown = fn.__call__ if isinstance(fn, Module) else fn
 
-  @functools.wraps(shown, updated=())
+  @functools.wraps(fn, updated=())  # fn's name and signature; a module's attributes stay its own
   def captured(*args: Any, **kwargs: Any) -> tuple[Any, dict[Path, tuple[Any, ...]]]:
     collector = Collector(select, _recorder_of(CALLS.get()))
     token = CALLS.set(collector)
