@@ -120,3 +120,12 @@ def test_unstack_stack_round_trip_property(
   for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   assert same_structure(stack.unstack(again), per_layer)
+
+
+def test_a_layer_view_drops_the_frozen_layers_of_the_stack() -> None:
+  from blox.params import FROZEN_LAYERS, STACKED
+
+  from blox.graph._stacking import drop_stacked
+
+  view = drop_stacked({STACKED: (3,), FROZEN_LAYERS: (0, 2), "sharding": ("embed",)})
+  assert dict(view) == {"sharding": ("embed",)}

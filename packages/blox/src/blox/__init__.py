@@ -42,10 +42,12 @@ _EXPORTS: dict[str, str] = {
     "Param": "blox.params",
     "Params": "blox.params",
     "Path": "blox.params",
+    "FROZEN_LAYERS": "blox.params",
     "SHARDING": "blox.params",
     "STACKED": "blox.params",
     "load": "blox.params",
     "param_mask": "blox.params",
+    "restore_frozen_layers": "blox.params",
     "save": "blox.params",
     "unused_params": "blox.params",
     "value_and_grad": "blox.params",
@@ -147,6 +149,7 @@ if TYPE_CHECKING:
   from blox.nn import softmax_cross_entropy as softmax_cross_entropy
   from blox.params import SHARDING as SHARDING
   from blox.params import STACKED as STACKED
+  from blox.params import FROZEN_LAYERS as FROZEN_LAYERS
   from blox.params import CheckpointError as CheckpointError
   from blox.params import CheckpointWarning as CheckpointWarning
   from blox.params import Initializer as Initializer
@@ -157,6 +160,7 @@ if TYPE_CHECKING:
   from blox.params import Path as Path
   from blox.params import load as load
   from blox.params import param_mask as param_mask
+  from blox.params import restore_frozen_layers as restore_frozen_layers
   from blox.params import save as save
   from blox.params import unused_params as unused_params
   from blox.params import value_and_grad as value_and_grad

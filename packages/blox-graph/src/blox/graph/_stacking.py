@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blox.params import STACKED, Metadata, Param, Params, Path, path_text
+from blox.params import FROZEN_LAYERS, STACKED, Metadata, Param, Params, Path, path_text
 
 __all__ = [
     "LAYER",
@@ -63,9 +63,13 @@ def add_stacked(metadata: Mapping[str, Any], size: int) -> Metadata:
 
 def drop_stacked(metadata: Mapping[str, Any]) -> Metadata:
   """`metadata` as one layer sees it: the outermost stacked size dropped,
-  and the `STACKED` entry removed once no stacked axis is left."""
+  and the `STACKED` entry removed once no stacked axis is left. The frozen
+  layers (`FROZEN_LAYERS`) index that outermost axis, so a layer's view has
+  none."""
   rest = stacked_sizes(metadata)[1:]
-  entries = {key: value for key, value in metadata.items() if key != STACKED}
+  entries = {
+      key: value for key, value in metadata.items() if key not in (STACKED, FROZEN_LAYERS)
+  }
   if rest:
     entries[STACKED] = rest
   return Metadata(entries)
