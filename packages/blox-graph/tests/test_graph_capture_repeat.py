@@ -89,7 +89,6 @@ class Affine(Module):
     return y, params
 
 
-@pytest.mark.xfail(reason="Repeat integration pending", strict=False)
 def test_repeat_gives_one_entry_per_layer_stacked_like_its_params() -> None:
   blocks = Repeat(Graph("net").child("blocks"), Affine, num_layers=3)
   x = jnp.arange(4.0)
@@ -110,7 +109,6 @@ def test_repeat_gives_one_entry_per_layer_stacked_like_its_params() -> None:
     np.testing.assert_allclose(seen[("net", "blocks")][0], y)
 
 
-@pytest.mark.xfail(reason="Repeat integration pending", strict=False)
 def test_a_repeat_in_a_repeat_stacks_outer_then_inner() -> None:
   stack = Repeat(Graph("net").child("outer"), lambda node: Repeat(node, Affine, 3), 2)
   x = jnp.zeros(2)

@@ -44,16 +44,15 @@ def test_invalid_names_raise(name: str) -> None:
   assert root.children == {}
 
 
-def test_name_parent_root_and_metadata() -> None:
+def test_name_parent_root_and_no_metadata() -> None:
   root = Graph("net")
   mid = root.child("block")
   leaf = mid.child("dense")
   assert (leaf.name, mid.name, root.name) == ("dense", "block", "net")
   assert leaf.parent is mid and mid.parent is root and root.parent is None
   assert leaf.root is root and root.root is root
-  assert root.metadata == {}
-  leaf.metadata["note"] = 1
-  assert leaf.metadata == {"note": 1} and mid.metadata == {}
+  # A graph node is naming only: nothing read a free-form metadata dict.
+  assert not hasattr(root, "metadata")
 
 
 def test_children_is_a_copy() -> None:

@@ -20,7 +20,7 @@ class Scale(Module):
   def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
     policy = self.policy()
     scale, params = self.get_param(
-        params, "scale", x.shape[-1:], jax.nn.initializers.ones, dtype=policy.param_dtype
+        params, "scale", x.shape[-1:], init=jax.nn.initializers.ones, param_dtype=policy.param_dtype
     )
     dtype = policy.compute_dtype
     if dtype is None:

@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "Graph": "blox.graph",
     "Module": "blox.graph",
     "Repeat": "blox.graph",
+    "capture": "blox.graph",
     "Policy": "blox.graph",
     "RecurrenceBase": "blox.graph",
     "SequenceBase": "blox.graph",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:
   from blox.graph import Graph as Graph
   from blox.graph import Module as Module
   from blox.graph import Repeat as Repeat
+  from blox.graph import capture as capture
   from blox.graph import Policy as Policy
   from blox.graph import RecurrenceBase as RecurrenceBase
   from blox.graph import SequenceBase as SequenceBase

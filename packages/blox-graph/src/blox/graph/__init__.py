@@ -17,6 +17,7 @@ from blox.graph._scan import time_length as time_length
 from blox.graph._sequence import RecurrenceBase as RecurrenceBase
 from blox.graph._sequence import SequenceBase as SequenceBase
 from blox.graph._sequence import maybe_reset_state as maybe_reset_state
+from blox.graph._sequence import with_reset as with_reset
 from blox.graph._settings import setting as setting
 from blox.graph._inspect._capture import capture as capture
 from blox.graph._inspect._display import Table as Table
@@ -42,4 +43,5 @@ __all__ = [
     "summary",
     "tabulate",
     "time_length",
+    "with_reset",
 ]

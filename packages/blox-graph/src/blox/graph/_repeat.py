@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 
 from blox.graph._graph import Graph
+from blox.graph._inspect._capture import collecting, emit_stacked
 from blox.graph._module import Module
 from blox.graph._repeat_checks import (
     build_layer,
@@ -71,6 +72,8 @@ class LayerStep(NamedTuple):
   out, so they are not copied once per layer."""
   output: Any
   """The layer's own output with `repeat.scan`; None otherwise."""
+  captured: Any
+  """What the layer's calls recorded for an active `capture` (`{}` without)."""
 
 
 class ScanPlan(NamedTuple):
@@ -300,6 +303,7 @@ class Repeat(Module):
         (x, outside), (jax.tree.leaves(stacked), per_layer),
         length=self.num_layers, unroll=self.unroll,
     )
+    emit_stacked(steps.captured)
     merged = outside.merge(self._restack(stacked, steps.written))
     return y, steps.output, merged.locked() if params.is_locked else merged
 
@@ -316,7 +320,8 @@ class Repeat(Module):
     leaves, own = xs
     given = jax.tree.unflatten(plan.view_structure, leaves)
     own_input = (own,) if plan.with_own else ()
-    result = self.layer(outside.merge(given), h, *own_input, *plan.args, **plan.kwargs)
+    with collecting() as inner:
+      result = self.layer(outside.merge(given), h, *own_input, *plan.args, **plan.kwargs)
     new_h, output, new_params = unpack_result(self, result, plan.with_own)
     check_same_kind(self.layer.where(), h, new_h)
     mine, rest = new_params.split(self._owns)
@@ -336,7 +341,7 @@ class Repeat(Module):
     for path, param in written.items():
       if path in before:
         check_update(self, path, before[path], param.value)
-    return (new_h, rest), LayerStep(written=written, output=output)
+    return (new_h, rest), LayerStep(written=written, output=output, captured=inner.values)
 
   def _checkpointed(self, body: Callable[..., Any]) -> Callable[..., Any]:
     if self.remat_policy is None:
