@@ -174,3 +174,52 @@ def test_every_constructor_argument_is_an_attribute_of_its_name(name: str, make:
   parameters = list(inspect.signature(type(layer).__init__).parameters)[2:]  # self, graph
   missing = [p for p in parameters if not hasattr(layer, p)]
   assert not missing, f"{name} keeps no attribute for {missing}"
+
+
+# The vocabulary of the declared settings, over every public module class.
+_SIZES = {
+    "output_size", "hidden_size", "num_heads", "num_embeddings", "kernel_size", "rate",
+    "layers",
+}
+_RETIRED = {
+    "out_features", "qkv_features", "features", "embedding_size", "output_features",
+    "key_source", "num_outputs",
+}
+# Settings that map a projection (or a norm) name to that projection's metadata.
+_PER_PROJECTION = {"projection_kernel_metadata", "projection_bias_metadata", "qk_norm_metadata"}
+
+
+def _public_module_classes() -> list[type[Module]]:
+  import blox.nn as nn
+
+  classes = [getattr(nn, name) for name in nn.__all__]
+  return [c for c in classes if isinstance(c, type) and issubclass(c, Module)]
+
+
+@pytest.mark.parametrize("cls", _public_module_classes(), ids=lambda c: c.__name__)
+def test_every_public_layer_speaks_one_vocabulary(cls: type[Module]) -> None:
+  settings = cls.__blox_settings__  # type: ignore[attr-defined]  # set on every module class
+  signature = inspect.signature(cls)
+  names = list(signature.parameters)
+  assert names[0] == "graph", names
+  assert not _RETIRED & set(names), f"{cls.__name__} uses a retired name: {_RETIRED & set(names)}"
+  for parameter in list(signature.parameters.values())[1:]:
+    if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+      assert parameter.name in _SIZES, f"{cls.__name__}: only sizes are positional, not {parameter.name!r}"
+    else:
+      assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, (cls.__name__, parameter)
+  assert set(names[1:]) == set(settings), f"{cls.__name__}: every argument is a declared setting"
+  for name in names:
+    if name.endswith("_metadata") and name not in ("kernel_metadata", "bias_metadata"):
+      # One metadata dict per param (`<param>_metadata`) or a per-projection map.
+      assert name in _PER_PROJECTION or name.removesuffix("_metadata") + "_init" in names or (
+          name.removesuffix("_metadata") in ("embedding", "scale", "recurrent_kernel",
+                                             "running_mean", "running_var")
+      ), f"{cls.__name__}: {name!r} names no param of its own"
+  if any(name.endswith("_init") for name in names):
+    # A layer that creates params chooses their dtype by `param_dtype`.
+    assert "param_dtype" in names, f"{cls.__name__} creates params but takes no param_dtype"
+  if "dtype" in names:
+    assert "param_dtype" in names, f"{cls.__name__}: `dtype` is the compute dtype, beside param_dtype"
+  if any(name in names for name in ("kernel_init", "embedding_init")):
+    assert "rng" in names, f"{cls.__name__} initialises at random, so takes rng"
