@@ -7,7 +7,9 @@ RMS-normalises each head (query/key normalisation). They are functions, not
 modules: their params are created on the calling module under a tuple name,
 `(name, 'kernel')`, so an attention layer owns all its params itself and
 shows as one module (no helper classes reading their configuration back
-from an owner). Every size and option is an explicit argument.
+from an owner). Every size and option is an explicit argument. The products
+go through `blox.nn.contract`, under the weight names `(name, 'kernel')`, so
+contraction hooks see them as they see a `Linear`'s.
 
 Example:
   >>> import jax.numpy as jnp
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Module
+from blox.nn._contract import contract
 from blox.nn._layer import kernel_and_bias
 from blox.params import Initializer, KeySource, Params
 
@@ -107,7 +110,10 @@ def project_to_heads(
       param_dtype=param_dtype,
   )
   inputs, kernel, bias = _cast(dtype, inputs, kernel, bias)
-  outputs = jnp.einsum("...i,ihd->...hd", inputs, kernel, precision=precision)
+  outputs = contract(
+      inputs, kernel, "...i,ihd->...hd", module=module, params=params,
+      weight_name=(name, "kernel"), precision=precision,
+  )
   if bias is not None:
     outputs = outputs + bias
   return outputs, params
@@ -119,7 +125,7 @@ def merge_heads(
     name: str,
     inputs: jax.Array,
     *,
-    out_features: int,
+    output_size: int,
     kernel_init: Initializer,
     bias_init: Initializer,
     rng: KeySource | None,
@@ -130,17 +136,17 @@ def merge_heads(
     param_dtype: Any = None,
     dtype: Any = None,
 ) -> tuple[jax.Array, Params]:
-  """`inputs [..., heads, head_dim]` projected to `[..., out_features]`.
+  """`inputs [..., heads, head_dim]` projected to `[..., output_size]`.
 
-  Params `module`'s `(name, 'kernel')` `[heads, head_dim, out_features]` and,
-  with `use_bias`, `(name, 'bias')` `[out_features]`, created in that order.
-  The kernel's initializer sees the flat `(heads * head_dim, out_features)`.
+  Params `module`'s `(name, 'kernel')` `[heads, head_dim, output_size]` and,
+  with `use_bias`, `(name, 'bias')` `[output_size]`, created in that order.
+  The kernel's initializer sees the flat `(heads * head_dim, output_size)`.
   `param_dtype` and `dtype` as for `project_to_heads`.
   """
   kernel, bias, params = kernel_and_bias(
       module, params,
-      kernel_shape=(*inputs.shape[-2:], out_features),
-      bias_shape=(out_features,),
+      kernel_shape=(*inputs.shape[-2:], output_size),
+      bias_shape=(output_size,),
       kernel_init=_flat_init(kernel_init, 2), bias_init=bias_init,
       rng=rng, use_bias=use_bias,
       kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
@@ -148,7 +154,10 @@ def merge_heads(
       param_dtype=param_dtype,
   )
   inputs, kernel, bias = _cast(dtype, inputs, kernel, bias)
-  outputs = jnp.einsum("...hd,hdo->...o", inputs, kernel, precision=precision)
+  outputs = contract(
+      inputs, kernel, "...hd,hdo->...o", module=module, params=params,
+      weight_name=(name, "kernel"), precision=precision,
+  )
   if bias is not None:
     outputs = outputs + bias
   return outputs, params

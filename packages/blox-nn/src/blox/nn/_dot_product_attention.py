@@ -6,7 +6,10 @@ code. The layout is `[*batch, length, heads, head_dim]`, the one of
 `jax.nn.dot_product_attention`, which computes it (its `implementation`
 option picks XLA or the fused cuDNN kernel); blox's own formula, the same
 math, covers what that function lacks (attention-weight dropout, an explicit
-matmul precision, float64). Keys and values may have fewer heads than the
+matmul precision, float64). Its two products, the logits `q k^T` and the
+weighted sum of the values, go through `blox.nn.contract` (with no weight
+name: keys and values are no params), so contraction hooks see them; jax's
+function computes both inside one call, which hooks do not see. Keys and values may have fewer heads than the
 query (grouped-query attention): query head `n` attends with kv head
 `n // (heads // kv_heads)`.
 
@@ -34,10 +37,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from blox.graph import Module
 from blox.nn._checks import check_float_inputs
-from blox.nn._dropout import _drop
+from blox.nn._contract import contract
+from blox.nn._dropout import check_rate, drop
+from blox.params import Params
 
-__all__ = ["dot_product_attention"]
+__all__ = ["IMPLEMENTATIONS", "attend", "check_implementation", "dot_product_attention"]
 
 
 def dot_product_attention(
@@ -84,18 +90,17 @@ def dot_product_attention(
     `[*batch, q_length, heads, head_dim]`.
   """
   where = "dot_product_attention"
-  if not 0.0 <= dropout_rate < 1.0:
-    raise ValueError(f"{where}: dropout_rate must be in [0, 1), got {dropout_rate}.")
+  check_rate(dropout_rate, "dropout_rate", where)
   if dropout_rate > 0.0 and dropout_key is None:
     raise ValueError(
         f"{where}: dropout_rate={dropout_rate} needs a dropout_key; pass one, e.g."
         " dropout_key=jax.random.key(0), or dropout_rate=0.0 for evaluation."
     )
-  check_implementation(implementation, where)
+  check_implementation(implementation, "implementation", where)
   for name, array in (("query", query), ("key", key), ("value", value)):
     check_float_inputs(array, where, name)
   _check_heads(query, key, value, where)
-  return _attend(
+  return attend(
       query, key, value, [] if mask is None else [mask], where,
       scale=scale, dropout_rate=dropout_rate,
       dropout_key=dropout_key if dropout_rate > 0.0 else None, precision=precision,
@@ -106,14 +111,15 @@ def dot_product_attention(
 IMPLEMENTATIONS = (None, "xla", "cudnn")
 
 
-def check_implementation(implementation: Any, where: str) -> None:
-  """Raises ValueError unless `implementation` is one jax's attention knows."""
-  if implementation not in IMPLEMENTATIONS:
+def check_implementation(value: Any, name: str, where: str) -> Any:
+  """`value`; raises ValueError unless it is an implementation jax's attention knows."""
+  if value not in IMPLEMENTATIONS:
     raise ValueError(
-        f"{where}: implementation must be one of {IMPLEMENTATIONS} (that of"
-        f" jax.nn.dot_product_attention), got {implementation!r}; use None to let"
+        f"{where}: {name} must be one of {IMPLEMENTATIONS} (that of"
+        f" jax.nn.dot_product_attention), got {value!r}; use None to let"
         " jax choose, 'cudnn' for the fused GPU kernel."
     )
+  return value
 
 
 def _check_heads(query: jax.Array, key: jax.Array, value: jax.Array, where: str) -> None:
@@ -162,7 +168,7 @@ def _check_mask(mask: Any, logits_shape: tuple[int, ...], where: str) -> jax.Arr
   return array
 
 
-def _attend(
+def attend(
     query: jax.Array,
     key: jax.Array,
     value: jax.Array,
@@ -174,6 +180,8 @@ def _attend(
     dropout_key: jax.Array | None = None,
     precision: jax.lax.PrecisionLike = None,
     implementation: str | None = None,
+    module: Module | None = None,
+    params: Params | None = None,
 ) -> jax.Array:
   """The math of `dot_product_attention`, with the checked inputs.
 
@@ -181,6 +189,8 @@ def _attend(
   the caller gave rather than a combination. `where` names the caller in
   errors (a module's `where()` when a layer calls this). Dropout applies when
   `dropout_key` is given (the caller decides, e.g. only when training).
+  `module` and `params` (the calling layer's, if any) are passed on to
+  `contract`, so that hooks know whose products they see.
   """
   dtype = jnp.result_type(query, key, value)
   query, key, value = (jnp.asarray(a, dtype) for a in (query, key, value))
@@ -195,7 +205,8 @@ def _attend(
   compute = jnp.promote_types(dtype, jnp.float32)
   if dropout_key is not None or precision is not None or compute != jnp.float32:
     return _formula(
-        query, key, value, allowed, scale, compute, dropout_rate, dropout_key, precision, where
+        query, key, value, allowed, scale, compute, dropout_rate, dropout_key, precision, where,
+        module, params,
     )
   # jax's function takes exactly one batch axis and a mask [B, N, T, S].
   flat = [jnp.reshape(a, (-1, *a.shape[-3:])) for a in (query, key, value)]
@@ -247,12 +258,14 @@ def _formula(
     dropout_key: jax.Array | None,
     precision: jax.lax.PrecisionLike,
     where: str,
+    module: Module | None,
+    params: Params | None,
 ) -> jax.Array:
   """blox's own attention: the math of jax's XLA path, plus dropout and precision."""
   kv_heads = key.shape[-2]
-  logits = jnp.einsum(
-      "...qkgd,...skd->...kgqs", _grouped(query, kv_heads), key,
-      precision=precision, preferred_element_type=compute,
+  logits = contract(
+      _grouped(query, kv_heads), key, "...qkgd,...skd->...kgqs", module=module,
+      params=params, precision=precision, preferred_element_type=compute,
   )
   logits = jnp.reshape(logits, (*logits.shape[:-4], -1, *logits.shape[-2:]))
   logits = logits * jnp.asarray(scale, compute)
@@ -263,10 +276,13 @@ def _formula(
     logits = jnp.where(allowed, logits, lowest)
   weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
   if dropout_key is not None:
-    weights = _drop(dropout_key, weights, dropout_rate, where)
+    weights = drop(dropout_key, weights, dropout_rate, where)
   *batch, heads, q_length, kv_length = weights.shape
   grouped = jnp.reshape(weights, (*batch, kv_heads, heads // kv_heads, q_length, kv_length))
-  out = jnp.einsum("...kgqs,...skd->...qkgd", grouped, value, precision=precision)
+  out = contract(
+      grouped, value, "...kgqs,...skd->...qkgd", module=module, params=params,
+      precision=precision,
+  )
   return jnp.reshape(out, query.shape)
 
 

@@ -7,10 +7,10 @@ they know nothing of the layer that uses them.
 
 Example:
   >>> import jax.numpy as jnp
-  >>> cache = _allocate((2,), max_length=4, num_heads=1, head_dim=3, dtype=jnp.float32)
+  >>> cache = allocate_cache((2,), max_length=4, num_heads=1, head_dim=3, dtype=jnp.float32)
   >>> cache.key.shape, cache.position.tolist()
   ((2, 4, 1, 3), [0, 0])
-  >>> keys = _write(cache.key, jnp.ones((2, 1, 1, 3)), jnp.array([0, 2]))
+  >>> keys = write_cache(cache.key, jnp.ones((2, 1, 1, 3)), jnp.array([0, 2]))
   >>> keys[:, :, 0, 0].tolist()
   [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
 """
@@ -22,7 +22,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["KVCache"]
+__all__ = [
+    "KVCache",
+    "allocate_cache",
+    "cache_positions",
+    "check_cache",
+    "check_room",
+    "extend_cache",
+    "overflow_to_nan",
+    "query_positions",
+    "visible_mask",
+    "write_cache",
+]
 
 
 class KVCache(NamedTuple):
@@ -44,7 +55,7 @@ class KVCache(NamedTuple):
   position: jax.Array
 
 
-def _allocate(
+def allocate_cache(
     batch: tuple[int, ...], *, max_length: int, num_heads: int, head_dim: int, dtype: Any
 ) -> KVCache:
   """An empty cache: zero keys and values, every position at 0."""
@@ -52,7 +63,7 @@ def _allocate(
   return KVCache(empty, empty, jnp.zeros(batch, jnp.int32))
 
 
-def _check_cache(
+def check_cache(
     cache: Any, batch: tuple[int, ...], *, num_heads: int, head_dim: int, where: str
 ) -> int:
   """Checks `cache` against inputs with batch axes `batch`; returns its `max_length`."""
@@ -78,11 +89,11 @@ def _check_cache(
   return shape[-3]
 
 
-def _check_room(position: jax.Array, length: int, max_length: int, where: str) -> None:
+def check_room(position: jax.Array, length: int, max_length: int, where: str) -> None:
   """Raises ValueError if writing `length` tokens runs past the cache's end.
 
   Only outside of `jax.jit`, where the position is known; under jit the
-  overflow shows as NaN outputs instead (see `_overflow`).
+  overflow shows as NaN outputs instead (see `overflow_to_nan`).
   """
   if isinstance(position, jax.core.Tracer):
     return
@@ -95,7 +106,7 @@ def _check_room(position: jax.Array, length: int, max_length: int, where: str) -
     )
 
 
-def _write(cache: jax.Array, update: jax.Array, position: jax.Array) -> jax.Array:
+def write_cache(cache: jax.Array, update: jax.Array, position: jax.Array) -> jax.Array:
   """Writes `update [*batch, length, ...]` into `cache [*batch, max_length, ...]`
   from `position[b]` on, for every batch element `b`.
 
@@ -130,23 +141,51 @@ def _write_token(cache: jax.Array, token: jax.Array, position: jax.Array) -> jax
   return jax.lax.dynamic_update_slice(cache, token, (start, 0, 0))
 
 
-def _query_positions(position: jax.Array, length: int) -> jax.Array:
+def query_positions(position: jax.Array, length: int) -> jax.Array:
   """`[*batch, length]`: query `i` of batch element `b` sits at `position[b] + i`."""
   return position[..., None] + jnp.arange(length, dtype=jnp.int32)
 
 
-def _visible(q_positions: jax.Array, max_length: int) -> jax.Array:
+def visible_mask(q_positions: jax.Array, max_length: int) -> jax.Array:
   """`[*batch, 1 (heads), length, max_length]`: each query sees the cache up to itself."""
   kv_positions = jnp.arange(max_length, dtype=jnp.int32)
   return (kv_positions <= q_positions[..., None])[..., None, :, :]
 
 
-def _overflow(outputs: jax.Array, q_positions: jax.Array, max_length: int) -> jax.Array:
+def overflow_to_nan(outputs: jax.Array, q_positions: jax.Array, max_length: int) -> jax.Array:
   """`outputs [*batch, length, features]`, NaN where the token did not fit.
 
-  Under jit the position is not known when tracing. `_write` drops the
+  Under jit the position is not known when tracing. `write_cache` drops the
   tokens past the end (the ones that fit are stored where they belong);
   their outputs become NaN, so the mistake shows instead of passing for a
   result.
   """
   return jnp.where((q_positions >= max_length)[..., None], jnp.nan, outputs)
+
+
+def cache_positions(
+    cache: Any, batch: tuple[int, ...], length: int, *, num_heads: int, head_dim: int, where: str
+) -> jax.Array:
+  """`[*batch, length]`: the positions of `length` new tokens in `cache`.
+
+  Checks first that `cache` fits inputs with batch axes `batch`
+  (`check_cache`) and, outside of jit, that the tokens fit in it
+  (`check_room`).
+  """
+  max_length = check_cache(cache, batch, num_heads=num_heads, head_dim=head_dim, where=where)
+  position = jnp.asarray(cache.position, jnp.int32)
+  check_room(position, length, max_length, where)
+  return query_positions(position, length)
+
+
+def extend_cache(cache: KVCache, key: jax.Array, value: jax.Array) -> tuple[KVCache, jax.Array]:
+  """`(new_cache, mask)`: `key` and `value` `[*batch, length, heads, head_dim]`
+  written at the cache's positions, and the mask `[*batch, 1, length,
+  max_length]` of the cache entries each new token sees (those up to itself)."""
+  position = jnp.asarray(cache.position, jnp.int32)
+  length, max_length = key.shape[-3], cache.key.shape[-3]
+  new_cache = KVCache(
+      write_cache(cache.key, key, position), write_cache(cache.value, value, position),
+      position + length,
+  )
+  return new_cache, visible_mask(query_positions(position, length), max_length)

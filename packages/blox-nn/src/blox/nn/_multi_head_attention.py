@@ -6,12 +6,8 @@ a `KVCache`, `decode_step` decodes one token into it, and `apply` runs a
 whole sequence with a causal mask (a prefill when given a cache). Options of
 modern transformers: grouped-query attention (`num_kv_heads`), query/key
 RMS normalisation (`qk_norm`), rotary position embeddings (`rope_base`) and
-the fused attention kernel (`implementation='cudnn'`).
-
-This module is long (about 470 lines) because it is one class whose
-docstring documents the param layout and every option; the steps that can
-stand alone already live beside it (`_attention_heads`, `_attention_checks`,
-`_kv_cache`, `_dot_product_attention`, `_rope`, `_masks`).
+the fused attention kernel (`implementation='cudnn'`). The forward pass
+itself is `_attention_forward`; its steps live beside it.
 
 Example:
   >>> import jax.numpy as jnp
@@ -21,7 +17,7 @@ Example:
   >>> graph = Graph('net')
   >>> rng = Rng(graph.child('rng'))
   >>> mha = MultiHeadAttention(
-  ...     graph.child('mha'), num_heads=2, num_kv_heads=1, rope_base=10000.0, rng=rng)
+  ...     graph.child('mha'), 2, num_kv_heads=1, rope_base=10000.0, rng=rng)
   >>> x = jnp.ones((1, 5, 8))  # [batch, length, features]
   >>> y, params = mha(rng.seed(Params(), seed=0), x)
   >>> y.shape
@@ -40,29 +36,31 @@ from collections.abc import Mapping
 from typing import Any, overload
 
 import jax
-import jax.numpy as jnp
 
-from blox.graph import Graph, Module
+from blox.graph import setting
 from blox.nn._attention_checks import (
-    PROJECTIONS, QK_NORMS, _check_head_dim, _check_options, _check_rope_lengths,
-    _check_same_batch, _check_sequence, _check_token, _per_projection, _refuse_misplaced,
+    PROJECTIONS, QK_NORMS, check_bool, check_head_dim, check_kv_heads_divide,
+    check_optional_size, check_projection_metadata, check_qk_norm_metadata,
+    check_rope_base, check_rope_lengths, check_same_batch, check_sequence, check_token,
+    refuse_misplaced,
 )
-from blox.nn._attention_heads import merge_heads, normalize_heads, project_to_heads
+from blox.nn._attention_forward import attention_forward, attention_head_dim, attention_kv_heads
 from blox.nn._checks import check_is_training, check_positive_int
-from blox.nn._dot_product_attention import _attend
-from blox.nn._kv_cache import (
-    KVCache, _allocate, _check_cache, _check_room, _overflow, _query_positions, _visible, _write,
-)
+from blox.nn._dot_product_attention import check_implementation
+from blox.nn._dropout import check_rate
+from blox.nn._kv_cache import KVCache, allocate_cache
+from blox.nn._layer import Layer
 from blox.nn._masks import causal_mask
-from blox.nn._precision import check_dtype, resolve_dtypes, to_output
-from blox.nn._rope import _rope
 from blox.nn.initializers import lecun_normal, ones, zeros
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["MultiHeadAttention"]
 
+# Metadata per param group: projection (or qk_norm scale) name -> metadata.
+GroupMetadata = Mapping[str, Mapping[str, Any] | None] | None
 
-class MultiHeadAttention(Module):
+
+class MultiHeadAttention(Layer):
   """Multi-head scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`.
 
   Params. The module owns its params itself (no child modules), with a
@@ -71,22 +69,25 @@ class MultiHeadAttention(Module):
     query/kernel  [q_features, num_heads, head_dim]     query/bias [num_heads, head_dim]
     key/kernel    [kv_features, num_kv_heads, head_dim] key/bias   [num_kv_heads, head_dim]
     value/kernel  [kv_features, num_kv_heads, head_dim] value/bias [num_kv_heads, head_dim]
-    out/kernel    [num_heads, head_dim, out_features]   out/bias   [out_features]
+    out/kernel    [num_heads, head_dim, output_size]    out/bias   [output_size]
     query_norm/scale [head_dim], key_norm/scale [head_dim]  (with qk_norm)
 
-  where `head_dim = qkv_features // num_heads`. The heads get their own axis,
+  where `head_dim = qkv_size // num_heads`. The heads get their own axis,
   so a sharding over heads is one metadata entry per projection, e.g.
-  `kernel_metadata={'query': {SHARDING: (None, 'model', None)}, ...,
-  'out': {SHARDING: ('model', None, None)}}`. Initializers are called with
-  the flat 2-D shape `(fan_in, fan_out)` and the result is reshaped, so
+  `projection_kernel_metadata={'query': {SHARDING: (None, 'model', None)},
+  ..., 'out': {SHARDING: ('model', None, None)}}`. Initializers are called
+  with the flat 2-D shape `(fan_in, fan_out)` and the result is reshaped, so
   fan-based initializers scale as they would for a `Linear` of the same size.
+  The graph node's children 'query', 'key', 'value', 'out', 'query_norm' and
+  'key_norm' are reserved for these params.
 
   Shapes. Inputs carry at least one batch axis: `[*batch, length, features]`
   for `__call__` and `apply`, one token `[*batch, features]` for
   `decode_step` and `initial_state`. A rank-2 sequence is refused:
   `[length, features]` and `[batch, features]` (one token per example, which
   would attend across the batch) look alike. Add a batch axis (`x[None]`,
-  also under `jax.vmap`), or decode one token with `decode_step`.
+  also under `jax.vmap`), or decode one token with `decode_step`. Once the
+  params exist, inputs must have the width they were made for.
 
   Masks are boolean (True = attend) and broadcast to
   `[*batch, num_heads, q_length, kv_length]` (see `causal_mask`,
@@ -106,6 +107,14 @@ class MultiHeadAttention(Module):
   with a cache, so cached decoding equals the full forward; `__call__` then
   refuses a key of another length than the query (no self-attention).
 
+  Precision. `dtype` is that of the projections and of the attention
+  products, and the default dtype of the `KVCache`; the softmax is computed
+  in float32 whatever it is. Every product goes through `blox.nn.contract`:
+  the projections under the weight names `('query', 'kernel')`, ...,
+  `('out', 'kernel')`, and, when blox's formula computes the attention (see
+  `dot_product_attention`), the logits and the weighted sum of the values
+  with no weight name.
+
   Decoding. `initial_state(params, token, max_length=n)` allocates a
   `KVCache`; `decode_step(params, token, cache)` writes the token's key and
   value at `cache.position`, attends to the positions `<= cache.position`
@@ -119,210 +128,79 @@ class MultiHeadAttention(Module):
   The layer is not a `blox.graph.SequenceBase` (whose single step is
   `module(params, inputs, prev_state)`: here the third argument is the
   `key`); its single step is `decode_step`, with the same result form.
-
-  Args:
-    graph: the node this layer binds to; its children 'query', 'key',
-      'value' and 'out' are reserved for the projection params.
-    num_heads: the number of attention (query) heads.
-    rng: the key source for initialisation and attention dropout.
-    num_kv_heads: the number of key/value heads, a divisor of `num_heads`;
-      defaults to `num_heads`.
-    qkv_features: the total size of the query/key/value projections (all
-      heads together); defaults to the last axis of the query. Must be
-      divisible by `num_heads`.
-    out_features: the size of the output's last axis; defaults to the last
-      axis of the query.
-    dropout_rate: the dropout rate on the attention weights, in [0, 1).
-    use_bias: whether the projections add a bias.
-    qk_norm: whether queries and keys are RMS-normalised per head.
-    rope_base: None for no rotary embeddings, else the `base` of `rope`
-      (e.g. 10000.0); needs an even head_dim.
-    implementation: that of `dot_product_attention`: None, 'xla' or 'cudnn'.
-    precision: the matmul precision of the projections and attention (a
-      precision other than None uses blox's attention formula, not jax's).
-    kernel_init: the kernels' initializer `(key, shape, dtype) -> array`,
-      shared by the four projections.
-    bias_init: the biases' initializer, shared by the four projections.
-    qk_norm_scale_init: the initializer of both qk_norm scales, called with
-      `key=None` (default: ones).
-    kernel_metadata: metadata per projection, a mapping from any of
-      'query', 'key', 'value', 'out' to that projection's kernel metadata;
-      projections left out get none.
-    bias_metadata: the same for the biases.
-    qk_norm_metadata: the same for the qk_norm scales, from 'query_norm' or
-      'key_norm' to that scale's metadata.
-    param_dtype: the dtype of the params when they are created; None: the
-      policy's `param_dtype` (`Module.policy()`), else float32.
-    dtype: the dtype of the projections and of the attention products (and
-      the default dtype of the `KVCache`); None: the policy's
-      `compute_dtype`, else the inputs' dtype promoted with the params'. The
-      softmax is computed in float32 whatever this dtype. The outputs come
-      out in the policy's `output_dtype` when it has one.
   """
 
-  def __init__(
-      self,
-      graph: Graph,
-      num_heads: int,
-      *,
-      rng: KeySource,
-      num_kv_heads: int | None = None,
-      qkv_features: int | None = None,
-      out_features: int | None = None,
-      dropout_rate: float = 0.0,
-      use_bias: bool = True,
-      qk_norm: bool = False,
-      rope_base: float | None = None,
-      implementation: str | None = None,
-      precision: jax.lax.PrecisionLike = None,
-      kernel_init: Initializer = lecun_normal(),
-      bias_init: Initializer = zeros,
-      qk_norm_scale_init: Initializer = ones,
-      kernel_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
-      bias_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
-      qk_norm_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
-      param_dtype: Any = None,
-      dtype: Any = None,
-  ) -> None:
-    super().__init__(graph)
+  num_heads: int = setting(
+      kw_only=False, check=check_positive_int, doc="the number of attention (query) heads.")
+  rng: KeySource = setting(doc="the key source for initialisation and attention dropout.")
+  num_kv_heads: int | None = setting(
+      default=None, check=check_optional_size,
+      doc="the number of key/value heads, a divisor of `num_heads`; None: `num_heads`.",
+  )
+  qkv_size: int | None = setting(
+      default=None, check=check_optional_size,
+      doc="the total size of the query/key/value projections (all heads together),"
+      " a multiple of `num_heads`; None: the query's last axis.",
+  )
+  output_size: int | None = setting(
+      default=None, check=check_optional_size,
+      doc="the size of the output's last axis; None: the query's last axis.",
+  )
+  dropout_rate: float = setting(
+      default=0.0, check=check_rate, doc="the dropout rate on the attention weights, in [0, 1).")
+  use_bias: bool = setting(default=True, doc="whether the projections add a bias.")
+  qk_norm: bool = setting(
+      default=False, check=check_bool, doc="whether queries and keys are RMS-normalised per head.")
+  rope_base: float | None = setting(
+      default=None, check=check_rope_base,
+      doc="None for no rotary embeddings, else the `base` of `rope` (e.g. 10000.0);"
+      " needs an even head_dim.",
+  )
+  implementation: str | None = setting(
+      default=None, check=check_implementation,
+      doc="that of `dot_product_attention`: None, 'xla' or 'cudnn'.",
+  )
+  precision: jax.lax.PrecisionLike = setting(
+      default=None,
+      doc="the matmul precision of the projections and attention (a precision other"
+      " than None uses blox's attention formula, not jax's).",
+  )
+  kernel_init: Initializer = setting(
+      default=lecun_normal(),
+      doc="the kernels' initializer `(key, shape, dtype) -> array`, shared by the"
+      " four projections.",
+  )
+  bias_init: Initializer = setting(
+      default=zeros, doc="the biases' initializer, shared by the four projections.")
+  qk_norm_scale_init: Initializer = setting(
+      default=ones, doc="the initializer of both qk_norm scales, called with `key=None`.")
+  projection_kernel_metadata: GroupMetadata = setting(
+      default=None, check=check_projection_metadata,
+      doc="the kernels' metadata per projection: a mapping from any of 'query',"
+      " 'key', 'value', 'out' to that projection's kernel metadata; projections"
+      " left out get none.",
+  )
+  projection_bias_metadata: GroupMetadata = setting(
+      default=None, check=check_projection_metadata,
+      doc="the same for the biases.",
+  )
+  qk_norm_metadata: GroupMetadata = setting(
+      default=None, check=check_qk_norm_metadata,
+      doc="the same for the qk_norm scales, from 'query_norm' or 'key_norm' to that"
+      " scale's metadata.",
+  )
+
+  def __post_init__(self) -> None:
     where = self.where()
-    _check_options(
-        where, num_heads=num_heads, num_kv_heads=num_kv_heads, qkv_features=qkv_features,
-        out_features=out_features, dropout_rate=dropout_rate, qk_norm=qk_norm,
-        rope_base=rope_base, implementation=implementation,
-    )
-    self.num_heads = num_heads
-    self.rng = rng
-    self.num_kv_heads = num_kv_heads
-    self.qk_norm = qk_norm
-    self.rope_base = rope_base
-    self.implementation = implementation
-    self.qk_norm_scale_init = qk_norm_scale_init
-    self.qk_norm_metadata = qk_norm_metadata
-    self._kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    self._norm_metadata = _per_projection(qk_norm_metadata, "qk_norm_metadata", where, QK_NORMS)
-    self.qkv_features = qkv_features
-    self.out_features = out_features
-    self.dropout_rate = dropout_rate
-    self.use_bias = use_bias
-    self.precision = precision
-    self.kernel_init = kernel_init
-    self.bias_init = bias_init
-    self.kernel_metadata = kernel_metadata
-    self.bias_metadata = bias_metadata
-    self._kernel_metadata = _per_projection(kernel_metadata, "kernel_metadata", where)
-    self._bias_metadata = _per_projection(bias_metadata, "bias_metadata", where)
-    self.param_dtype = check_dtype(param_dtype, "param_dtype", where)
-    self.dtype = check_dtype(dtype, "dtype", where)
-    if qkv_features is not None:
-      _check_head_dim(qkv_features, num_heads, rope_base, where)
+    check_kv_heads_divide(self.num_heads, self.num_kv_heads, where)
+    if self.qkv_size is not None:
+      check_head_dim(self.qkv_size, self.num_heads, self.rope_base, where)
     # The params live at (*path, 'query', 'kernel') and so on. A module bound
     # at one of those child nodes would share the paths (and take over their
     # summary group); creating the nodes, unbound, makes graph.child('query')
     # raise for anyone else.
     for name in (*PROJECTIONS, *QK_NORMS):
-      graph.child(name)
-
-
-  def _sizes(self, query: jax.Array) -> tuple[int, int]:
-    """`(head_dim, out_features)` for this query."""
-    features = query.shape[-1]
-    head_dim = _check_head_dim(
-        self.qkv_features or features, self.num_heads, self.rope_base, self.where()
-    )
-    return head_dim, self.out_features or features
-
-  # The steps shared by every entry point.
-
-  def _project(
-      self, params: Params, name: str, inputs: jax.Array, head_dim: int
-  ) -> tuple[jax.Array, Params]:
-    num_heads = self.num_heads if name == "query" else self._kv_heads
-    return project_to_heads(
-        self, params, name, inputs, num_heads=num_heads, head_dim=head_dim,
-        kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
-        use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get(name),
-        bias_metadata=self._bias_metadata.get(name), precision=self.precision,
-        **self._dtype_arguments(),
-    )
-
-  def _merge(
-      self, params: Params, attended: jax.Array, out_features: int
-  ) -> tuple[jax.Array, Params]:
-    return merge_heads(
-        self, params, "out", attended, out_features=out_features,
-        kernel_init=self.kernel_init, bias_init=self.bias_init, rng=self.rng,
-        use_bias=self.use_bias, kernel_metadata=self._kernel_metadata.get("out"),
-        bias_metadata=self._bias_metadata.get("out"), precision=self.precision,
-        **self._dtype_arguments(),
-    )
-
-  def _dtype_arguments(self) -> dict[str, Any]:
-    """`param_dtype` and `dtype` of the projections, resolved with the policy."""
-    dtypes = resolve_dtypes(self, self.param_dtype, self.dtype)
-    return {"param_dtype": dtypes.param, "dtype": dtypes.compute}
-
-  def _attention(
-      self,
-      params: Params,
-      query: jax.Array,
-      key: jax.Array,
-      value: jax.Array,
-      masks: list[Any],
-      is_training: bool,
-      cache: KVCache | None = None,
-  ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
-    """Projects, attends (over `cache` too, written first, if given) and merges.
-
-    On first use the RNG draws come in the order query, key and value params,
-    the dropout key (if any), then the out params (the qk_norm scales draw
-    none).
-    """
-    where = self.where()
-    head_dim, out_features = self._sizes(query)
-    length = query.shape[-2]
-    positions = jnp.arange(length, dtype=jnp.int32)
-    if cache is not None:
-      max_length = _check_cache(
-          cache, tuple(query.shape[:-2]), num_heads=self._kv_heads,
-          head_dim=head_dim, where=where,
-      )
-      position = jnp.asarray(cache.position, jnp.int32)
-      _check_room(position, length, max_length, where)
-      positions = q_positions = _query_positions(position, length)
-    q, params = self._project(params, "query", query, head_dim)
-    k, params = self._project(params, "key", key, head_dim)
-    v, params = self._project(params, "value", value, head_dim)
-    if self.qk_norm:
-      q, params = self._normalize(params, "query_norm", q)
-      k, params = self._normalize(params, "key_norm", k)
-    if self.rope_base is not None:
-      # __call__ made sure that key and query have the same length.
-      q, k = (_rope(x, positions, self.rope_base, where) for x in (q, k))
-    if cache is not None:
-      k, v = _write(cache.key, k, position), _write(cache.value, v, position)
-      masks = [_visible(q_positions, max_length), *masks]
-      cache = KVCache(k, v, position + length)
-    dropout_key = None
-    if is_training and self.dropout_rate > 0.0:
-      dropout_key, params = self.rng(params)
-    attended = _attend(
-        q, k, v, masks, where, dropout_rate=self.dropout_rate,
-        dropout_key=dropout_key, precision=self.precision,
-        implementation=self.implementation,
-    )
-    outputs, params = self._merge(params, attended, out_features)
-    if cache is not None:
-      outputs = _overflow(outputs, q_positions, max_length)
-    outputs = to_output(resolve_dtypes(self, self.param_dtype, self.dtype), outputs)
-    return (outputs, cache), params
-
-  def _normalize(self, params: Params, name: str, x: jax.Array) -> tuple[jax.Array, Params]:
-    return normalize_heads(
-        self, params, name, x, scale_init=self.qk_norm_scale_init,
-        scale_metadata=self._norm_metadata.get(name),
-        param_dtype=self._dtype_arguments()["param_dtype"],
-    )
+      self.graph.child(name)
 
   # Attention over whole sequences.
 
@@ -349,21 +227,22 @@ class MultiHeadAttention(Module):
       is_training: whether dropout applies; a Python bool (static under jit).
 
     Returns:
-      `(outputs [*batch, q_length, out_features], params)`.
+      `(outputs [*batch, q_length, output_size], params)`.
     """
     where = self.where()
     check_is_training(is_training, where)
     for name, array in (("key", key), ("value", value)):
-      _refuse_misplaced(array, name, where)
+      refuse_misplaced(array, name, where)
     key = query if key is None else key
     value = key if value is None else value
-    for name, array in (("query", query), ("key", key), ("value", value)):
-      _check_sequence(array, name, where)
-    _check_same_batch(query, key, value, where)
+    named = (("query", query), ("key", key), ("value", value))
+    for name, array in named:
+      check_sequence(array, name, where)
+    check_same_batch(query, key, value, where)
     if self.rope_base is not None:
-      _check_rope_lengths(query, key, where)
+      check_rope_lengths(query, key, where)
     masks = [] if mask is None else [mask]
-    (outputs, _), params = self._attention(params, query, key, value, masks, is_training)
+    (outputs, _), params = attention_forward(self, params, named, masks, is_training)
     return outputs, params
 
   # The sequence-model interface.
@@ -381,24 +260,23 @@ class MultiHeadAttention(Module):
     Args:
       params: returned unchanged (the cache holds no params).
       inputs: one token `[*batch, features]`, at least one batch axis; gives
-        the batch shape, the default `qkv_features` and the default dtype.
+        the batch shape, the default `qkv_size` and the default dtype.
       max_length: the number of positions of the cache.
       dtype: the cache dtype; defaults to the layer's compute dtype, else
         the dtype of `inputs`.
     """
     where = self.where()
     check_positive_int(max_length, "max_length", where)
-    _check_token(inputs, None, where, "initial_state", "inputs")
-    head_dim, _ = self._sizes(inputs)
-    cache = _allocate(
-        tuple(inputs.shape[:-1]), max_length=max_length, num_heads=self._kv_heads,
-        head_dim=head_dim, dtype=self._cache_dtype(inputs) if dtype is None else dtype,
+    check_token(inputs, None, where, "initial_state", "inputs")
+    head_dim = attention_head_dim(self, params, [("inputs", inputs)] * 3)
+    if dtype is None:
+      compute = self.dtypes().compute
+      dtype = inputs.dtype if compute is None else compute
+    cache = allocate_cache(
+        tuple(inputs.shape[:-1]), max_length=max_length, num_heads=attention_kv_heads(self),
+        head_dim=head_dim, dtype=dtype,
     )
     return cache, params
-
-  def _cache_dtype(self, inputs: jax.Array) -> Any:
-    compute = self._dtype_arguments()["dtype"]
-    return inputs.dtype if compute is None else compute
 
   def decode_step(
       self,
@@ -420,17 +298,17 @@ class MultiHeadAttention(Module):
       is_training: whether dropout applies; False unless passed explicitly.
 
     Returns:
-      `((outputs [*batch, out_features], new_cache), params)`.
+      `((outputs [*batch, output_size], new_cache), params)`.
     """
     where = self.where()
     check_is_training(is_training, where)
-    _check_token(token, cache, where, "decode_step", "token")
+    check_token(token, cache, where, "decode_step", "token")
     sequence = token[..., None, :]
     masks = [] if mask is None else [mask]
-    (outputs, new_cache), params = self._attention(
-        params, sequence, sequence, sequence, masks, is_training, cache
+    (outputs, new_cache), params = attention_forward(
+        self, params, [("token", sequence)] * 3, masks, is_training, cache
     )
-    assert new_cache is not None  # given a cache, _attention returns one
+    assert new_cache is not None  # given a cache, attention_forward returns one
     return (outputs[..., 0, :], new_cache), params
 
   @overload
@@ -464,12 +342,12 @@ class MultiHeadAttention(Module):
     sequence length, or `max_length` with a cache).
 
     Returns:
-      `((outputs [*batch, length, out_features], final_state), params)`.
+      `((outputs [*batch, length, output_size], final_state), params)`.
     """
     check_is_training(is_training, self.where())
-    _check_sequence(inputs, "inputs", self.where())
+    check_sequence(inputs, "inputs", self.where())
     masks = [] if mask is None else [mask]
     if prev_state is None:
-      # With a cache, _attention masks by cache position instead.
+      # With a cache, attention_forward masks by cache position instead.
       masks.insert(0, causal_mask(inputs.shape[-2]))
-    return self._attention(params, inputs, inputs, inputs, masks, is_training, prev_state)
+    return attention_forward(self, params, [("inputs", inputs)] * 3, masks, is_training, prev_state)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from blox.nn._checks import check_float_inputs
 
-__all__ = ["rope"]
+__all__ = ["apply_rope", "rope"]
 
 
 def rope(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
@@ -47,17 +47,17 @@ def rope(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
   Returns:
     An array of x's shape and dtype.
   """
-  return _rope(x, positions, base, "rope")
+  return apply_rope(x, positions, base, "rope")
 
 
-def _rope(x: jax.Array, positions: Any, base: float, where: str) -> jax.Array:
+def apply_rope(x: jax.Array, positions: Any, base: float, where: str) -> jax.Array:
   """`rope`, with `where` naming the caller in errors (a layer's `where()`)."""
   dtype = check_float_inputs(x, where, "x")
   if jnp.ndim(x) < 3 or jnp.shape(x)[-1] % 2:
     raise ValueError(
         f"{where}: x needs shape [*batch, length, heads, head_dim] with an even"
         f" head_dim (features are rotated in pairs); got shape {jnp.shape(x)}."
-        " Pick an even head_dim (qkv_features // num_heads for MultiHeadAttention)."
+        " Pick an even head_dim (qkv_size // num_heads for MultiHeadAttention)."
     )
   positions = jnp.asarray(positions)
   if not jnp.issubdtype(positions.dtype, jnp.integer):
