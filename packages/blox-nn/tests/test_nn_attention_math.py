@@ -1,5 +1,5 @@
-"""Tests of the module-free attention pieces: `dot_product_attention`, the
-mask helpers and the `KVCache` write."""
+"""Tests of the module-free attention math: `dot_product_attention` (jax's
+kernel and blox's formula, grouped-query heads) and the mask helpers."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 from blox.nn import causal_mask, combine_masks, dot_product_attention, padding_mask
-from blox.nn._kv_cache import KVCache, _allocate, _check_cache, _write
+
 
 
 def _heads(*shape: int, seed: int) -> jax.Array:
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _inputs(*shape: int, seed: int = 1) -> jax.Array:
   return jax.random.normal(jax.random.key(seed), shape)
 
 
@@ -123,6 +127,38 @@ def test_nn_dot_product_attention_under_jit_and_grad() -> None:
   assert bool(jnp.all(jnp.isfinite(grad)))
 
 
+def test_nn_dot_product_attention_grouped_query_heads() -> None:
+  q, k, v = _inputs(2, 5, 6, 4), _inputs(2, 7, 2, 4, seed=2), _inputs(2, 7, 2, 4, seed=3)
+  mask = jax.random.bernoulli(jax.random.key(4), 0.6, (2, 6, 5, 7)).at[..., 0].set(True)
+  expected = dot_product_attention(q, jnp.repeat(k, 3, axis=-2), jnp.repeat(v, 3, axis=-2), mask=mask)
+  np.testing.assert_allclose(dot_product_attention(q, k, v, mask=mask), expected, rtol=1e-6, atol=1e-6)
+  own = dot_product_attention(q, k, v, mask=mask, precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(own, expected, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match=r"dot_product_attention: the query's 6 heads are not a multiple of the key's 4; grouped-query"):
+    dot_product_attention(q, _inputs(2, 7, 4, 4), _inputs(2, 7, 4, 4))
+
+
+def test_nn_dot_product_attention_jax_kernel_equals_own_formula() -> None:
+  q, k, v = _inputs(3, 2, 5, 2, 8), _inputs(3, 2, 6, 2, 8, seed=2), _inputs(3, 2, 6, 2, 8, seed=3)
+  # Row 1 of query 0 of every head fully masked.
+  mask = jnp.ones((3, 2, 1, 5, 6), bool).at[:, :, :, 1].set(False)
+  own = dot_product_attention(q, k, v, mask=mask, precision=jax.lax.Precision.HIGHEST)
+  for implementation in (None, "xla"):
+    fused = dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    np.testing.assert_allclose(fused, own, rtol=1e-6, atol=1e-6)
+  # A mask shared by the batch axes but not by the heads.
+  per_head = jax.random.bernoulli(jax.random.key(5), 0.6, (2, 5, 6)).at[..., 0].set(True)
+  np.testing.assert_allclose(
+      dot_product_attention(q, k, v, mask=per_head),
+      dot_product_attention(q, k, v, mask=per_head, precision=jax.lax.Precision.HIGHEST),
+      rtol=1e-6, atol=1e-6,
+  )
+  # Both attend uniformly from the fully masked row, as jax's XLA path does too.
+  np.testing.assert_allclose(own[:, :, 1], jnp.mean(v, axis=-3), rtol=1e-6, atol=1e-6)
+  flat = jax.nn.dot_product_attention(q[0], k[0], v[0], mask=mask[0])
+  np.testing.assert_allclose(flat[:, 1], jnp.mean(v[0], axis=-3), rtol=1e-6, atol=1e-6)
+
+
 def test_nn_causal_mask() -> None:
   np.testing.assert_array_equal(causal_mask(4), np.tril(np.ones((4, 4), bool)))
   np.testing.assert_array_equal(causal_mask(2, 3), [[True, False, False], [True, True, False]])
@@ -166,27 +202,3 @@ def test_nn_combine_masks() -> None:
     combine_masks(causal_mask(3), jnp.ones((3, 3)))
   with pytest.raises(ValueError, match=r"combine_masks: the masks of shapes \(3, 3\), \(2, 4\) do not broadcast"):
     combine_masks(causal_mask(3), jnp.ones((2, 4), bool))
-
-
-def test_nn_kv_cache_write_of_one_token_lands_per_row_and_drops_past_the_end() -> None:
-  cache = _allocate((3,), max_length=3, num_heads=1, head_dim=1, dtype=jnp.float32)
-  token = jnp.array([1.0, 2.0, 3.0]).reshape(3, 1, 1, 1)
-  for write in (_write, jax.jit(_write)):
-    written = write(cache.key + 9.0, token, jnp.array([0, 2, 3]))
-    # Row 2 starts past the end: its token is dropped, not clamped onto slot 2.
-    np.testing.assert_array_equal(
-        written[..., 0, 0], [[1.0, 9.0, 9.0], [9.0, 9.0, 2.0], [9.0, 9.0, 9.0]]
-    )
-
-
-def test_nn_kv_cache_write_drops_what_does_not_fit() -> None:
-  cache = _allocate((2,), max_length=3, num_heads=1, head_dim=1, dtype=jnp.float32)
-  assert isinstance(cache, KVCache)
-  update = jnp.arange(1.0, 5.0).reshape(2, 2, 1, 1)
-  written = _write(cache.key, update, jnp.array([0, 2]))
-  # Element 1 starts at 2: its first token lands at 2, the second is dropped
-  # (not shifted back over position 1).
-  np.testing.assert_array_equal(written[..., 0, 0], [[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
-  assert _check_cache(cache, (2,), num_heads=1, head_dim=1, where="Layer 'x'") == 3
-  with pytest.raises(ValueError, match=r"Layer 'x': the cache holds keys \(2, 3, 1, 1\).*initial_state"):
-    _check_cache(cache, (3,), num_heads=1, head_dim=1, where="Layer 'x'")

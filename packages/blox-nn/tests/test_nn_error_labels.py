@@ -41,6 +41,9 @@ _CASES: list[tuple[str, Misuse]] = [
     ("GRU", lambda g, rng, p: GRU(g, 0, rng=rng)),
     ("LSTM", lambda g, rng, p: LSTM(g, 2, rng=rng).apply(p, jnp.ones((2,)))),
     ("MultiHeadAttention", lambda g, rng, p: MultiHeadAttention(g, num_heads=0, rng=rng)),
+    # An input of another width than the params were made for (4 heads, RoPE).
+    ("MultiHeadAttention", lambda g, rng, p: (lambda mha: mha(mha(p, jnp.ones((1, 2, 8)))[1], jnp.ones((1, 2, 12))))(
+        MultiHeadAttention(g, 4, rng=rng, rope_base=10000.0))),
     ("Rng", lambda g, rng, p: Rng(g).get_seed(p)),
     ("Sequential", lambda g, rng, p: Sequential(g, [3])),  # type: ignore[list-item]  # a non-callable layer is the misuse under test
 ]
