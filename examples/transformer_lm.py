@@ -127,7 +127,7 @@ class Block(bx.Module):
     self.attention = bx.MultiHeadAttention(
         graph.child("attention"), sizes.num_heads, rng=rng, num_kv_heads=sizes.num_kv_heads,
         rope_base=sizes.rope_base, use_bias=False,
-        kernel_metadata={
+        projection_kernel_metadata={
             "query": logical_axes("embed", "heads", None),
             "key": logical_axes("embed", "kv_heads", None),
             "value": logical_axes("embed", "kv_heads", None),
