@@ -6,6 +6,7 @@ kind of mistake is worded the same way in every layer.
 
 Example:
   >>> check_positive_int(3, "output_size", "Linear 'net/out'")
+  3
   >>> check_positive_int(2.5, "hidden_size", "GRU 'net/gru'")
   Traceback (most recent call last):
   ...
