@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Module
-from blox.params import Params
+from blox.nn._out_sharding import conv_out_sharding, einsum_out_sharding
+from blox.params import SHARDING, Params, path_text
 
 __all__ = [
     "ConvDimensions",
@@ -121,20 +122,42 @@ class Contraction:
     if self.remaining:
       hook, rest = self.remaining[0], self.remaining[1:]
       return hook(dataclasses.replace(self, remaining=rest), inputs, weight)
+    where, weight_text, logical_axes = self._described()
     if self.conv is not None:
       conv = self.conv
+      out_sharding = conv_out_sharding(
+          inputs, weight, where=where, weight_text=weight_text, logical_axes=logical_axes)
+      extra: dict[str, Any] = {} if out_sharding is None else {"out_sharding": out_sharding}
       return jax.lax.conv_general_dilated(
           inputs, weight, conv.strides, conv.padding,
           lhs_dilation=conv.input_dilation, rhs_dilation=conv.kernel_dilation,
           dimension_numbers=conv.dimension_numbers(),
           feature_group_count=conv.feature_group_count, precision=self.precision,
-          preferred_element_type=self.preferred_element_type,
+          preferred_element_type=self.preferred_element_type, **extra,
       )
     assert self.equation is not None  # contract() gives one of the two
+    # On Explicit mesh axes the output's sharding is part of its type and must
+    # be said where the operands leave it open (see _out_sharding); None
+    # elsewhere, so the product is exactly the one without a mesh.
+    out_sharding = einsum_out_sharding(
+        self.equation, inputs, weight, where=where, weight_text=weight_text,
+        logical_axes=logical_axes,
+    )
     return jnp.einsum(
         self.equation, inputs, weight, precision=self.precision,
-        preferred_element_type=self.preferred_element_type,
+        preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,
     )
+
+  def _described(self) -> tuple[str, str, Any]:
+    """How errors name the module and the weight, and the weight's logical axes."""
+    where = "contract" if self.module is None else self.module.where()
+    path = self.weight_path()
+    if path is None:
+      return where, "its second operand", None
+    logical = None
+    if self.params is not None and path in self.params:
+      logical = self.params[path].metadata.get(SHARDING)
+    return where, f"the param {path_text(path)}", logical
 
 
 _AMBIENT: contextvars.ContextVar[tuple[ContractionHook, ...]] = contextvars.ContextVar(
