@@ -16,8 +16,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from blox.graph import Graph
-from blox.nn import Conv, Linear, Rng
-from blox.nn._out_sharding import AmbiguousShardingError, einsum_out_sharding
+from blox.nn import Conv, Embed, Linear, Rng
+from blox.nn._out_sharding import einsum_out_sharding
 from blox.params import SHARDING, Param, Params
 
 # PartitionSpec's constructor has no annotations (strict mypy).
@@ -88,40 +88,51 @@ def test_the_output_keeps_the_inputs_batch_and_the_weights_output_sharding() -> 
   with jax.set_mesh(mesh):
     x = jax.device_put(jnp.ones((8, 4)), P("data", None))
     w = jax.device_put(jnp.ones((4, 6)), P(None, "model"))
-    spec = einsum_out_sharding("...i,io->...o", x, w, where="w", weight_text="w", logical_axes=None)
+    spec = einsum_out_sharding("...i,io->...o", x, w)
     assert spec == P("data", "model")
     # Contracting a sharded dimension: the partial sums are reduced, no trace left.
     w2 = jax.device_put(jnp.ones((4, 6)), P("model", None))
     x2 = jax.device_put(jnp.ones((8, 4)), P("data", "model"))
-    assert einsum_out_sharding("...i,io->...o", x2, w2, where="w", weight_text="w",
-                               logical_axes=None) == P("data", None)
+    assert einsum_out_sharding("...i,io->...o", x2, w2) == P("data", None)
 
 
 def test_no_explicit_sharding_leaves_the_product_alone() -> None:
   x, w = jnp.ones((8, 4)), jnp.ones((4, 6))
-  assert einsum_out_sharding("...i,io->...o", x, w, where="w", weight_text="w", logical_axes=None) is None
+  assert einsum_out_sharding("...i,io->...o", x, w) is None
   with jax.set_mesh(_mesh(AxisType.Auto)):
     xs = jax.device_put(x, P("data", None))
-    assert einsum_out_sharding("...i,io->...o", xs, w, where="w", weight_text="w", logical_axes=None) is None
+    assert einsum_out_sharding("...i,io->...o", xs, w) is None
 
 
-def test_one_mesh_axis_for_two_output_dimensions_is_an_error_naming_the_param() -> None:
+def test_a_weight_dimension_on_the_inputs_axis_is_gathered_as_in_fsdp() -> None:
   graph = Graph("net")
   rng = Rng(graph.child("rng"))
-  linear = Linear(graph.child("proj"), 8, rng=rng, kernel_metadata={SHARDING: (None, "data")})
-  x = jnp.ones((8, 4))
+  # FSDP: the kernel's output dimension is sharded over 'data', like the batch.
+  linear = Linear(graph.child("proj"), 8, rng=rng, kernel_metadata={SHARDING: ("model", "data")})
+  x = jnp.linspace(-1.0, 1.0, 32).reshape(8, 4)
   params = rng.init(linear, x, seed=0)
+  want, _ = linear(params, x)
   mesh = _mesh(AxisType.Explicit)
   with jax.set_mesh(mesh):
     sharded = _place(params, mesh)
-    xs = jax.device_put(x, P("data", None))
-    message = (
-        r"Linear 'net/proj': the output of the product with the param \('net', 'proj', 'kernel'\)"
-        r" would be sharded over the mesh axis 'data' twice: by the inputs' batch dimension.*"
-        r"the weight's logical axis 'data'.*change the rule for 'data'"
-    )
-    with pytest.raises(AmbiguousShardingError, match=message):
-      jax.jit(linear)(sharded, xs)
+    y, _ = jax.jit(linear)(sharded, jax.device_put(x, P("data", None)))
+  np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)
+  assert jax.typeof(y).sharding.spec == P("data", None)
+
+
+def test_an_embedding_lookup_keeps_the_ids_sharding() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  embed = Embed(graph.child("embed"), 16, 8, rng=rng, embedding_metadata={SHARDING: ("model", "data")})
+  ids = jnp.arange(32).reshape(8, 4) % 16
+  params = rng.init(embed, ids, seed=0)
+  want, _ = embed(params, ids)
+  mesh = _mesh(AxisType.Explicit)
+  with jax.set_mesh(mesh):
+    sharded = _place(params, mesh)
+    rows, _ = jax.jit(embed)(sharded, jax.device_put(ids, P("data", None)))
+  np.testing.assert_array_equal(rows, want)
+  assert jax.typeof(rows).sharding.spec == P("data", None, None)
 
 
 def test_a_convolution_keeps_the_batch_and_output_channel_shardings() -> None:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from blox.graph import Module
 from blox.nn._out_sharding import conv_out_sharding, einsum_out_sharding
-from blox.params import SHARDING, Params, path_text
+from blox.params import Params
 
 __all__ = [
     "ConvDimensions",
@@ -122,11 +122,9 @@ class Contraction:
     if self.remaining:
       hook, rest = self.remaining[0], self.remaining[1:]
       return hook(dataclasses.replace(self, remaining=rest), inputs, weight)
-    where, weight_text, logical_axes = self._described()
     if self.conv is not None:
       conv = self.conv
-      out_sharding = conv_out_sharding(
-          inputs, weight, where=where, weight_text=weight_text, logical_axes=logical_axes)
+      out_sharding = conv_out_sharding(inputs, weight)
       extra: dict[str, Any] = {} if out_sharding is None else {"out_sharding": out_sharding}
       return jax.lax.conv_general_dilated(
           inputs, weight, conv.strides, conv.padding,
@@ -139,25 +137,11 @@ class Contraction:
     # On Explicit mesh axes the output's sharding is part of its type and must
     # be said where the operands leave it open (see _out_sharding); None
     # elsewhere, so the product is exactly the one without a mesh.
-    out_sharding = einsum_out_sharding(
-        self.equation, inputs, weight, where=where, weight_text=weight_text,
-        logical_axes=logical_axes,
-    )
+    out_sharding = einsum_out_sharding(self.equation, inputs, weight)
     return jnp.einsum(
         self.equation, inputs, weight, precision=self.precision,
         preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,
     )
-
-  def _described(self) -> tuple[str, str, Any]:
-    """How errors name the module and the weight, and the weight's logical axes."""
-    where = "contract" if self.module is None else self.module.where()
-    path = self.weight_path()
-    if path is None:
-      return where, "its second operand", None
-    logical = None
-    if self.params is not None and path in self.params:
-      logical = self.params[path].metadata.get(SHARDING)
-    return where, f"the param {path_text(path)}", logical
 
 
 _AMBIENT: contextvars.ContextVar[tuple[ContractionHook, ...]] = contextvars.ContextVar(

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from blox.graph import setting
 from blox.nn._checks import check_float_inputs, check_positive_int
 from blox.nn._contract import contract
+from blox.nn._out_sharding import gather_out_sharding
 from blox.nn._layer import Layer
 from blox.nn._precision import float32_init, to_compute, to_output
 from blox.nn.initializers import variance_scaling
@@ -101,7 +102,11 @@ class Embed(Layer):
     table, params = self.table(params)
     dtypes = self.dtypes()
     # Only the rows looked up are cast, not the whole table.
-    (vectors,) = to_compute(dtypes, jnp.take(table, ids, axis=0))
+    # On Explicit mesh axes the rows' sharding must be said (the ids' batch
+    # sharding, then the table's features'); None elsewhere: a plain take.
+    rows = table.at[ids].get(
+        out_sharding=gather_out_sharding(table, ids), mode="fill", fill_value=jnp.nan)
+    (vectors,) = to_compute(dtypes, rows)
     return to_output(dtypes, vectors), params
 
   def attend(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:

@@ -10,9 +10,12 @@ operands' types (which the rules gave them: params are created sharded by
 their metadata, activations by `blox.parallel.constrain`): each output
 dimension keeps the sharding of the dimension it comes from, the inputs'
 first and the weight's where the inputs' is not sharded; contracting
-dimensions leave no trace (their partial sums are reduced). A mesh axis that
-would shard two output dimensions is ambiguous: an error names the module,
-the weight and its logical axis, and the two ways out.
+dimensions leave no trace (their partial sums are reduced). A mesh axis
+shards one output dimension only: where the weight's would take one that the
+inputs already use (a weight sharded over 'data' for FSDP, inputs split over
+'data' by batch), the inputs keep it and that weight dimension is gathered,
+as fully sharded data parallelism does. Embedding lookups follow the same
+rule (`gather_out_sharding`).
 
 Without an Explicit sharding in either operand's type (no mesh, Auto axes,
 replicated operands) there is nothing to decide: `None`, and the
@@ -25,28 +28,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 from jax.sharding import AxisType, PartitionSpec
 
-__all__ = [
-    "AmbiguousShardingError",
-    "conv_out_sharding",
-    "einsum_out_sharding",
-    "explicit_spec",
-    "labels_of",
-]
+__all__ = ["conv_out_sharding", "einsum_out_sharding", "explicit_spec", "gather_out_sharding", "labels_of"]
 
 
 # PartitionSpec's constructor has no annotations; calling it through this typed
 # name keeps mypy's strict untyped-call check on.
 _partition_spec: Callable[..., PartitionSpec] = PartitionSpec
-
-
-class AmbiguousShardingError(ValueError):
-  """Two output dimensions of a contraction would be sharded over one mesh axis."""
 
 
 def explicit_spec(x: Any) -> tuple[Any, ...] | None:
@@ -88,29 +81,9 @@ def _axes(entry: Any) -> tuple[str, ...]:
   return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def einsum_out_sharding(
-    equation: str,
-    inputs: Any,
-    weight: Any,
-    *,
-    where: str,
-    weight_text: str,
-    logical_axes: Sequence[Any] | None,
-) -> PartitionSpec | None:
+def einsum_out_sharding(equation: str, inputs: Any, weight: Any) -> PartitionSpec | None:
   """The `out_sharding` of `einsum(equation, inputs, weight)`, or None when
-  neither operand carries an Explicit sharding (see the module docstring).
-
-  Args:
-    equation: the einsum equation, two operands.
-    inputs, weight: the operands (traced or concrete).
-    where: how errors name the module (`Linear 'net/out'`).
-    weight_text: how errors name the weight (its param path, or 'keys').
-    logical_axes: the weight's logical axis per dimension (its sharding
-      metadata), for the error; None when unknown.
-
-  Raises:
-    AmbiguousShardingError: two output dimensions would use one mesh axis.
-  """
+  neither operand carries an Explicit sharding (see the module docstring)."""
   specs = [explicit_spec(inputs), explicit_spec(weight)]
   if specs[0] is None and specs[1] is None:
     return None
@@ -120,60 +93,42 @@ def einsum_out_sharding(
   w_spec = specs[1] or (None,) * ranks[1]
   by_input = dict(zip(in_labels, in_spec))
   by_weight = dict(zip(w_labels, w_spec))
-  owner: dict[str, str] = {}
-  out: list[Any] = []
+  # The inputs' dimensions first: they keep their mesh axes.
+  out: list[Any] = [by_input.get(label) for label in out_labels]
+  used = {axis for entry in out for axis in _axes(entry)}
   for dim, label in enumerate(out_labels):
-    entry, source = by_input.get(label), "inputs"
-    if entry is None:
-      entry, source = by_weight.get(label), "weights"
-    for axis in _axes(entry):
-      if axis in owner:
-        raise AmbiguousShardingError(_ambiguity(
-            where, weight_text, logical_axes, w_labels, label, axis, owner[axis], dim))
-      kind = "batch dimension" if label.startswith("#") else f"dimension {label!r}"
-      owner[axis] = f"{source}' {kind} (output dimension {dim})"
-    out.append(entry)
+    if out[dim] is None:
+      free = tuple(a for a in _axes(by_weight.get(label)) if a not in used)
+      used.update(free)
+      out[dim] = None if not free else free[0] if len(free) == 1 else free
   return _partition_spec(*out)
 
 
-def _ambiguity(
-    where: str, weight_text: str, logical_axes: Sequence[Any] | None,
-    w_labels: tuple[str, ...], label: str, axis: str, first: str, dim: int,
-) -> str:
-  logical = None
-  if logical_axes is not None and label in w_labels:
-    index = w_labels.index(label)
-    logical = logical_axes[index] if index < len(logical_axes) else None
-  named = "" if logical is None else f" (the weight's logical axis {logical!r})"
-  fix = (
-      "change the logical axis rules or the sharding metadata" if logical is None
-      else f"change the rule for {logical!r} (e.g. ({logical!r}, None) leaves it unsharded)"
-  )
-  return (
-      f"{where}: the output of the product with {weight_text} would be sharded over"
-      f" the mesh axis {axis!r} twice: by the {first} and by output dimension {dim}"
-      f" {label!r}{named}. Shard one of them over another mesh axis: {fix}; or"
-      " reshard the inputs first (jax.sharding.reshard)."
-  )
-
-
-def conv_out_sharding(
-    inputs: Any, kernel: Any, *, where: str, weight_text: str,
-    logical_axes: Sequence[Any] | None,
-) -> PartitionSpec | None:
+def conv_out_sharding(inputs: Any, kernel: Any) -> PartitionSpec | None:
   """The `out_sharding` of a channels-last convolution: the inputs' batch
-  sharding, unsharded spatial axes, the kernel's output-channel sharding;
-  None without Explicit shardings."""
+  sharding, unsharded spatial axes, the kernel's output-channel sharding
+  unless the batch uses its axes; None without Explicit shardings."""
   in_spec, k_spec = explicit_spec(inputs), explicit_spec(kernel)
   if in_spec is None and k_spec is None:
     return None
   ndim = jax.typeof(inputs).ndim
   batch = None if in_spec is None else in_spec[0]
   channels = None if k_spec is None else k_spec[-1]
-  clash = set(_axes(batch)) & set(_axes(channels))
-  if clash:
-    k_labels = tuple("s" * (jax.typeof(kernel).ndim - 1)) + ("o",)
-    raise AmbiguousShardingError(_ambiguity(
-        where, weight_text, logical_axes, k_labels, "o", sorted(clash)[0],
-        "inputs' batch dimension", ndim - 1))
+  if set(_axes(batch)) & set(_axes(channels)):
+    channels = None
   return _partition_spec(batch, *([None] * (ndim - 2)), channels)
+
+
+def gather_out_sharding(table: Any, ids: Any) -> PartitionSpec | None:
+  """The `out_sharding` of `table[ids]` (rows of a 2-D table): the ids'
+  sharding, then the table's feature sharding unless the ids use its axes;
+  None without Explicit shardings."""
+  t_spec, i_spec = explicit_spec(table), explicit_spec(ids)
+  if t_spec is None and i_spec is None:
+    return None
+  leading = list(i_spec or (None,) * jax.typeof(ids).ndim)
+  used = {axis for entry in leading for axis in _axes(entry)}
+  feature = None if t_spec is None else t_spec[1]
+  if set(_axes(feature)) & used:
+    feature = None
+  return _partition_spec(*leading, feature)
