@@ -1,12 +1,12 @@
 """Data-parallel training across two processes, checked against one process.
 
-Multi-host JAX on one machine: this script starts two copies of itself as
-worker processes on 127.0.0.1, each with 4 simulated CPU devices, joined by
-`jax.distributed.initialize` into one system of 8 devices (CPU collectives
-over gloo). Both train the same model for the same steps on a mesh over all
-8 devices, each process feeding only its half of every global batch
-(`bx.parallel.shard_batch` builds the global arrays). A third copy trains the
-same steps in a single process with 8 devices.
+Multi-host JAX on one machine. Each process of the system runs `train`: the
+same model, the same steps, a mesh over the devices of ALL processes, each
+process feeding only its own rows of every global batch
+(`bx.parallel.shard_batch` builds the global arrays from them). A process
+joins the system with `jax.distributed.initialize`, from the variables a
+real host sets (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID);
+without them it runs alone. CPU collectives go over gloo.
 
 The model is that of examples/data_parallel.py without the model axis: an MLP
 with BatchNorm (statistics over the whole global batch) and dropout (one mask
@@ -18,140 +18,28 @@ Run from the repository root:
   uv run examples/multihost_data_parallel.py          # 40 steps
   uv run examples/multihost_data_parallel.py --fast   # 10 steps
 
-It passes (exit status 0) when both workers end with the same params and
-those match the single-process run to float tolerance; any mismatch, failure
-or timeout exits with status 1. Child processes are always cleaned up.
+Run like this, the script checks itself (scripts/multihost_check.py): it
+starts two copies of itself as workers on 127.0.0.1 with 4 simulated CPU
+devices each, and a third copy alone with 8 devices, and passes (exit
+status 0) when both workers end with the same params and those match the
+single-process run to float tolerance.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-
-# Run as a script, Python puts examples/ itself on the path; the shared
-# process helpers are imported as `examples._processes` from the root.
-_ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:
-  sys.path.insert(0, str(_ROOT))
-
-from examples._processes import free_port, port_was_taken, spawn, stop  # noqa: E402
 
 FEATURES = 16
 CLASSES = 4
 BATCH_SIZE = 64
-PROCESSES = 2
 DEVICES = 8
-TIMEOUT_S = 240.0
-# Two processes reduce gradients in another order than one: allow float noise.
-RTOL, ATOL = 1e-4, 1e-5
-
-
-# --- The launcher: no jax here, only processes and files. ---
-
-
-# The coordinator's port may be taken between free_port() and its bind.
-ATTEMPTS = 3
-
-
-def launch(steps: int) -> int:
-  for attempt in range(1, ATTEMPTS + 1):
-    status, port_taken = launch_once(steps, free_port())
-    if not port_taken or attempt == ATTEMPTS:
-      return status
-    print("the coordinator's port was taken meanwhile; retrying with another port")
-  return 1
-
-
-def launch_once(steps: int, port: int) -> tuple[int, bool]:
-  """Runs the workers and the reference once: `(exit status, port was taken)`."""
-  print(f"starting {PROCESSES} worker processes x {DEVICES // PROCESSES} CPU devices"
-        f" (coordinator 127.0.0.1:{port}) and a single-process reference; {steps} steps")
-  with tempfile.TemporaryDirectory(prefix="blox_multihost_") as tmp:
-    out = Path(tmp)
-    runs = {f"worker{i}": ["--role", "worker", "--process-id", str(i), "--port", str(port)]
-            for i in range(PROCESSES)}
-    runs["reference"] = ["--role", "reference"]
-    procs: dict[str, subprocess.Popen[str]] = {}
-    logs: dict[str, IO[str]] = {}
-    failed = False
-    try:
-      for name, role_args in runs.items():
-        logs[name] = open(out / f"{name}.log", "w")
-        devices = DEVICES if name == "reference" else DEVICES // PROCESSES
-        procs[name] = spawn(
-            __file__, role_args + ["--steps", str(steps), "--out", str(out / f"{name}.npz")],
-            devices, logs[name],
-        )
-      # Poll all of them: when one worker dies, its peer would wait for it
-      # until a timeout, so stop at the first failure.
-      deadline = time.monotonic() + TIMEOUT_S
-      while not failed and any(proc.poll() is None for proc in procs.values()):
-        for name, proc in procs.items():
-          if proc.poll() not in (None, 0):
-            print(f"FAILED: {name} exited with status {proc.returncode}")
-            failed = True
-        if not failed and time.monotonic() > deadline:
-          print(f"FAILED: not finished within {TIMEOUT_S:.0f}s")
-          failed = True
-        time.sleep(0.2)
-      for name, proc in procs.items():
-        if not failed and proc.returncode != 0:
-          print(f"FAILED: {name} exited with status {proc.returncode}")
-          failed = True
-    finally:
-      for proc in procs.values():
-        stop(proc)
-      for log in logs.values():
-        log.close()
-    port_taken = False
-    for name in procs:
-      text = (out / f"{name}.log").read_text().strip().splitlines()
-      port_taken |= failed and any(port_was_taken(line) for line in text)
-      shown = text if failed else [line for line in text if line.startswith("step") or "loss" in line]
-      for line in shown[-40:]:
-        print(f"[{name}] {line}")
-    if failed:
-      return 1, port_taken
-    return compare(out), False
-
-
-def compare(out: Path) -> int:
-  results = {name: dict(np.load(out / f"{name}.npz"))
-             for name in [f"worker{i}" for i in range(PROCESSES)] + ["reference"]}
-  workers = [results[f"worker{i}"] for i in range(PROCESSES)]
-  reference = results["reference"]
-  ok = True
-  for key in sorted(reference):
-    if any(key not in w for w in workers):
-      print(f"FAILED: {key} is missing from a worker's results")
-      return 1
-    between = max(float(np.max(np.abs(w[key] - workers[0][key]), initial=0.0)) for w in workers)
-    if between != 0.0:
-      print(f"FAILED: the workers disagree on {key} (max difference {between:.3g})")
-      ok = False
-    gap = float(np.max(np.abs(workers[0][key] - reference[key]), initial=0.0))
-    if not np.allclose(workers[0][key], reference[key], rtol=RTOL, atol=ATOL):
-      print(f"FAILED: {key} differs from the single-process run (max difference {gap:.3g})")
-      ok = False
-    elif key != "losses":
-      print(f"{key}: workers identical, max difference to single process {gap:.2g}")
-  if not ok:
-    return 1
-  print(f"final loss: {float(reference['losses'][-1]):.4f}"
-        f" (first {float(reference['losses'][0]):.4f})")
-  print("PASSED: both processes hold identical params, equal to the single-process run")
-  return 0
-
-
-# --- The training, run by each worker and by the reference. ---
 
 
 def make_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +53,8 @@ def make_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(steps: int) -> dict[str, Any]:
+  """Trains on this process's rows; the final params (whole copies) and the losses."""
+  # jax is imported here, not at the top: the launcher never starts it.
   import jax
   import jax.numpy as jnp
   import optax
@@ -174,12 +64,15 @@ def train(steps: int) -> dict[str, Any]:
   class MLP(bx.Module):
     """Linear -> BatchNorm -> relu -> Dropout -> Linear, for a single example."""
 
-    def __init__(self, graph: bx.Graph, hidden: int, rate: float, rng: bx.Rng) -> None:
-      super().__init__(graph)
-      self.hidden = bx.Linear(graph.child("hidden"), hidden, rng=rng)
-      self.norm = bx.BatchNorm(graph.child("norm"), momentum=0.9, axis_name="batch")
-      self.dropout = bx.Dropout(graph.child("dropout"), rate, rng=rng)
-      self.readout = bx.Linear(graph.child("readout"), CLASSES, rng=rng)
+    hidden_size: int = bx.setting(kw_only=False, doc="the width of the hidden layer.")
+    rng: bx.KeySource = bx.setting(doc="draws the kernels and the dropout masks.")
+    rate: float = bx.setting(default=0.1, doc="the dropout rate.")
+
+    def __post_init__(self) -> None:
+      self.hidden = bx.Linear(self.graph.child("hidden"), self.hidden_size, rng=self.rng)
+      self.norm = bx.BatchNorm(self.graph.child("norm"), momentum=0.9, axis_name="batch")
+      self.dropout = bx.Dropout(self.graph.child("dropout"), self.rate, rng=self.rng)
+      self.readout = bx.Linear(self.graph.child("readout"), CLASSES, rng=self.rng)
 
     def __call__(
         self, params: bx.Params, x: jax.Array, is_training: bool = True
@@ -193,12 +86,11 @@ def train(steps: int) -> dict[str, Any]:
   mesh = bx.parallel.make_mesh((DEVICES,), ("data",))
   graph = bx.Graph("net")
   rng = bx.Rng(graph.child("rng"))
-  model = MLP(graph.child("mlp"), hidden=32, rate=0.1, rng=rng)
+  model = MLP(graph.child("mlp"), 32, rng=rng)
 
   def init() -> bx.Params:
-    params = rng.seed(bx.Params(), seed=0)
-    _, params = model(params, jnp.zeros(FEATURES), is_training=False)
-    return params.locked()
+    # Evaluation mode needs no batch axis: one example creates every param.
+    return rng.init(model, jnp.zeros(FEATURES), is_training=False, seed=0)
 
   per_example = jax.vmap(
       bx.parallel.per_lane_rng(model, "batch"),
@@ -244,25 +136,26 @@ def train(steps: int) -> dict[str, Any]:
   return result
 
 
-def run_role(role: str, steps: int, out: str, process_id: int, port: int) -> int:
+def work(steps: int, out: str) -> int:
+  """One process: joins the system if the environment names one, trains, writes `out`."""
   import jax
 
   # jax.config.update and jax.distributed.shutdown have no annotations;
   # calling them through typed names keeps mypy's strict checks on.
   update_config: Callable[[str, Any], None] = jax.config.update
   shutdown: Callable[[], None] = jax.distributed.shutdown
-  if role == "worker":
+  count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+  if count:
     # Cross-process collectives of the CPU backend go over gloo.
     update_config("jax_cpu_collectives_implementation", "gloo")
+    # jax reads JAX_COORDINATOR_ADDRESS itself.
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=PROCESSES,
-        process_id=process_id, initialization_timeout=120,
+        num_processes=int(count), process_id=int(index or 0), initialization_timeout=120
     )
     print(f"process {jax.process_index()} of {jax.process_count()}:"
           f" {jax.local_device_count()} local devices, {jax.device_count()} in all", flush=True)
-  result = train(steps)
-  np.savez(out, **result)
-  if role == "worker":
+  np.savez(out, **train(steps))
+  if count:
     shutdown()
   return 0
 
@@ -271,16 +164,19 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="10 steps instead of 40")
   parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
-  parser.add_argument("--role", choices=["launcher", "worker", "reference"], default="launcher",
-                      help=argparse.SUPPRESS)
-  parser.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
-  parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-  parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--out", default="multihost_final.npz", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   steps = args.steps if args.steps is not None else (10 if args.fast else 40)
-  if args.role == "launcher":
-    return launch(steps)
-  return run_role(args.role, steps, args.out, args.process_id, args.port)
+  if args.worker:
+    return work(steps, args.out)
+  # The launcher: the check starts the workers and compares their results.
+  root = str(Path(__file__).resolve().parent.parent)
+  if root not in sys.path:  # run as a script, Python puts examples/ on the path, not the root
+    sys.path.insert(0, root)
+  from scripts.multihost_check import check
+
+  return check(__file__, steps)
 
 
 if __name__ == "__main__":

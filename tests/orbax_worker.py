@@ -12,13 +12,16 @@ devices) and JAX_PLATFORMS before this script imports jax. Two roles:
   leaf against `expected.npz`, bit for bit, and the shardings against the
   targets'.
 
-With `--processes 2` each process joins `jax.distributed.initialize` on
-127.0.0.1 (CPU collectives over gloo); with `--processes 1` it runs alone.
+Started by scripts/processes.py: when it sets JAX_NUM_PROCESSES (and the
+coordinator's address and this process's id), the process joins
+`jax.distributed.initialize` on 127.0.0.1 (CPU collectives over gloo);
+otherwise it runs alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +55,7 @@ def state_functions() -> tuple[Callable[[], Any], Callable[..., Any]]:
     return out(params, jax.nn.relu(h))
 
   def init_state() -> tuple[bx.Params, Any, jax.Array]:
-    params = rng.seed(bx.Params(), seed=7)
-    _, params = model(params, jnp.zeros((1, FEATURES)))
-    params = params.locked()
+    params = rng.init(model, jnp.zeros((1, FEATURES)), seed=7)
     return params, optimizer.init(params.split()[0]), jnp.zeros((), jnp.int32)
 
   def loss_fn(params: bx.Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, bx.Params]:
@@ -179,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("role", choices=["save", "restore"])
   parser.add_argument("--dir", type=Path, required=True)
   parser.add_argument("--mesh", action="append", type=parse_mesh, required=True)
-  parser.add_argument("--processes", type=int, default=1)
-  parser.add_argument("--process-id", type=int, default=0)
-  parser.add_argument("--port", type=int, default=0)
   args = parser.parse_args(argv)
 
   import jax
@@ -189,15 +187,16 @@ def main(argv: list[str] | None = None) -> int:
   # jax.config.update and jax.distributed.shutdown have no annotations.
   update_config: Callable[[str, Any], None] = jax.config.update
   shutdown: Callable[[], None] = jax.distributed.shutdown
-  if args.processes > 1:
+  count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+  if count:
     update_config("jax_cpu_collectives_implementation", "gloo")
+    # jax reads JAX_COORDINATOR_ADDRESS itself.
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.processes,
-        process_id=args.process_id, initialization_timeout=60,
+        num_processes=int(count), process_id=int(index or 0), initialization_timeout=60
     )
   for mesh_shape in args.mesh:
     (save if args.role == "save" else restore)(args.dir, mesh_shape)
-  if args.processes > 1:
+  if count:
     shutdown()
   return 0
 

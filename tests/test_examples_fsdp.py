@@ -2,7 +2,8 @@
 
 Two processes train with fully sharded params and optimizer state, one is
 killed between two checkpoints, both restart from the last one and must end
-exactly where an uninterrupted run ends.
+exactly where an uninterrupted run ends. The check itself lives in
+scripts/fsdp_check.py, its processes in scripts/processes.py.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from examples import fsdp_train
-from tests.scripts import run_script
+from scripts import fsdp_check
+from scripts.processes import Run, watch
+from tests.scripts import ROOT, run_script
 
 
 def test_fsdp_example_resumes_after_a_kill_bit_for_bit() -> None:
@@ -48,8 +50,8 @@ def test_fsdp_compare_fails_on_a_single_differing_bit(
   changed = dict(state)
   changed["params/[('w',)]"] = np.nextafter(state["params/[('w',)]"], np.float32(2))
   np.savez(tmp_path / "b.npz", **changed)
-  assert fsdp_train.compare(tmp_path / "a.npz", tmp_path / "a.npz") == 0
-  assert fsdp_train.compare(tmp_path / "a.npz", tmp_path / "b.npz") == 1
+  assert fsdp_check.compare(tmp_path / "a.npz", tmp_path / "a.npz") == 0
+  assert fsdp_check.compare(tmp_path / "a.npz", tmp_path / "b.npz") == 1
   out = capsys.readouterr().out
   assert "final params identical to the uninterrupted run: False" in out
   assert "final optimizer state identical to the uninterrupted run: True" in out
@@ -59,13 +61,13 @@ def test_fsdp_compare_fails_on_a_single_differing_bit(
 def test_fsdp_run_times_out_and_kills_its_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-  plan = fsdp_train.Plan(steps=2, checkpoint_every=1, kill_after=1, timeout_s=1.0)
-  args = ["--fast", "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.npz")]
-  pair = fsdp_train.Pair("slow", tmp_path, args, plan)
-  pair.start()
+  args = ["--role", "worker", "--fast", "--steps", "2", "--checkpoint-every", "1",
+          "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.npz")]
+  run = Run("slow", ROOT / "examples" / "fsdp_train.py", tmp_path, args, timeout_s=1.0)
+  run.start()
   try:
-    assert not fsdp_train.watch([pair], pair.finished)
+    assert not watch([run], run.finished)
   finally:
-    pair.stop()
+    run.stop()
   assert "FAILED: slow run: not finished within 1 s" in capsys.readouterr().out
-  assert len(pair.procs) == 2 and all(proc.returncode is not None for proc in pair.procs)
+  assert len(run.procs) == 2 and all(proc.returncode is not None for proc in run.procs)
