@@ -56,21 +56,25 @@ class MLP(bx.Module):
   columns, the second by rows, and the per-unit BatchNorm params with them.
   """
 
-  def __init__(self, graph: bx.Graph, hidden: int, rate: float, rng: bx.Rng) -> None:
-    super().__init__(graph)
+  hidden_size: int = bx.setting(kw_only=False, doc="the width of the hidden layer.")
+  rng: bx.KeySource = bx.setting(doc="draws the kernels and the dropout masks.")
+  rate: float = bx.setting(default=0.1, doc="the dropout rate.")
+
+  def __post_init__(self) -> None:
+    node, rng = self.graph.child, self.rng
     by_unit = {SHARDING: ("model",)}
     self.hidden = bx.Linear(
-        graph.child("hidden"), hidden, rng=rng,
+        node("hidden"), self.hidden_size, rng=rng,
         kernel_metadata={SHARDING: (None, "model")}, bias_metadata=by_unit,
     )
     self.norm = bx.BatchNorm(
-        graph.child("norm"), momentum=0.9, axis_name="batch",
+        node("norm"), momentum=0.9, axis_name="batch",
         scale_metadata=by_unit, bias_metadata=by_unit,
         running_mean_metadata=by_unit, running_var_metadata=by_unit,
     )
-    self.dropout = bx.Dropout(graph.child("dropout"), rate, rng=rng)
+    self.dropout = bx.Dropout(node("dropout"), self.rate, rng=rng)
     self.readout = bx.Linear(
-        graph.child("readout"), CLASSES, rng=rng, kernel_metadata={SHARDING: ("model", None)}
+        node("readout"), CLASSES, rng=rng, kernel_metadata={SHARDING: ("model", None)}
     )
 
   def __call__(
@@ -104,14 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
   graph = bx.Graph("net")
   rng = bx.Rng(graph.child("rng"))
-  model = MLP(graph.child("mlp"), hidden=64, rate=0.1, rng=rng)
+  model = MLP(graph.child("mlp"), 64, rate=0.1, rng=rng)
 
   def init() -> bx.Params:
     # Evaluation mode needs no batch axis and draws no dropout key, so one
     # example creates every param.
-    params = rng.seed(bx.Params(), seed=0)
-    _, params = model(params, jnp.zeros(FEATURES), is_training=False)
-    return params.locked()
+    return rng.init(model, jnp.zeros(FEATURES), is_training=False, seed=0)
 
   params = bx.parallel.init_sharded(init, mesh)
   for path in (("net", "mlp", "hidden", "kernel"), ("net", "mlp", "readout", "kernel")):

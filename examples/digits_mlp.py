@@ -2,10 +2,10 @@
 
 The data set is scikit-learn's 8x8 digits (1,797 images, shipped inside the
 package, no download). The model is a small MLP with dropout; training uses
-optax's AdamW inside one jitted step that splits the params into the
-trainable half and the rest, differentiates the loss with respect to the
-trainable half only, and merges the two halves back. The rest holds the
-random stream of the dropout masks, whose counter advances every step.
+optax's AdamW inside one jitted step around `bx.value_and_grad`, which
+differentiates the loss with respect to the trainable params only and
+carries the rest through: the random stream of the dropout masks, whose
+counter advances every step.
 
 Run from the repository root:
 
@@ -31,6 +31,7 @@ import optax
 from sklearn.datasets import load_digits
 
 import blox as bx
+from blox.params import is_prng_key
 
 BATCH_SIZE = 64
 TEST_FRACTION = 0.2
@@ -40,24 +41,22 @@ REQUIRED_ACCURACY = 95.0
 class MLP(bx.Module):
   """Linear -> relu -> dropout for each hidden layer, then a Linear readout."""
 
-  def __init__(
-      self,
-      graph: bx.Graph,
-      hidden_sizes: tuple[int, ...],
-      num_classes: int,
-      dropout_rate: float,
-      rng: bx.Rng,
-  ) -> None:
-    super().__init__(graph)
+  hidden_sizes: tuple[int, ...] = bx.setting(kw_only=False, doc="the hidden widths.")
+  num_classes: int = bx.setting(kw_only=False, doc="the number of scores out.")
+  rng: bx.KeySource = bx.setting(doc="draws the kernels and the dropout masks.")
+  dropout_rate: float = bx.setting(default=0.2, doc="the rate of every dropout.")
+
+  def __post_init__(self) -> None:
+    node, rng = self.graph.child, self.rng
     self.hidden = [
-        bx.Linear(graph.child(f"hidden{i}"), size, rng=rng) for i, size in enumerate(hidden_sizes)
+        bx.Linear(node(f"hidden{i}"), size, rng=rng) for i, size in enumerate(self.hidden_sizes)
     ]
     # The same stream that initialises the kernels draws the dropout masks.
     self.dropout = [
-        bx.Dropout(graph.child(f"dropout{i}"), dropout_rate, rng=rng)
-        for i in range(len(hidden_sizes))
+        bx.Dropout(node(f"dropout{i}"), self.dropout_rate, rng=rng)
+        for i in range(len(self.hidden_sizes))
     ]
-    self.readout = bx.Linear(graph.child("readout"), num_classes, rng=rng)
+    self.readout = bx.Linear(node("readout"), self.num_classes, rng=rng)
 
   def __call__(
       self, params: bx.Params, x: jax.Array, is_training: bool = True
@@ -91,37 +90,31 @@ def main(argv: list[str] | None = None) -> int:
   # The graph names every param; the params hold every value.
   graph = bx.Graph("digits")
   rng = bx.Rng(graph.child("rng"))
-  model = MLP(graph.child("mlp"), (128, 128), num_classes=10, dropout_rate=0.2, rng=rng)
+  model = MLP(graph.child("mlp"), (128, 128), 10, dropout_rate=0.2, rng=rng)
 
-  # Initialise: one forward pass on unlocked params creates them; then lock,
+  # Initialise: one forward pass creates the params, which come back locked,
   # so that a typo in a param name at runtime is an error, not a new param.
-  params = rng.seed(bx.Params(), seed=0)
-  _, params = model(params, jnp.asarray(x_train[:1]))
-  params = params.locked()
+  params = rng.init(model, jnp.asarray(x_train[:1]), seed=0)
   print(params)
 
   optimizer = optax.adamw(learning_rate=1e-3, weight_decay=1e-4)
   # Only the trainable half gets optimizer state (the random stream does not).
   opt_state = optimizer.init(params.split()[0])
 
-  def loss_fn(
-      trainable: bx.Params, rest: bx.Params, x: jax.Array, y: jax.Array
-  ) -> tuple[jax.Array, bx.Params]:
-    logits, new_params = model(trainable.merge(rest), x, is_training=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    # The forward pass advanced the dropout stream: carry the new rest out.
-    _, new_rest = new_params.split()
-    return loss, new_rest
+  def loss_fn(params: bx.Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, bx.Params]:
+    logits, params = model(params, x, is_training=True)
+    # The params returned carry the advanced dropout stream out.
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), params
 
   @jax.jit(donate_argnames=("params", "opt_state"))
   def train_step(
       params: bx.Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
   ) -> tuple[bx.Params, optax.OptState, jax.Array]:
+    # Gradients for the trainable params only; the rest (the stream) carried.
+    loss, params, grads = bx.value_and_grad(loss_fn)(params, x, y)
     trainable, rest = params.split()
-    (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, rest, x, y)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    return trainable.merge(rest), opt_state, loss
+    return optax.apply_updates(trainable, updates).merge(rest), opt_state, loss
 
   @jax.jit
   def accuracy(params: bx.Params, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -152,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     bx.save(path, params)
     restored = bx.load(path, like=params)
     size = os.path.getsize(path)
+  def raw(value: jax.Array) -> jax.Array:
+    return jax.random.key_data(value) if is_prng_key(value) else value
+
   identical = all(
-      bool(jnp.array_equal(jax.random.key_data(a) if _is_key(a) else a,
-                           jax.random.key_data(b) if _is_key(b) else b))
+      bool(jnp.array_equal(raw(a), raw(b)))
       for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored))
   )
   reloaded_acc = float(accuracy(restored, x_test, y_test))
@@ -170,10 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ERROR: test accuracy {test_acc:.1f}% is below {REQUIRED_ACCURACY}%")
     return 1
   return 0
-
-
-def _is_key(value: jax.Array) -> bool:
-  return bool(jnp.issubdtype(value.dtype, jax.dtypes.prng_key))
 
 
 if __name__ == "__main__":

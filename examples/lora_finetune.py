@@ -10,7 +10,7 @@ smoke run). It
    layer, `('model', 'mlp', 'layer_0', 'lora')`, whose params `a` (in, r) and
    `b` (r, out) are created lazily by one forward pass. `b` starts at zero,
    so the adapted model starts out computing exactly what the base computes;
-3. freezes every base weight with `set_param(..., trainable=False)` and locks;
+3. freezes every base weight (`params.freeze`) and locks;
 4. fine-tunes only the adapters with optax on a shifted task: the base
    weights are non-trainable, so `bx.value_and_grad` gives them no gradient
    and the optimizer holds no state for them;
@@ -48,9 +48,7 @@ TrainStep = Callable[
 class MLP(bx.Module):
   """Applies `layers` in order, with a gelu between them; owns no params."""
 
-  def __init__(self, graph: bx.Graph, layers: Sequence[bx.Module]) -> None:
-    super().__init__(graph)
-    self.layers = tuple(layers)
+  layers: tuple[bx.Module, ...] = bx.setting(doc="the layers, applied in order.")
 
   def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     for i, layer in enumerate(self.layers):
@@ -67,24 +65,20 @@ class LoRA(bx.Module):
   the gradient with respect to `b` does not.
   """
 
-  def __init__(
-      self, graph: bx.Graph, base: bx.Linear, rank: int, rng: bx.Rng, alpha: float = 1.0
-  ) -> None:
-    super().__init__(graph)
-    self.base = base
-    self.rank = rank
-    self.rng = rng
-    self.alpha = alpha
+  rank: int = bx.setting(kw_only=False, doc="the inner width of the update.")
+  base: bx.Linear = bx.setting(doc="the layer adapted; its params stay where they are.")
+  rng: bx.KeySource = bx.setting(doc="draws `a`.")
+  alpha: float = bx.setting(default=1.0, doc="the update is scaled by alpha / rank.")
 
   def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     y, params = self.base(params, x)
     fan_in = x.shape[-1]
     a, params = self.get_param(
         params, "a", (fan_in, self.rank),
-        bx.initializers.normal(stddev=1 / math.sqrt(fan_in)), rng=self.rng,
+        init=bx.initializers.normal(stddev=1 / math.sqrt(fan_in)), rng=self.rng,
     )
     b, params = self.get_param(
-        params, "b", (self.rank, self.base.output_size), bx.initializers.zeros
+        params, "b", (self.rank, self.base.output_size), init=bx.initializers.zeros
     )
     return y + (x @ a) @ b * (self.alpha / self.rank), params
 
@@ -97,7 +91,7 @@ def build_base(graph: bx.Graph) -> tuple[bx.Rng, MLP]:
       bx.Linear(body.child(f"layer_{i}"), size, rng=rng)
       for i, size in enumerate((HIDDEN, HIDDEN, OUT))
   ]
-  return rng, MLP(body, layers)
+  return rng, MLP(body, layers=tuple(layers))
 
 
 def attach_adapters(
@@ -111,9 +105,11 @@ def attach_adapters(
   # list(): binding adapters adds child nodes, which must not happen while
   # the walk is still iterating over them.
   found = [(path, m) for path, m in list(graph.walk()) if isinstance(m, bx.Linear)]
-  adapters = {path: LoRA(linear.graph.child("lora"), linear, rank, rng) for path, linear in found}
-  layers = [adapters.get(layer.graph.path, layer) for layer in model.layers]
-  return MLP(graph.child("adapted"), layers), adapters
+  adapters = {
+      path: LoRA(linear.graph.child("lora"), rank, base=linear, rng=rng) for path, linear in found
+  }
+  layers = tuple(adapters.get(layer.graph.path, layer) for layer in model.layers)
+  return MLP(graph.child("adapted"), layers=layers), adapters
 
 
 def make_train_step(model: bx.Module, optimizer: Any) -> TrainStep:
@@ -174,9 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # 1. The base model: init, lock, train.
   graph = bx.Graph("model")
   rng, base = build_base(graph)
-  params = rng.seed(bx.Params(), seed=0)
-  _, params = base(params, x[:1])
-  params = params.locked()
+  params = rng.init(base, x[:1], seed=0)
   optimizer = optax.adam(1e-2)
   params, base_losses = train(
       "base", make_train_step(base, optimizer), params,
@@ -189,9 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   _, params = adapted(params.unlocked(), x[:1])
   # 3. Freeze the base weights, then lock.
   frozen = [lora.base.param_path(name) for lora in adapters.values() for name in ("kernel", "bias")]
-  for path in frozen:
-    params = params.set(path, trainable=False)
-  params = params.locked()
+  params = params.freeze(lambda path, _: path in frozen).locked()
   print(bx.summary(params, graph))
 
   failures = []

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from blox.params import Param, Params, Path, load, save
+from blox.params import Param, Params, Path, load, save, value_and_grad
 
 BATCH_SIZE = 128
 MOMENTUM = 0.9
@@ -110,21 +110,21 @@ optimizer = optax.adam(1e-2)
 def train_step(
     params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array
 ) -> tuple[Params, optax.OptState, jax.Array]:
-  trainable, rest = params.split()
-
   # Non-trainable state changes by assignment, not by gradients.
-  w = as_weights(rest)
-  rest = rest.set(("inputs", "mean"), MOMENTUM * w[("inputs", "mean")] + (1 - MOMENTUM) * x.mean(0))
-  rest = rest.set(("inputs", "var"), MOMENTUM * w[("inputs", "var")] + (1 - MOMENTUM) * x.var(0))
-  rest = rest.set(("step",), w[("step",)] + 1)
+  w = as_weights(params)
+  mean, var = w[("inputs", "mean")], w[("inputs", "var")]
+  params = params.set(("inputs", "mean"), MOMENTUM * mean + (1 - MOMENTUM) * x.mean(0))
+  params = params.set(("inputs", "var"), MOMENTUM * var + (1 - MOMENTUM) * x.var(0))
+  params = params.set(("step",), w[("step",)] + 1)
 
-  def loss_fn(trainable: Params) -> jax.Array:
-    logits = model(as_weights(trainable.merge(rest)), x)
-    loss: jax.Array = optax.sigmoid_binary_cross_entropy(logits, y).mean()
-    return loss
+  def loss_fn(params: Params) -> tuple[jax.Array, Params]:
+    logits = model(as_weights(params), x)
+    return optax.sigmoid_binary_cross_entropy(logits, y).mean(), params
 
-  # Gradients for the trainable half only: a Params shaped like `trainable`.
-  loss, grads = jax.value_and_grad(loss_fn)(trainable)
+  # Gradients for the trainable params only (a Params shaped like
+  # `params.split()[0]`); the rest is carried through untouched.
+  loss, params, grads = value_and_grad(loss_fn)(params)
+  trainable, rest = params.split()
   updates, opt_state = optimizer.update(grads, opt_state, trainable)
   return optax.apply_updates(trainable, updates).merge(rest), opt_state, loss
 

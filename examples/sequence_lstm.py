@@ -4,8 +4,8 @@ The text is the Zen of Python, stored rot13-encoded in the standard library
 module `this`. Each model embeds characters with `bx.Embed`, runs a recurrent
 cell over the sequence (`bx.LSTM` or `bx.GRU`, scanned with `jax.lax.scan`)
 and reads out one score per character with `bx.Linear`. Training uses optax
-and `bx.value_and_grad`, which splits off the trainable params, takes the
-gradient and merges the rest back. Afterwards the model writes a greedy
+and `bx.value_and_grad`, which differentiates with respect to the trainable
+params only and carries the rest through. Afterwards the model writes a greedy
 continuation of a prompt, one character at a time, inside one `lax.scan`.
 
 Run from the repository root:
@@ -50,24 +50,29 @@ def zen_of_python() -> str:
 class CharModel(bx.Module):
   """Embed -> recurrent cell -> Linear: a score per character for the next one."""
 
-  def __init__(
-      self, graph: bx.Graph, vocab_size: int, cell: str, hidden_size: int, rng: bx.Rng
-  ) -> None:
-    super().__init__(graph)
-    self.embed = bx.Embed(graph.child("embed"), vocab_size, output_size=32, rng=rng)
-    self.cell: bx.RecurrenceBase
-    if cell == "lstm":
-      self.cell = bx.LSTM(graph.child("lstm"), hidden_size, rng=rng)
+  vocab_size: int = bx.setting(kw_only=False, doc="the number of distinct characters.")
+  hidden_size: int = bx.setting(kw_only=False, doc="the width of the recurrent state.")
+  rng: bx.KeySource = bx.setting(doc="draws every param.")
+  cell: str = bx.setting(default="lstm", doc="'lstm' or 'gru'.")
+
+  def __post_init__(self) -> None:
+    node, rng = self.graph.child, self.rng
+    self.embed = bx.Embed(node("embed"), self.vocab_size, 32, rng=rng)
+    self.recurrence: bx.RecurrenceBase
+    if self.cell == "lstm":
+      self.recurrence = bx.LSTM(node("lstm"), self.hidden_size, rng=rng)
+    elif self.cell == "gru":
+      self.recurrence = bx.GRU(node("gru"), self.hidden_size, rng=rng)
     else:
-      self.cell = bx.GRU(graph.child("gru"), hidden_size, rng=rng)
-    self.readout = bx.Linear(graph.child("readout"), vocab_size, rng=rng)
+      raise ValueError(f"{self.where()}: cell must be 'lstm' or 'gru', got {self.cell!r}.")
+    self.readout = bx.Linear(node("readout"), self.vocab_size, rng=rng)
 
   def __call__(
       self, params: bx.Params, ids: jax.Array, state: Any = None
   ) -> tuple[tuple[jax.Array, Any], bx.Params]:
     """Scores for ids `[batch, time]`: `((logits [batch, time, vocab], state), params)`."""
     x, params = self.embed(params, ids)
-    (hidden, state), params = self.cell.apply(params, x, prev_state=state)
+    (hidden, state), params = self.recurrence.apply(params, x, prev_state=state)
     logits, params = self.readout(params, hidden)
     return (logits, state), params
 
@@ -83,7 +88,7 @@ class CharModel(bx.Module):
       params, state, last = carry
       x, params = self.embed(params, last)
       # One step of the cell: `((outputs, new_state), params)`.
-      (hidden, state), params = self.cell(params, x, state)
+      (hidden, state), params = self.recurrence(params, x, state)
       scores, params = self.readout(params, hidden)
       # Emit the id fed in this step; the next one is carried to the next step.
       return (params, state, jnp.argmax(scores, axis=-1)), last
@@ -101,10 +106,8 @@ def train(cell: str, text: str, steps: int) -> bool:
 
   graph = bx.Graph("char_model")
   rng = bx.Rng(graph.child("rng"))
-  model = CharModel(graph.child(cell), len(chars), cell, hidden_size=128, rng=rng)
-  params = rng.seed(bx.Params(), seed=0)
-  _, params = model(params, jnp.zeros((1, 2), jnp.int32))
-  params = params.locked()
+  model = CharModel(graph.child(cell), len(chars), 128, cell=cell, rng=rng)
+  params = rng.init(model, jnp.zeros((1, 2), jnp.int32), seed=0)
   count = sum(int(np.prod(p.value.shape)) for p in params.values() if p.trainable)
   print(f"{cell}: {count:,} trainable values, vocabulary of {len(chars)} characters")
 

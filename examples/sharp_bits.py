@@ -11,10 +11,10 @@ shows one, prints what happens, and shows the pattern that avoids it:
   4. Random streams under vmap: replicated state draws replicated keys.
   5. Folding in the lane index: explicitly, or with `axis_index`.
   6. Init vs runtime inside vmap: decide by `params.is_locked`.
-  7. jit caches what a module held when it was traced.
-  8. Static models: build one per configuration instead of mutating.
-  9. One set of params, two models: a static and a dynamic LSTM.
- 10. Sharded initialisation: `jax.jit` with `out_shardings`.
+  7. jit caches what a module held when it was traced: build one model per
+     configuration instead of mutating one.
+  8. One set of params, two models: a static and a dynamic LSTM.
+  9. Sharded initialisation: `jax.jit` with `out_shardings`.
 
 Run from the repository root: `uv run examples/sharp_bits.py` (`--fast` is
 accepted for symmetry with the other examples; the script is fast anyway).
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-# Section 10 shards over 8 simulated CPU devices. JAX reads XLA_FLAGS once,
+# Section 9 shards over 8 simulated CPU devices. JAX reads XLA_FLAGS once,
 # when its CPU backend starts, so ask before anything imports jax.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (
@@ -45,6 +45,7 @@ from blox.params import SHARDING  # noqa: E402
 
 LANES = 4
 WIDTH = 8
+Forward = Callable[[bx.Params], tuple[jax.Array, bx.Params]]
 
 
 def section(title: str) -> None:
@@ -62,7 +63,7 @@ def locked_and_unlocked() -> tuple[bx.Linear, bx.Params]:
   graph = bx.Graph("basics")
   rng = bx.Rng(graph.child("rng"))
   linear = bx.Linear(graph.child("linear"), output_size=4, rng=rng)
-
+  # `rng.init(linear, x, seed=42)` does the next four steps in one line.
   # Fresh params are unlocked. Seeding the stream adds its seed and counter.
   params = rng.seed(bx.Params(), seed=42)
   print(f"seeded:        locked={params.is_locked}, {len(params)} params")
@@ -72,7 +73,6 @@ def locked_and_unlocked() -> tuple[bx.Linear, bx.Params]:
   params = params.locked()
   out, _ = linear(params, jnp.ones((1, 3)))
   print(f"locked:        locked={params.is_locked}, a call still works -> {out.shape}")
-
   # A module that is new to these params would have to create its kernel:
   # locked params refuse, which turns a misspelt name into an immediate error.
   extra = bx.Linear(graph.child("extra"), output_size=8, rng=rng)
@@ -92,14 +92,9 @@ def immutability(linear: bx.Linear, params: bx.Params) -> None:
   path = linear.param_path("kernel")
   print(f"kernel sum in the original params: {params[path].value.sum():.4f}")
   print(f"kernel sum in the returned params: {doubled[path].value.sum():.4f}")
-  # Nothing was modified in place: the old container still holds the old
-  # value, and the two containers hold different arrays.
+  # Nothing was modified in place: the old container still holds the old value.
   untouched = params[path].value is kernel and doubled[path].value is not kernel
   print(f"the original is untouched: {untouched}")
-  try:
-    params.extra = 1
-  except AttributeError:
-    print("attributes cannot be assigned either: Params is immutable")
 
 
 def split_and_merge(params: bx.Params) -> None:
@@ -109,35 +104,16 @@ def split_and_merge(params: bx.Params) -> None:
   print(f"the rest (state, no gradients):  {list(rest)}")
   merged: Any = jax.tree.structure(trainable.merge(rest))
   print(f"merge restores the same pytree: {merged == jax.tree.structure(params)}")
-  # The usual train step, with a plain SGD update:
-  #   trainable, rest = params.split()
-  #   def loss_fn(t):
-  #     out, new_params = model(t.merge(rest), x)
-  #     return loss(out), new_params.split()[1]    # carry the new state out
-  #   grads, rest = jax.grad(loss_fn, has_aux=True)(trainable)
-  #   params = jax.tree.map(lambda w, g: w - lr * g, trainable, grads).merge(rest)
-  # `bx.value_and_grad(loss_fn)` packages exactly this.
-
-
-def dropout_model() -> tuple[bx.Rng, bx.Dropout, bx.Params]:
-  """A dropout layer with its stream, seeded with 42 and used once at init."""
-  graph = bx.Graph("lanes")
-  rng = bx.Rng(graph.child("rng"))
-  dropout = bx.Dropout(graph.child("dropout"), rate=0.5, rng=rng)
-  params = rng.seed(bx.Params(), seed=42)
-  _, params = dropout(params, jnp.ones((1, WIDTH)))
-  return rng, dropout, params.locked()
+  # A train step never splits by hand: `bx.value_and_grad(loss_fn)(params, x)`
+  # differentiates with respect to the trainable half and carries the rest
+  # (random streams, batch statistics) through, as `loss_fn` returns them.
 
 
 def replicated_streams(dropout: bx.Dropout, params: bx.Params) -> None:
   section("4. Random streams under vmap")
-
-  def apply(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
-    return dropout(params, x)
-
   # in_axes=None replicates the params: every lane holds the same seed and
   # counter, so every lane draws the same key and the same mask.
-  out, _ = jax.vmap(apply, in_axes=(None, 0), out_axes=(0, None))(
+  out, _ = jax.vmap(dropout, in_axes=(None, 0), out_axes=(0, None))(
       params, jnp.ones((LANES, WIDTH))
   )
   print("every lane drops the same positions:")
@@ -145,16 +121,15 @@ def replicated_streams(dropout: bx.Dropout, params: bx.Params) -> None:
 
 
 def with_lane_seed(
-    rng: bx.Rng, params: bx.Params, lane: jax.Array,
-    fn: Callable[[bx.Params], tuple[jax.Array, bx.Params]],
+    rng: bx.Rng, params: bx.Params, lane: jax.Array, forward: Forward
 ) -> tuple[jax.Array, bx.Params]:
-  """Runs `fn` with the lane folded into the seed, then puts the seed back.
+  """Runs `forward` with the lane folded into the seed, then puts the seed back.
 
   The counter advances the same way in every lane; restoring the seed makes
   the returned params identical across lanes, as `out_axes=None` requires.
   """
   seed = rng.get_seed(params)
-  out, params = fn(rng.seed(params, seed=jax.random.fold_in(seed, lane)))
+  out, params = forward(rng.seed(params, seed=jax.random.fold_in(seed, lane)))
   return out, rng.seed(params, seed=seed)
 
 
@@ -193,8 +168,7 @@ def init_versus_runtime(rng: bx.Rng, dropout: bx.Dropout) -> None:
     return with_lane_seed(rng, params, jax.lax.axis_index("lanes"), lambda p: dropout(p, x))
 
   def init(x: jax.Array) -> bx.Params:
-    _, params = forward(rng.seed(bx.Params(), seed=42), x)
-    return params.locked()
+    return rng.init(forward, x, seed=42)
 
   x = jnp.ones((LANES, WIDTH))
   params = jax.vmap(init, axis_name="lanes", out_axes=None)(x)
@@ -202,25 +176,17 @@ def init_versus_runtime(rng: bx.Rng, dropout: bx.Dropout) -> None:
   out, _ = jax.vmap(forward, in_axes=(None, 0), out_axes=(0, None), axis_name="lanes")(params, x)
   print("runtime: a different mask per lane")
   show_masks(out)
-
   # blox.parallel.per_lane_rng packages this pattern for every stream in the
   # params (found by metadata): same masks, no hand-written folding.
-  def plain(params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
-    return dropout(params, x)
-
-  packaged = bp.per_lane_rng(plain, "lanes")
-  out_packaged, _ = jax.vmap(packaged, in_axes=(None, 0), out_axes=(0, None), axis_name="lanes")(
-      params, x
-  )
-  print(f"blox.parallel.per_lane_rng gives the same masks: {bool(jnp.array_equal(out, out_packaged))}")
+  packaged, _ = jax.vmap(bp.per_lane_rng(dropout, "lanes"), in_axes=(None, 0),
+                         out_axes=(0, None), axis_name="lanes")(params, x)
+  print(f"blox.parallel.per_lane_rng gives the same masks: {bool(jnp.array_equal(out, packaged))}")
 
 
 class AddConstant(bx.Module):
   """Adds a Python float held as module configuration."""
 
-  def __init__(self, graph: bx.Graph, value: float) -> None:
-    super().__init__(graph)
-    self.value = value
+  value: float = bx.setting(doc="the number added; a plain attribute, baked in when traced.")
 
   def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     return x + self.value, params
@@ -238,33 +204,15 @@ def jit_caching() -> None:
   # input are alike), so the cached function runs again.
   adder.value = 100.0
   print(f"value set to 100: {add(params, x)[0].tolist()}  <- stale: still adds 10")
-
-
-def static_models() -> None:
-  section("8. Static models: one per configuration")
-  params = bx.Params().locked()
-  x = jnp.array([1.0, 2.0, 3.0])
-
-  def make_adder(value: float) -> AddConstant:
-    return AddConstant(bx.Graph("adder").child("add"), value)
-
-  # Each model is built once and never mutated; each gets its own jitted function.
-  add_10 = jax.jit(make_adder(10.0))
-  add_100 = jax.jit(make_adder(100.0))
-  print(f"adder(10):  {add_10(params, x)[0].tolist()}")
-  print(f"adder(100): {add_100(params, x)[0].tolist()}")
-
-  # If a module must change, wrap it in a new function after the change:
-  # a new function is a new cache entry, traced with the current value.
-  adder = make_adder(10.0)
-  before = jax.jit(lambda p, v: adder(p, v))(params, x)[0]
-  adder.value = 100.0
-  after = jax.jit(lambda p, v: adder(p, v))(params, x)[0]
-  print(f"fresh wrappers: {before.tolist()} then {after.tolist()}")
+  # The fix: one model per configuration, built once and never mutated, each
+  # with its own jitted function (a new function is a new cache entry).
+  for value in (10.0, 100.0):
+    add = jax.jit(AddConstant(bx.Graph("adder").child("add"), value=value))
+    print(f"adder({value:g}): {add(params, x)[0].tolist()}")
 
 
 def shared_lstm_params() -> None:
-  section("9. One set of params, a static and a dynamic LSTM")
+  section("8. One set of params, a static and a dynamic LSTM")
 
   def build(is_static: bool) -> tuple[bx.Rng, bx.LSTM]:
     # Same graph names -> same param paths, so the models share params.
@@ -275,10 +223,7 @@ def shared_lstm_params() -> None:
   rng, unrolled = build(is_static=True)  # a Python loop: easy to step through
   _, scanned = build(is_static=False)  # jax.lax.scan: compiles one step
   x = jnp.ones((2, 5, 8))  # [batch, time, features]
-  params = rng.seed(bx.Params(), seed=42)
-  (_, _), params = unrolled.apply(params, x)
-  params = params.locked()
-
+  params = rng.init(unrolled.apply, x, seed=42)
   (out_unrolled, _), _ = unrolled.apply(params, x)
   (out_scanned, _), _ = jax.jit(scanned.apply)(params, x)
   print(f"static LSTM output sum:  {out_unrolled[0].sum():.4f}")
@@ -290,47 +235,42 @@ def shared_lstm_params() -> None:
 
 
 def sharded_init() -> None:
-  section("10. Sharded initialisation: jax.jit with out_shardings")
+  section("9. Sharded initialisation: jax.jit with out_shardings")
   mesh = bp.make_mesh((jax.device_count(),), ("model",))
   graph = bx.Graph("sharded")
   rng = bx.Rng(graph.child("rng"))
   # The layout is metadata on the param; the layer stays free of devices.
-  linear = bx.Linear(
-      graph.child("linear"), output_size=8, rng=rng,
-      kernel_metadata={SHARDING: (None, "model")},
-  )
+  linear = bx.Linear(graph.child("linear"), output_size=8, rng=rng,
+                     kernel_metadata={SHARDING: (None, "model")})
 
   def init() -> bx.Params:
-    params = rng.seed(bx.Params(), seed=0)
-    _, params = linear(params, jnp.ones((1, 4)))
-    return params.locked()
+    return rng.init(linear, jnp.ones((1, 4)), seed=0)
 
   # Under jit, one replicated stream creates the global values and XLA
   # partitions them: no per-device folding to get right by hand, unlike
   # creating params inside shard_map.
   shardings = bp.param_shardings(jax.eval_shape(init), mesh)
-  params = jax.jit(init, out_shardings=shardings)()
-  kernel = params[linear.param_path("kernel")].value
-  print(
-      f"kernel {kernel.shape} laid out as {kernel.sharding.spec} over"
-      f" {len(kernel.sharding.device_set)} device(s)"
-  )
+  kernel = jax.jit(init, out_shardings=shardings)()[linear.param_path("kernel")].value
+  print(f"kernel {kernel.shape} laid out as {kernel.sharding.spec} over"
+        f" {len(kernel.sharding.device_set)} device(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="accepted; the script is always fast")
   parser.parse_args(argv)
-
   linear, params = locked_and_unlocked()
   immutability(linear, params)
   split_and_merge(params)
-  rng, dropout, dropout_params = dropout_model()
+  # A dropout layer with its stream, seeded with 42 and used once at init.
+  graph = bx.Graph("lanes")
+  rng = bx.Rng(graph.child("rng"))
+  dropout = bx.Dropout(graph.child("dropout"), rate=0.5, rng=rng)
+  dropout_params = rng.init(dropout, jnp.ones((1, WIDTH)), seed=42)
   replicated_streams(dropout, dropout_params)
   folded_lanes(rng, dropout, dropout_params)
   init_versus_runtime(rng, dropout)
   jit_caching()
-  static_models()
   shared_lstm_params()
   sharded_init()
   return 0

@@ -44,9 +44,7 @@ class _Model:
     return self.out(params, h)
 
   def init(self) -> bx.Params:
-    params = self.rng.seed(bx.Params(), seed=0)
-    _, params = self(params, jnp.zeros((1, 3)))
-    return params.locked()
+    return self.rng.init(self, jnp.zeros((1, 3)), seed=0)
 
 
 def _batches() -> tuple[jax.Array, jax.Array]:
@@ -56,16 +54,13 @@ def _batches() -> tuple[jax.Array, jax.Array]:
 
 
 def _make_step(model: _Model) -> Callable[[bx.Params, jax.Array, jax.Array], bx.Params]:
-  def loss_fn(
-      trainable: bx.Params, rest: bx.Params, x: jax.Array, y: jax.Array
-  ) -> tuple[jax.Array, bx.Params]:
-    prediction, params = model(trainable.merge(rest), x)
+  def loss_fn(params: bx.Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, bx.Params]:
+    prediction, params = model(params, x)
     return jnp.mean((prediction - y) ** 2), params
 
   @jax.jit
   def step(params: bx.Params, x: jax.Array, y: jax.Array) -> bx.Params:
-    trainable, rest = params.split()
-    grads, params = jax.grad(loss_fn, has_aux=True)(trainable, rest, x, y)
+    _, params, grads = bx.value_and_grad(loss_fn)(params, x, y)
     trainable, rest = params.split()
     updated: bx.Params = jax.tree.map(lambda w, g: w - LEARNING_RATE * g, trainable, grads)
     return updated.merge(rest)
@@ -158,16 +153,13 @@ def _initial_state(model: _Model) -> State:
 def _make_optax_step(model: _Model) -> Callable[[State, jax.Array, jax.Array], State]:
   optimizer = _optimizer()
 
-  def loss_fn(
-      trainable: bx.Params, rest: bx.Params, x: jax.Array, y: jax.Array
-  ) -> tuple[jax.Array, bx.Params]:
-    prediction, params = model(trainable.merge(rest), x)
+  def loss_fn(params: bx.Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, bx.Params]:
+    prediction, params = model(params, x)
     return jnp.mean((prediction - y) ** 2), params
 
   @jax.jit
   def step(state: State, x: jax.Array, y: jax.Array) -> State:
-    trainable, rest = state["params"].split()
-    grads, params = jax.grad(loss_fn, has_aux=True)(trainable, rest, x, y)
+    _, params, grads = bx.value_and_grad(loss_fn)(state["params"], x, y)
     trainable, rest = params.split()
     updates, opt_state = optimizer.update(grads, state["opt"], trainable)
     trainable = optax.apply_updates(trainable, updates)
