@@ -64,9 +64,7 @@ def run(smoke: bool = False) -> list[Row]:
   graph = bx.Graph("net")
   rng = bx.Rng(graph.child("rng"))
   lstm = bx.LSTM(graph.child("lstm"), hidden_size=hidden, rng=rng)
-  params = rng.seed(bx.Params(), seed=0)
-  _, params = lstm.apply(params, x)
-  params = params.locked()
+  params = rng.init(lstm.apply, x, seed=0)
 
   def fresh_weights() -> Weights:
     return {
@@ -122,18 +120,16 @@ def run(smoke: bool = False) -> list[Row]:
       )
   )
 
-  # A train step: split -> grad -> SGD -> merge.
+  # A train step as a user writes it: bx.value_and_grad, then SGD on the trainable half.
+  def loss_fn(p: bx.Params) -> tuple[jax.Array, bx.Params]:
+    (outputs, _), p = lstm.apply(p, x)
+    return jnp.mean((outputs - targets) ** 2), p
+
   def blox_train(p: bx.Params) -> tuple[bx.Params, jax.Array]:
+    loss, p, grads = bx.value_and_grad(loss_fn)(p)
     trainable, rest = p.split()
-
-    def loss_fn(t: bx.Params) -> tuple[jax.Array, bx.Params]:
-      (outputs, _), new_p = lstm.apply(t.merge(rest), x)
-      _, new_rest = new_p.split()
-      return jnp.mean((outputs - targets) ** 2), new_rest
-
-    (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     trainable = jax.tree.map(lambda w, g: w - LEARNING_RATE * g, trainable, grads)
-    return trainable.merge(new_rest), loss
+    return trainable.merge(rest), loss
 
   def hand_train(w: Weights) -> tuple[Weights, jax.Array]:
     def loss_fn(w: Weights) -> jax.Array:

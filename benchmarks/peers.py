@@ -13,7 +13,7 @@ benchmarks/transformer.py's. Rows:
 
 - the dispatch-bound MLP train step (64 Linear layers of width 4, batch 16),
   and Flax's under `nnx.jit` as well as its functional fast path;
-- the example transformer's train step (examples/transformer_lm.py);
+- the examples' transformer's train step (benchmarks/lm.py);
 - its compile time (trace, lower, compile a new copy of the step);
 - its init, eagerly and jitted, each in a fresh process (each library's
   documented way is marked in the output);
@@ -55,11 +55,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import blox as bx  # noqa: E402
-from benchmarks import train_step, transformer  # noqa: E402
+from benchmarks import lm, train_step, transformer  # noqa: E402
 from benchmarks import transformer_reference as reference  # noqa: E402
 from benchmarks.peers_common import Trainer, count_values  # noqa: E402
-from benchmarks.timing import format_seconds, interleave, wait  # noqa: E402
-from examples import transformer_lm as lm  # noqa: E402
+from benchmarks.timing import format_seconds, interleave, machine, wait  # noqa: E402
 
 HAND, BLOX = "plain JAX", "blox"
 # Column name -> module under benchmarks/ and its distribution (for the version line).
@@ -94,7 +93,7 @@ def peer(column: str) -> Any:
 
 def blox_mlp(depth: int, width: int, x: jax.Array, y: jax.Array) -> Trainer:
   model, params = train_step.init_blox(depth, width, x)
-  return _jax_trainer(train_step.blox_step_fn(model), params, (x, y), "bx.Linear, split/merge")
+  return _jax_trainer(train_step.blox_step_fn(model), params, (x, y), "bx.Linear, bx.value_and_grad")
 
 
 def hand_mlp(depth: int, width: int, x: jax.Array, y: jax.Array) -> Trainer:
@@ -329,8 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     wait(init_params(args.init_only, FULL.model, args.jitted))
     print(time.perf_counter() - start)
     return 0
-
-  from benchmarks.run import machine
 
   start = time.perf_counter()
 

@@ -47,7 +47,7 @@ from benchmarks.peers_common import (
     rope,
     sgd,
 )
-from examples import transformer_lm as lm
+from benchmarks import lm
 
 __all__ = ["MLP", "LanguageModel", "decoder", "init", "mlp", "mlp_nnx_jit", "transformer"]
 

@@ -44,7 +44,7 @@ from benchmarks.peers_common import (
     head_dim,
     sgd,
 )
-from examples import transformer_lm as lm
+from benchmarks import lm
 
 __all__ = ["init", "lm_transform", "mlp", "mlp_transform", "transformer"]
 

@@ -12,8 +12,6 @@ other. A ratio is blox time / hand-written JAX time: 1.00x means no overhead.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -23,10 +21,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-import jax  # noqa: E402
-
 from benchmarks import container, lstm, train_step, transformer  # noqa: E402
-from benchmarks.timing import Row, format_seconds, format_table  # noqa: E402
+from benchmarks.timing import Row, format_seconds, format_table, machine  # noqa: E402
 
 
 def _number(value: object) -> float:
@@ -51,25 +47,6 @@ def container_rows(smoke: bool) -> list[Row]:
         )
     )
   return rows
-
-
-def machine() -> str:
-  """CPU model, core count and versions, for the record in BENCHMARKS.md."""
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  device = jax.devices()[0]
-  return (
-      f"{model}, {cores} cores available; jax {jax.__version__} on"
-      f" {device.platform} ({device.device_kind}); Python {platform.python_version()}"
-  )
 
 
 def main(argv: list[str] | None = None) -> int:

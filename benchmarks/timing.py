@@ -5,7 +5,7 @@ Two implementations of the same computation are timed in alternating rounds
 process waking up, frequency scaling) hits both alike. Each round runs a
 fixed number of steps, feeding every step's outputs into the next call, and
 waits for the last result; the reported ratio is the median of the per-round
-ratios.
+ratios. `machine()` describes the machine and versions for the record.
 
 Example:
   >>> import jax.numpy as jnp
@@ -19,6 +19,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +37,7 @@ __all__ = [
     "format_seconds",
     "format_table",
     "interleave",
+    "machine",
     "run_steps",
     "wait",
 ]
@@ -193,3 +196,22 @@ def format_table(rows: Sequence[Row]) -> str:
 
   separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
   return "\n".join([join(header), separator, *(join(line) for line in lines)])
+
+
+def machine() -> str:
+  """CPU model, core count and versions, for the record in BENCHMARKS.md."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  device = jax.devices()[0]
+  return (
+      f"{model}, {cores} cores available; jax {jax.__version__} on"
+      f" {device.platform} ({device.device_kind}); Python {platform.python_version()}"
+  )

@@ -41,9 +41,13 @@ Weights = dict[str, dict[str, jax.Array]]
 class DeepMLP(bx.Module):
   """`depth` Linear layers of `width` units with tanh in between."""
 
-  def __init__(self, graph: bx.Graph, depth: int, width: int, rng: bx.Rng) -> None:
-    super().__init__(graph)
-    self.layers = [bx.Linear(graph.child(f"layer{i}"), width, rng=rng) for i in range(depth)]
+  depth: int = bx.setting(kw_only=False, doc="the number of layers.")
+  width: int = bx.setting(kw_only=False, doc="the units of every layer.")
+  rng: bx.KeySource = bx.setting(doc="draws the kernels.")
+
+  def __post_init__(self) -> None:
+    self.layers = [bx.Linear(self.graph.child(f"layer{i}"), self.width, rng=self.rng)
+                   for i in range(self.depth)]
 
   def __call__(self, params: bx.Params, x: jax.Array) -> tuple[jax.Array, bx.Params]:
     for i, layer in enumerate(self.layers):
@@ -61,28 +65,24 @@ def init_blox(depth: int, width: int, x: jax.Array) -> tuple[DeepMLP, bx.Params]
   """
   graph = bx.Graph("net")
   rng = bx.Rng(graph.child("rng"))
-  model = DeepMLP(graph.child("mlp"), depth, width, rng)
-  params = rng.seed(bx.Params(), seed=0)
-  _, params = model(params, x)
-  return model, params.locked()
+  model = DeepMLP(graph.child("mlp"), depth, width, rng=rng)
+  return model, rng.init(model, x, seed=0)
 
 
 def blox_step_fn(
     model: DeepMLP,
 ) -> Callable[[bx.Params, jax.Array, jax.Array], tuple[bx.Params, jax.Array]]:
-  """The user's train step: split -> grad -> SGD -> merge."""
+  """The user's train step: `bx.value_and_grad` (split, grad, merge), then SGD."""
+
+  def loss_fn(params: bx.Params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, bx.Params]:
+    out, params = model(params, x)
+    return jnp.mean((out - y) ** 2), params
 
   def step(params: bx.Params, x: jax.Array, y: jax.Array) -> tuple[bx.Params, jax.Array]:
+    loss, params, grads = bx.value_and_grad(loss_fn)(params, x, y)
     trainable, rest = params.split()
-
-    def loss_fn(t: bx.Params) -> tuple[jax.Array, bx.Params]:
-      out, new_params = model(t.merge(rest), x)
-      _, new_rest = new_params.split()
-      return jnp.mean((out - y) ** 2), new_rest
-
-    (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     trainable = jax.tree.map(lambda w, g: w - LEARNING_RATE * g, trainable, grads)
-    return trainable.merge(new_rest), loss
+    return trainable.merge(rest), loss
 
   return step
 

@@ -1,10 +1,12 @@
-"""Transformer benchmark: the example language model (examples/transformer_lm.py) at scale.
+"""Transformer benchmark: the examples' language model (benchmarks/lm.py) at scale.
 
-The model is the example's: pre-norm blocks of grouped-query attention with
-rotary embeddings and a gated MLP, float32 params and bfloat16 compute, a
+The model is the examples' (examples/transformer_model.py), in its own module
+benchmarks/lm.py: pre-norm blocks of grouped-query attention with rotary
+embeddings and a gated MLP, float32 params and bfloat16 compute, a
 weight-tied readout; `bx.Repeat` stacks the blocks. It is compared with:
 
-- the same blocks unrolled: one `Block` module per layer in a Python loop;
+- the same blocks unrolled: one `Block` module per layer in a Python loop
+  (`lm.UnrolledLM`);
 - the same model hand-written in plain JAX (benchmarks/transformer_reference.py):
   pure functions over stacked weight arrays, `lax.scan` over the layers, the
   weights copied from the blox params. The benchmark checks that both
@@ -22,8 +24,8 @@ Rows (each ratio measured in this one run, the two sides interleaved):
 - initialisation the documented way, `jax.jit(init)()` (trace, compile and
   run, on a new function each time), against calling `init()` eagerly.
 
-The file runs past 400 lines because its five parts share one setup (the
-sizes, the model builders, the two train steps) and make one table.
+Its five parts share one setup (the sizes, the two train steps) and make
+one table.
 
 Example:
   >>> rows = run(smoke=True)  # doctest: +SKIP
@@ -42,8 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Run as a script, Python puts benchmarks/ itself on the path; this module
-# imports `benchmarks.<name>` and `examples.transformer_lm` from the root.
+# Run as a script, Python puts benchmarks/ itself on the path; the benchmark
+# modules import each other as `benchmarks.<name>` from the repository root.
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
@@ -52,9 +54,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import blox as bx  # noqa: E402
+from benchmarks import lm  # noqa: E402
 from benchmarks import transformer_reference as reference  # noqa: E402
-from benchmarks.timing import Row, compare, count_ops, format_seconds, wait  # noqa: E402
-from examples import transformer_lm as lm  # noqa: E402
+from benchmarks.timing import Row, compare, count_ops, format_seconds  # noqa: E402
 
 __all__ = ["run"]
 
@@ -75,7 +77,7 @@ class Setup:
   compile_depths: tuple[int, ...]
   memory_depth: int
   memory_length: int
-  init_depth: int  # initialised besides the example's own depth
+  init_depth: int  # initialised besides the model's own depth
   decode_batch: int
   decode_tokens: int
   decode_calls: int  # per round: one call is short, so rounds take more of them
@@ -87,7 +89,7 @@ class Setup:
 def _sizes(num_layers: int, features: int, length: int, batch: int) -> lm.Sizes:
   return lm.Sizes(
       num_layers=num_layers, features=features, num_heads=4, num_kv_heads=2,
-      mlp_size=3 * features, sequence_length=length, batch_size=batch, steps=1, warmup_steps=1,
+      mlp_size=3 * features, sequence_length=length, batch_size=batch,
   )
 
 
@@ -103,45 +105,12 @@ SMOKE = Setup(
 )
 
 
-class UnrolledLM(bx.Module):
-  """The example's model with its blocks as separate modules in a Python loop."""
-
-  def __init__(self, graph: bx.Graph, sizes: lm.Sizes, vocab_size: int, rng: bx.Rng) -> None:
-    super().__init__(graph)
-    self.sizes = sizes
-    self.vocab_size = vocab_size
-    self.rng = rng
-    self.embed = bx.Embed(graph.child("embed"), vocab_size, sizes.features, rng=rng)
-    self.blocks = [
-        lm.Block(graph.child(f"block{i}"), sizes, rng) for i in range(sizes.num_layers)
-    ]
-    self.final_norm = bx.RMSNorm(graph.child("final_norm"))
-
-  def __call__(self, params: bx.Params, ids: jax.Array) -> tuple[jax.Array, bx.Params]:
-    x, params = self.embed(params, ids)
-    for block in self.blocks:
-      x, params = block(params, x)
-    x, params = self.final_norm(params, x)
-    return self.embed.attend(params, x)
-
-
-Model = Callable[[bx.Params, jax.Array], tuple[jax.Array, bx.Params]]
+Model = lm.Model
 
 
 def build(sizes: lm.Sizes, unrolled: bool = False) -> tuple[Model, Callable[[], bx.Params]]:
-  """The model (the example's, or unrolled) and its init function."""
-  if not unrolled:
-    return lm.build(sizes, VOCAB_SIZE)
-  graph = bx.Graph("lm", policy=lm.MIXED_PRECISION)
-  rng = bx.Rng(graph.child("rng"))
-  model = UnrolledLM(graph.child("model"), sizes, VOCAB_SIZE, rng)
-
-  def init() -> bx.Params:
-    params = rng.seed(bx.Params(), seed=0)
-    _, params = model(params, jnp.zeros((1, 1), jnp.int32))
-    return params.locked()
-
-  return model, init
+  """The model (stacked blocks, or unrolled) and its init function."""
+  return lm.build(sizes, VOCAB_SIZE, unrolled)
 
 
 def hand_weights(params: bx.Params, sizes: lm.Sizes, unrolled: bool = False) -> reference.Weights:
@@ -279,6 +248,7 @@ def decoders(setup: Setup) -> tuple[Any, Any, float]:
   sizes = setup.model
   tokens_per_call, rows_per_batch = setup.decode_tokens, setup.decode_batch
   lm_model, init = lm.build(sizes, VOCAB_SIZE)
+  assert isinstance(lm_model, lm.LanguageModel)
   params = jax.jit(init)()
   weights = hand_weights(params, sizes)
   tokens = jax.random.randint(jax.random.key(2), (tokens_per_call, rows_per_batch), 0, VOCAB_SIZE)
@@ -381,21 +351,18 @@ _INIT_TIMER = """
 import sys, time
 sys.path.insert(0, {root!r})
 import jax
+from benchmarks import lm
 from benchmarks.timing import wait
-from examples import transformer_lm as lm
-sizes = lm.dataclasses.replace(lm.{sizes}, num_layers={num_layers})
-_, init = lm.build(sizes, {vocab})
+_, init = lm.build(lm.{sizes!r}, {vocab})
 start = time.perf_counter()
 wait(jax.jit(init)() if {jitted} else init())
 print(time.perf_counter() - start)
 """
 
 
-def init_seconds(sizes_name: str, num_layers: int, jitted: bool) -> float:
-  """Seconds to initialise the example's model in a new Python process."""
-  code = _INIT_TIMER.format(
-      root=str(_ROOT), sizes=sizes_name, num_layers=num_layers, vocab=VOCAB_SIZE, jitted=jitted
-  )
+def init_seconds(sizes: lm.Sizes, jitted: bool) -> float:
+  """Seconds to initialise the model of `sizes` in a new Python process."""
+  code = _INIT_TIMER.format(root=str(_ROOT), sizes=sizes, vocab=VOCAB_SIZE, jitted=jitted)
   result = subprocess.run(
       [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=_ROOT
   )
@@ -406,21 +373,20 @@ def init_seconds(sizes_name: str, num_layers: int, jitted: bool) -> float:
 
 def init_rows(setup: Setup) -> list[Row]:
   """`jax.jit(init)()` (trace, compile, run) vs `init()` op by op, each in a fresh process."""
-  sizes_name = "FAST" if setup is SMOKE else "FULL"
-  example: lm.Sizes = getattr(lm, sizes_name)
-  depths = tuple(sorted({example.num_layers, setup.init_depth}))
+  depths = tuple(sorted({setup.model.num_layers, setup.init_depth}))
   times: dict[tuple[int, bool], list[float]] = {
       (depth, jitted): [] for depth in depths for jitted in (True, False)
   }
   for _ in range(setup.repeats):
     for depth, jitted in times:  # interleaved
-      times[depth, jitted].append(init_seconds(sizes_name, depth, jitted))
+      sizes = dataclasses.replace(setup.model, num_layers=depth)
+      times[depth, jitted].append(init_seconds(sizes, jitted))
   rows = []
   for depth in depths:
     jit_s = statistics.median(times[depth, True])
     eager_s = statistics.median(times[depth, False])
     rows.append(Row(
-        f"init, jax.jit(init)() vs eager init() ({depth} layers, {example.features} features)",
+        f"init, jax.jit(init)() vs eager init() ({depth} layers, {setup.model.features} features)",
         format_seconds(jit_s), format_seconds(eager_s), jit_s / eager_s, "report",
         f"the documented way; fresh process each, median of {setup.repeats}; baseline: eager",
     ))
@@ -438,8 +404,7 @@ def run(smoke: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-  from benchmarks.run import machine
-  from benchmarks.timing import format_table
+  from benchmarks.timing import format_table, machine
 
   # uv run benchmarks/transformer.py [--smoke]; benchmarks/run.py runs these rows too.
   smoke = "--smoke" in sys.argv[1:]

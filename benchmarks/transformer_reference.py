@@ -1,4 +1,4 @@
-"""The example transformer (examples/transformer_lm.py) hand-written in plain JAX.
+"""The benchmarks' transformer (benchmarks/lm.py) hand-written in plain JAX.
 
 Pure functions over a dict of arrays: the per-layer weights are stacked on a
 leading layer axis and the layers run in one `jax.lax.scan`; decoding keeps
