@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from blox.graph import Module
 from blox.nn._contract import contract
 from blox.nn._layer import kernel_and_bias
+from blox.nn._out_sharding import follow
 from blox.params import Initializer, KeySource, Params
 
 __all__ = ["merge_heads", "normalize_heads", "project_to_heads"]
@@ -115,7 +116,7 @@ def project_to_heads(
       weight_name=(name, "kernel"), precision=precision,
   )
   if bias is not None:
-    outputs = outputs + bias
+    outputs = outputs + follow(bias, outputs)
   return outputs, params
 
 
@@ -159,7 +160,7 @@ def merge_heads(
       weight_name=(name, "kernel"), precision=precision,
   )
   if bias is not None:
-    outputs = outputs + bias
+    outputs = outputs + follow(bias, outputs)
   return outputs, params
 
 
@@ -190,4 +191,4 @@ def normalize_heads(
   x = inputs.astype(jnp.promote_types(dtype, jnp.float32))
   mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
   normalized = x * jax.lax.rsqrt(mean_square + jnp.asarray(epsilon, x.dtype))
-  return (normalized * scale.astype(x.dtype)).astype(dtype), params
+  return (normalized * follow(scale.astype(x.dtype), normalized)).astype(dtype), params

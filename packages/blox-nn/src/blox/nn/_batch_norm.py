@@ -32,6 +32,7 @@ from blox.nn._layer import Layer
 from blox.nn._precision import float32_init
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
+from blox.nn._out_sharding import follow
 from blox.params import Initializer, Params
 
 __all__ = ["BatchNorm"]
@@ -161,12 +162,12 @@ class BatchNorm(Layer):
           param_dtype=dtypes.param,
           metadata=self.scale_metadata,
       )
-      y = y * scale.astype(compute)
+      y = y * follow(scale.astype(compute), y)
     if self.use_bias:
       bias, params = self.get_param(
           params, "bias", features, init=float32_init(self.bias_init, dtypes.param),
           param_dtype=dtypes.param,
           metadata=self.bias_metadata,
       )
-      y = y + bias.astype(compute)
+      y = y + follow(bias.astype(compute), y)
     return y.astype(output), params

@@ -37,6 +37,7 @@ from blox.nn._contract import ConvDimensions
 from blox.nn._layer import KernelLayer
 from blox.nn._precision import to_compute, to_output
 from blox.nn._spatial import Padding, as_size_tuple, as_tuple, normalize_padding
+from blox.nn._out_sharding import follow
 from blox.params import Params
 
 __all__ = ["Conv", "ConvTranspose"]
@@ -161,7 +162,7 @@ class _ConvBase(KernelLayer):
     x = jnp.reshape(inputs, (math.prod(batch_shape),) + item_shape)
     y = self._convolve(params, x, kernel)
     if bias is not None:
-      y = y + bias
+      y = y + follow(bias, y)
     return to_output(dtypes, jnp.reshape(y, batch_shape + y.shape[1:])), params
 
 

@@ -41,6 +41,7 @@ from blox.graph import Module
 from blox.nn._checks import check_float_inputs
 from blox.nn._contract import contract
 from blox.nn._dropout import check_rate, drop
+from blox.nn._out_sharding import broadcast_like
 from blox.params import Params
 
 __all__ = ["IMPLEMENTATIONS", "attend", "check_implementation", "dot_product_attention"]
@@ -273,7 +274,7 @@ def _formula(
     # The lowest finite value (not -inf) keeps a fully masked row finite: it
     # attends uniformly. jnp.finfo has no annotations.
     lowest = jnp.finfo(compute).min  # type: ignore[no-untyped-call]
-    logits = jnp.where(allowed, logits, lowest)
+    logits = jnp.where(broadcast_like(allowed, logits), logits, lowest)
   weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
   if dropout_key is not None:
     weights = drop(dropout_key, weights, dropout_rate, where)
@@ -292,4 +293,5 @@ def _uniform_where_fully_masked(out: jax.Array, value: jax.Array, mask: jax.Arra
   heads, kv_heads = out.shape[-2], value.shape[-2]
   mean = jnp.repeat(jnp.mean(value, axis=1), heads // kv_heads, axis=-2)  # [B, N, H]
   any_allowed = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)  # [B, T, N]
-  return jnp.where(any_allowed[..., None], out, mean[:, None].astype(out.dtype))
+  fallback = broadcast_like(mean[:, None].astype(out.dtype), out)
+  return jnp.where(broadcast_like(any_allowed[..., None], out), out, fallback)

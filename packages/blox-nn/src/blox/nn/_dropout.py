@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from blox.graph import Module, setting
 from blox.nn._checks import check_float_inputs, check_is_training
+from blox.nn._out_sharding import sharding_of
 from blox.params import KeySource, Params
 
 __all__ = ["Dropout"]
@@ -44,7 +45,9 @@ def drop(key: jax.Array, inputs: jax.Array, rate: float, where: str) -> jax.Arra
   refused: `1 / (1 - rate)` has no integer value.
   """
   dtype = check_float_inputs(inputs, where)
-  keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(inputs))
+  # Laid out like the inputs on Explicit mesh axes; the bits do not depend on
+  # the layout (jax's partitionable threefry), so every mesh draws one mask.
+  keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(inputs), out_sharding=sharding_of(inputs))
   compute = jnp.promote_types(dtype, jnp.float32)
   # A Python float is weakly typed: it takes the compute dtype, not float64.
   kept = (jnp.asarray(inputs, compute) * (1.0 / (1.0 - rate))).astype(dtype)

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.nn._recurrent import GatedCell, zero_hidden
+from blox.nn._out_sharding import follow
 from blox.params import Params
 
 __all__ = ["GRU", "GRUState"]
@@ -81,7 +82,8 @@ class GRU(GatedCell):
         params, inputs, prev_state
     )
     size = self.hidden_size
-    x_r, x_z, x_n = jnp.split(self._product(params, inputs, kernel, "kernel") + bias, 3, axis=-1)
+    projected = self._product(params, inputs, kernel, "kernel")
+    x_r, x_z, x_n = jnp.split(projected + follow(bias, projected), 3, axis=-1)
     # The candidate sees the state through the reset gate, so the recurrent
     # kernel is applied in two blocks: (U_r, U_z) to h, then U_n to r * h.
     h_rz = self._product(params, h, recurrent_kernel[:, : 2 * size], "recurrent_kernel")

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from blox.nn._out_sharding import broadcast_like
+
 __all__ = [
     "KVCache",
     "allocate_cache",
@@ -160,7 +162,8 @@ def overflow_to_nan(outputs: jax.Array, q_positions: jax.Array, max_length: int)
   their outputs become NaN, so the mistake shows instead of passing for a
   result.
   """
-  return jnp.where((q_positions >= max_length)[..., None], jnp.nan, outputs)
+  overflowed = broadcast_like((q_positions >= max_length)[..., None], outputs)
+  return jnp.where(overflowed, jnp.nan, outputs)
 
 
 def cache_positions(

@@ -21,10 +21,10 @@ Example:
   ...     return self.contract(params, x, kernel, '...i,io->...o') + bias, params
   >>> graph = Graph('net')
   >>> rng = Rng(graph.child('rng'))
-  >>> affine = Affine(graph.child('affine'), rng=rng, use_bias=False)
+  >>> affine = Affine(graph.child('affine'), rng=rng, precision='highest')
   >>> y, params = affine(rng.seed(Params(), seed=0), jnp.ones(3))
   >>> affine
-  Affine(rng=Rng@net/rng, use_bias=False)
+  Affine(rng=Rng@net/rng, precision='highest')
 """
 
 from __future__ import annotations

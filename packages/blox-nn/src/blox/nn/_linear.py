@@ -21,6 +21,7 @@ from blox.graph import setting
 from blox.nn._checks import check_feature_axis, check_float_inputs, check_positive_int
 from blox.nn._layer import KernelLayer
 from blox.nn._precision import to_compute, to_output
+from blox.nn._out_sharding import follow
 from blox.params import Params
 
 __all__ = ["Linear"]
@@ -56,5 +57,5 @@ class Linear(KernelLayer):
     inputs, kernel, bias = to_compute(dtypes, inputs, kernel, bias)
     outputs = self.contract(params, inputs, kernel, "...i,io->...o")
     if bias is not None:
-      outputs = outputs + bias
+      outputs = outputs + follow(bias, outputs)
     return to_output(dtypes, outputs), params

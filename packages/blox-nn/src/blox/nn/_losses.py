@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from blox.nn._out_sharding import broadcast_like, explicit_spec
+
 __all__ = ["softmax_cross_entropy"]
 
 _WHERE = "softmax_cross_entropy"
@@ -67,6 +69,14 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> jax.Array:
   labels = jnp.asarray(labels)
   classes = logits_shape[-1]
   in_range = (labels >= 0) & (labels < classes)
-  picked = jnp.take_along_axis(x, jnp.clip(labels, 0, classes - 1)[..., None], axis=-1)
-  losses = jax.nn.logsumexp(x, axis=-1) - picked[..., 0]
+  index = jnp.clip(labels, 0, classes - 1)
+  if explicit_spec(x) is None:
+    picked = jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+  else:
+    # Classes sharded over an Explicit mesh axis: a gather along them would
+    # need them gathered first; the one-hot sum reduces the shards instead
+    # (the same value: one nonzero term).
+    hot = broadcast_like(index[..., None] == jnp.arange(classes), x)
+    picked = jnp.sum(jnp.where(hot, x, 0.0), axis=-1)
+  losses = jax.nn.logsumexp(x, axis=-1) - picked
   return jnp.where(in_range, losses, jnp.nan)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from blox.nn._recurrent import GatedCell, zero_hidden
+from blox.nn._out_sharding import follow
 from blox.params import Params
 
 __all__ = ["LSTM", "LSTMState"]
@@ -76,11 +77,9 @@ class LSTM(GatedCell):
     inputs, (kernel, recurrent_kernel, bias), (h, c), params = self._weights(
         params, inputs, prev_state
     )
-    gates = (
-        self._product(params, inputs, kernel, "kernel")
-        + self._product(params, h, recurrent_kernel, "recurrent_kernel")
-        + bias
-    )
+    projected = self._product(params, inputs, kernel, "kernel") + self._product(
+        params, h, recurrent_kernel, "recurrent_kernel")
+    gates = projected + follow(bias, projected)
     i, g, f, o = jnp.split(gates, 4, axis=-1)
     cell = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)

@@ -41,6 +41,7 @@ from blox.nn._layer import Layer
 from blox.nn._precision import float32_init
 from blox.nn._stats import check_epsilon, compute_dtypes, pmean
 from blox.nn.initializers import ones, zeros
+from blox.nn._out_sharding import follow
 from blox.params import Initializer, Params
 
 __all__ = ["LayerNorm", "RMSNorm"]
@@ -132,13 +133,13 @@ class LayerNorm(_FeatureNorm):
           params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute,
           dtypes.param,
       )
-      y = y * scale
+      y = y * follow(scale, y)
     if self.use_bias:
       bias, params = self._learned(
           params, "bias", x.shape[-1], self.bias_init, self.bias_metadata, compute,
           dtypes.param,
       )
-      y = y + bias
+      y = y + follow(bias, y)
     return y.astype(output), params
 
 
@@ -162,5 +163,5 @@ class RMSNorm(_FeatureNorm):
           params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute,
           dtypes.param,
       )
-      y = y * scale
+      y = y * follow(scale, y)
     return y.astype(output), params

@@ -32,11 +32,23 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, PartitionSpec
 
-__all__ = ["conv_out_sharding", "einsum_out_sharding", "explicit_spec", "gather_out_sharding", "labels_of"]
+__all__ = [
+    "broadcast_like",
+    "conv_out_sharding",
+    "einsum_out_sharding",
+    "explicit_spec",
+    "follow",
+    "gather_out_sharding",
+    "labels_of",
+    "sharding_of",
+]
 
 
+# jax.sharding.reshard has no annotations either.
+_reshard: Callable[[Any, PartitionSpec], Any] = jax.sharding.reshard
 # PartitionSpec's constructor has no annotations; calling it through this typed
 # name keeps mypy's strict untyped-call check on.
 _partition_spec: Callable[..., PartitionSpec] = PartitionSpec
@@ -132,3 +144,43 @@ def gather_out_sharding(table: Any, ids: Any) -> PartitionSpec | None:
   if set(_axes(feature)) & used:
     feature = None
   return _partition_spec(*leading, feature)
+
+
+def follow(value: Any, like: Any) -> Any:
+  """`value` laid out like the trailing dimensions of `like`, which it meets
+  elementwise (a bias added to a layer's outputs, a norm's scale).
+
+  On Explicit mesh axes both operands of an elementwise op must agree on
+  their shardings; a param sharded otherwise (over 'data' for FSDP) is
+  resharded, which gathers it. Without Explicit shardings `value` is
+  returned as it is.
+  """
+  if value is None:
+    return None
+  own, theirs = explicit_spec(value), explicit_spec(like)
+  if own is None and theirs is None:
+    return value
+  ndim = jax.typeof(value).ndim
+  target = tuple(theirs[len(theirs) - ndim:]) if theirs is not None else (None,) * ndim
+  # Size-1 dimensions broadcast, so they carry no sharding.
+  target = tuple(None if size == 1 else entry for size, entry in zip(jax.typeof(value).shape, target))
+  if (own or (None,) * ndim) == target:
+    return value
+  return _reshard(value, _partition_spec(*target))
+
+
+def sharding_of(x: Any) -> PartitionSpec | None:
+  """The Explicit `PartitionSpec` in `x`'s type, or None without one (the
+  `out_sharding` that makes a new array, random bits say, laid out like `x`)."""
+  spec = explicit_spec(x)
+  return None if spec is None else _partition_spec(*spec)
+
+
+def broadcast_like(x: Any, like: Any) -> Any:
+  """`x` broadcast to `like`'s shape and laid out like it, for an elementwise
+  select (`jnp.where`) on Explicit mesh axes; `x` unchanged without them (the
+  select broadcasts it)."""
+  spec = sharding_of(like)
+  if spec is None:
+    return x
+  return _reshard(jnp.broadcast_to(x, jnp.shape(like)), spec)
