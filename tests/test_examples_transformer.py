@@ -1,8 +1,8 @@
-"""The transformer language model example and its benchmark, run as a user runs them.
+"""The transformer language model example, run as a user runs it.
 
 The example trains a tiny model for a few steps (`--fast`), saves and reloads
 its params, checks cached decoding against the full forward pass and
-samples; the benchmark runs every row once at tiny sizes (`--smoke`).
+samples. Its benchmark's rows are checked by tests/test_benchmarks_smoke.py.
 """
 
 from __future__ import annotations
@@ -32,24 +32,3 @@ def test_transformer_lm_trains_reloads_decodes_and_samples() -> None:
   prompt = "    def __init__(self"
   assert isinstance(text, str) and text.startswith(prompt) and len(text) == len(prompt) + 120
   assert not any(line.startswith("ERROR") for line in lines), lines
-
-
-def test_transformer_benchmark_smoke_prints_every_row() -> None:
-  lines = run_script("benchmarks/transformer.py", "--smoke")
-  assert any(line.startswith("machine: ") and "jax " in line for line in lines)
-  table = [line for line in lines if line.startswith("|")]
-  assert table[0].split("|")[1].strip() == "benchmark"
-  names = [line.split("|")[1].strip() for line in table[2:]]
-  for prefix in (
-      "compile train step, Repeat, 2 layers (vs 1)",
-      "compile train step, unrolled, 2 layers (vs 1)",
-      "compile train step, 2 layers, Repeat vs unrolled",
-      "transformer train step, Repeat",
-      "transformer train step, unrolled",
-      "cached decoding per token",
-      "train step temp memory, remat_policy='full' vs None",
-      "init, jax.jit(init)() vs eager init()",
-  ):
-    assert any(name.startswith(prefix) for name in names), (prefix, names)
-  ratios = [line.split("|")[4].strip() for line in table[2:]]
-  assert all(r.endswith("x") and float(r[:-1]) > 0 for r in ratios), ratios
