@@ -17,12 +17,17 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
-from blox.nn._out_sharding import broadcast_like
+from blox.nn._out_sharding import broadcast_like, explicit_spec, mesh_of, sharding_of
+
+# PartitionSpec's constructor has no annotations (strict mypy).
+_spec: Callable[..., PartitionSpec] = PartitionSpec
 
 __all__ = [
     "KVCache",
@@ -58,11 +63,36 @@ class KVCache(NamedTuple):
 
 
 def allocate_cache(
-    batch: tuple[int, ...], *, max_length: int, num_heads: int, head_dim: int, dtype: Any
+    batch: tuple[int, ...], *, max_length: int, num_heads: int, head_dim: int, dtype: Any,
+    like: tuple[Any, Any] | None = None,
 ) -> KVCache:
-  """An empty cache: zero keys and values, every position at 0."""
-  empty = jnp.zeros((*batch, max_length, num_heads, head_dim), dtype)
-  return KVCache(empty, empty, jnp.zeros(batch, jnp.int32))
+  """An empty cache: zero keys and values, every position at 0.
+
+  `like=(token, key_kernel)` lays it out on Explicit mesh axes as the keys
+  it will hold: the batch axes sharded as the token's, the heads as the key
+  kernel's `[features, heads, head_dim]`; without Explicit shardings (or
+  without `like`) it is an ordinary array.
+  """
+  shape = (*batch, max_length, num_heads, head_dim)
+  entries = None
+  if like is not None:
+    token, kernel = like
+    token_spec, kernel_spec = explicit_spec(token), explicit_spec(kernel)
+    if token_spec is not None or kernel_spec is not None:
+      batch_entries = tuple(token_spec[:-1]) if token_spec is not None else (None,) * len(batch)
+      heads = kernel_spec[1] if kernel_spec is not None else None
+      used = {a for e in batch_entries if e is not None for a in ((e,) if isinstance(e, str) else e)}
+      if heads is not None and set((heads,) if isinstance(heads, str) else heads) & used:
+        heads = None
+      entries = (batch_entries, heads, mesh_of(token, kernel))
+  if entries is None:
+    empty = jnp.zeros(shape, dtype)
+    return KVCache(empty, empty, jnp.zeros(batch, jnp.int32))
+  batch_entries, heads, mesh = entries
+  layout = NamedSharding(mesh, _spec(*batch_entries, None, heads, None))
+  empty = jnp.zeros(shape, dtype, out_sharding=layout)
+  position = jnp.zeros(batch, jnp.int32, out_sharding=NamedSharding(mesh, _spec(*batch_entries)))
+  return KVCache(empty, empty, position)
 
 
 def check_cache(
@@ -131,7 +161,9 @@ def write_cache(cache: jax.Array, update: jax.Array, position: jax.Array) -> jax
     )
   rows = jnp.arange(flat_cache.shape[0])[:, None]
   cols = jnp.reshape(position, (-1, 1)) + jnp.arange(flat_update.shape[1], dtype=position.dtype)
-  written = flat_cache.at[rows, cols].set(flat_update, mode="drop")
+  # On Explicit mesh axes the scatter keeps the cache's layout, said out loud.
+  written = flat_cache.at[rows, cols].set(
+      flat_update, mode="drop", out_sharding=sharding_of(flat_cache))
   return jnp.reshape(written, cache.shape)
 
 

@@ -272,9 +272,12 @@ class MultiHeadAttention(Layer):
     if dtype is None:
       compute = self.dtypes().compute
       dtype = inputs.dtype if compute is None else compute
+    key_path = self.param_path(("key", "kernel"))
+    key_kernel = params[key_path].value if key_path in params else None
     cache = allocate_cache(
         tuple(inputs.shape[:-1]), max_length=max_length, num_heads=attention_kv_heads(self),
         head_dim=head_dim, dtype=dtype,
+        like=None if key_kernel is None else (inputs, key_kernel),
     )
     return cache, params
 

@@ -33,10 +33,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 __all__ = [
     "broadcast_like",
+    "mesh_of",
     "conv_out_sharding",
     "einsum_out_sharding",
     "explicit_spec",
@@ -48,10 +49,26 @@ __all__ = [
 
 
 # jax.sharding.reshard has no annotations either.
-_reshard: Callable[[Any, PartitionSpec], Any] = jax.sharding.reshard
+_reshard: Callable[[Any, Any], Any] = jax.sharding.reshard
 # PartitionSpec's constructor has no annotations; calling it through this typed
 # name keeps mypy's strict untyped-call check on.
 _partition_spec: Callable[..., PartitionSpec] = PartitionSpec
+
+
+def mesh_of(*arrays: Any) -> Any:
+  """The (abstract) mesh in the first of `arrays` whose type holds one."""
+  for x in arrays:
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    names = getattr(mesh, "axis_names", None)
+    if mesh is not None and names:
+      return mesh
+  return None
+
+
+def _named(spec: PartitionSpec, *arrays: Any) -> NamedSharding:
+  """`spec` on the operands' mesh: a bare PartitionSpec would need the mesh
+  set with `jax.set_mesh`, and the operands already say which mesh it is."""
+  return NamedSharding(mesh_of(*arrays), spec)
 
 
 def explicit_spec(x: Any) -> tuple[Any, ...] | None:
@@ -93,7 +110,7 @@ def _axes(entry: Any) -> tuple[str, ...]:
   return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def einsum_out_sharding(equation: str, inputs: Any, weight: Any) -> PartitionSpec | None:
+def einsum_out_sharding(equation: str, inputs: Any, weight: Any) -> NamedSharding | None:
   """The `out_sharding` of `einsum(equation, inputs, weight)`, or None when
   neither operand carries an Explicit sharding (see the module docstring)."""
   specs = [explicit_spec(inputs), explicit_spec(weight)]
@@ -113,10 +130,10 @@ def einsum_out_sharding(equation: str, inputs: Any, weight: Any) -> PartitionSpe
       free = tuple(a for a in _axes(by_weight.get(label)) if a not in used)
       used.update(free)
       out[dim] = None if not free else free[0] if len(free) == 1 else free
-  return _partition_spec(*out)
+  return _named(_partition_spec(*out), inputs, weight)
 
 
-def conv_out_sharding(inputs: Any, kernel: Any) -> PartitionSpec | None:
+def conv_out_sharding(inputs: Any, kernel: Any) -> NamedSharding | None:
   """The `out_sharding` of a channels-last convolution: the inputs' batch
   sharding, unsharded spatial axes, the kernel's output-channel sharding
   unless the batch uses its axes; None without Explicit shardings."""
@@ -128,10 +145,10 @@ def conv_out_sharding(inputs: Any, kernel: Any) -> PartitionSpec | None:
   channels = None if k_spec is None else k_spec[-1]
   if set(_axes(batch)) & set(_axes(channels)):
     channels = None
-  return _partition_spec(batch, *([None] * (ndim - 2)), channels)
+  return _named(_partition_spec(batch, *([None] * (ndim - 2)), channels), inputs, kernel)
 
 
-def gather_out_sharding(table: Any, ids: Any) -> PartitionSpec | None:
+def gather_out_sharding(table: Any, ids: Any) -> NamedSharding | None:
   """The `out_sharding` of `table[ids]` (rows of a 2-D table): the ids'
   sharding, then the table's feature sharding unless the ids use its axes;
   None without Explicit shardings."""
@@ -143,7 +160,7 @@ def gather_out_sharding(table: Any, ids: Any) -> PartitionSpec | None:
   feature = None if t_spec is None else t_spec[1]
   if set(_axes(feature)) & used:
     feature = None
-  return _partition_spec(*leading, feature)
+  return _named(_partition_spec(*leading, feature), ids, table)
 
 
 def follow(value: Any, like: Any) -> Any:
@@ -166,14 +183,14 @@ def follow(value: Any, like: Any) -> Any:
   target = tuple(None if size == 1 else entry for size, entry in zip(jax.typeof(value).shape, target))
   if (own or (None,) * ndim) == target:
     return value
-  return _reshard(value, _partition_spec(*target))
+  return _reshard(value, _named(_partition_spec(*target), like, value))
 
 
-def sharding_of(x: Any) -> PartitionSpec | None:
-  """The Explicit `PartitionSpec` in `x`'s type, or None without one (the
+def sharding_of(x: Any) -> NamedSharding | None:
+  """The Explicit sharding in `x`'s type, or None without one (the
   `out_sharding` that makes a new array, random bits say, laid out like `x`)."""
   spec = explicit_spec(x)
-  return None if spec is None else _partition_spec(*spec)
+  return None if spec is None else _named(_partition_spec(*spec), x)
 
 
 def broadcast_like(x: Any, like: Any) -> Any:

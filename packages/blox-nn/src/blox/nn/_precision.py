@@ -126,7 +126,10 @@ def float32_init(init: Initializer, param_dtype: Any) -> Initializer:
   if param_dtype is None or jnp.dtype(param_dtype).itemsize >= 4:
     return init
 
-  def rounded(key: Any, shape: Any, dtype: Any = param_dtype) -> Any:
-    return jnp.asarray(init(key, shape, jnp.float32)).astype(dtype)
+  def rounded(key: Any, shape: Any, dtype: Any = param_dtype, out_sharding: Any = None) -> Any:
+    # A placement (blox.params' `placing`) passes out_sharding; it reaches
+    # `init` only when given, so an init function without it still works.
+    extra = {} if out_sharding is None else {"out_sharding": out_sharding}
+    return jnp.asarray(init(key, shape, jnp.float32, **extra)).astype(dtype)
 
   return rounded

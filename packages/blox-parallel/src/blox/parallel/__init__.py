@@ -2,7 +2,8 @@
 
 Depends on jax and blox-params only.
 
-- `make_mesh(shape, names)`: a mesh with automatically partitioned axes.
+- `make_mesh(shape, names, axis_types=None)`: a mesh, Auto axes by default,
+  Explicit (or a mix) on request; blox layers run on either.
 - `per_lane_rng(fn, axis_name)`: each lane of `vmap` / `shard_map` draws
   its own keys at runtime; initialisation stays identical in every lane.
 - `param_shardings(params, mesh, rules=None)`: `NamedSharding`s from sharding
@@ -12,7 +13,8 @@ Depends on jax and blox-params only.
 - `abstract_params(init_fn, mesh, *args, rules=None)`: the same tree as
   sharded `jax.ShapeDtypeStruct`s, nothing allocated (a restore target).
 - `constrain(x, logical_axes, mesh, rules=None)`: an activation laid out by
-  the same rules.
+  the same rules (a reshard on Explicit axes, a constraint on Auto ones;
+  `constraint_kind` says which).
 - `shard_batch(batch, mesh, axis='data')`: a batch split over a mesh axis,
   across processes too.
 - `seed_paths(params)` and `partition_spec(path, param, mesh)`: the pieces
@@ -31,6 +33,7 @@ Example:
 """
 
 from blox.parallel._constrain import constrain as constrain
+from blox.parallel._constrain import constraint_kind as constraint_kind
 from blox.parallel._lanes import LaneAxisError as LaneAxisError
 from blox.parallel._lanes import per_lane_rng as per_lane_rng
 from blox.parallel._lanes import seed_paths as seed_paths
@@ -47,6 +50,7 @@ __all__ = [
     "__version__",
     "abstract_params",
     "constrain",
+    "constraint_kind",
     "init_sharded",
     "make_mesh",
     "param_shardings",

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from blox.params import SHARDING, STACKED, Param, Params, Path, path_text, split_arrays
+from blox.params import SHARDING, STACKED, Metadata, Param, Params, Path, path_text, placing, split_arrays
 from blox.parallel._rules import Rules, check_rules, resolve
 from blox.parallel._util import spec
 
@@ -190,9 +190,29 @@ def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules
     >>> init_sharded(init, mesh, np.ones(4))[('w',)].value.sharding.spec
     P('model',)
   """
+  jitted, arrays = sharded_init_function(init_fn, mesh, *args, rules=rules)
+  return jitted(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
+
+
+def sharded_init_function(
+    init_fn: Callable[..., Any], mesh: Mesh, *args: Any, rules: Rules | None = None
+) -> tuple[Any, list[Any]]:
+  """`(jitted, arrays)`: what `init_sharded` runs, `jitted(*arrays)`, for a
+  look at its compiled form (`jitted.lower(*arrays).compile()`)."""
   run, arrays = _with_traced_arrays(init_fn, args)
   shardings = _tree_shardings(jax.eval_shape(run, *arrays), mesh, rules)
-  return jax.jit(run, out_shardings=shardings)(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
+
+  def placed(path: Path, shape: tuple[int, ...], metadata: Metadata) -> NamedSharding | None:
+    spec = partition_spec(path, Param(abstract_array(shape, np.float32), metadata=metadata), mesh, rules=rules)
+    return None if all(entry is None for entry in spec) else NamedSharding(mesh, spec)
+
+  def run_placed(*traced: Any) -> Any:
+    # Each param is created with its sharding (the initializer's
+    # out_sharding), so none is materialised whole, also on Explicit axes.
+    with placing(placed):
+      return run(*traced)
+
+  return jax.jit(run_placed, out_shardings=shardings), arrays
 
 
 def abstract_params(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules | None = None) -> T:

@@ -32,6 +32,8 @@ from blox.params._metadata import STACKED as STACKED
 from blox.params._metadata import Metadata as Metadata
 from blox.params._param import Param as Param
 from blox.params._paths import Path as Path
+from blox.params._placement import Placement as Placement
+from blox.params._placement import placing as placing
 from blox.params._paths import path_text as path_text
 from blox.params._split_arrays import split_arrays as split_arrays
 from blox.params._training import param_mask as param_mask
@@ -51,6 +53,7 @@ __all__ = [
     "Param",
     "Params",
     "Path",
+    "Placement",
     "ReadRecorder",
     "RNG_COUNTER",
     "RNG_SEED",
@@ -64,6 +67,7 @@ __all__ = [
     "measure",
     "param_mask",
     "path_text",
+    "placing",
     "recording_reads",
     "restore_frozen_layers",
     "save",

@@ -30,6 +30,7 @@ from blox.params._initializer import Initializer
 from blox.params._key_source import KeySource
 from blox.params._metadata import as_metadata
 from blox.params._param import check_replacement
+from blox.params._placement import call_placed, placement_for
 from blox.params._paths import Path, check_path, closest_hint, path_text
 from blox.params._unused import READS
 
@@ -103,9 +104,11 @@ def get_or_create(
   shape = tuple(int(d) for d in shape)
   dtype = jnp.float32 if dtype is None else dtype
   key, params = _draw_key(params, rng)
-  value = _call_init(path, init, key, shape, dtype)
+  metadata = as_metadata(metadata)
+  sharding = placement_for(path, shape, metadata)
+  value = _call_init(path, init, key, shape, dtype, sharding)
   _check_created(path, value, shape, dtype)
-  return value, params._inserted(path, value, trainable, as_metadata(metadata))
+  return value, params._inserted(path, value, trainable, metadata)
 
 
 def set_param(
@@ -216,10 +219,13 @@ def _draw_key(params: Params, rng: KeySource | None) -> tuple[Any, Params]:
   return rng(params)
 
 
-def _call_init(path: Path, init: Initializer, key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-  """`init(key, shape, dtype)`; a failure gets a note naming the param."""
+def _call_init(
+    path: Path, init: Initializer, key: Any, shape: tuple[int, ...], dtype: Any, sharding: Any
+) -> Any:
+  """`init(key, shape, dtype)`, placed by the active placement (see
+  `_placement`); a failure gets a note naming the param."""
   try:
-    return init(key, shape, dtype)
+    return call_placed(init, key, shape, dtype, sharding)
   except Exception as error:
     note = (
         f"While creating param {path_text(path)} by calling its init function as"
