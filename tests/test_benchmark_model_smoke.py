@@ -9,6 +9,7 @@ params.
 
 from __future__ import annotations
 
+import pytest
 import dataclasses
 
 import jax
@@ -20,6 +21,9 @@ from benchmarks import lm as bench
 from examples import transformer_model as example
 
 VOCAB = 40
+
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
 
 
 def sizes() -> tuple[example.Sizes, bench.Sizes]:

@@ -7,7 +7,12 @@ rows a second time).
 
 from __future__ import annotations
 
+import pytest
+
 from tests.scripts import run_script
+
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
 
 
 def test_benchmark_runner_prints_one_table() -> None:

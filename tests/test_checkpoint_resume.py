@@ -10,6 +10,7 @@ and resumed in a fresh process: run as a script, this file resumes one.
 
 from __future__ import annotations
 
+import pytest
 import pathlib
 import subprocess
 import sys
@@ -26,6 +27,9 @@ import blox as bx
 STEPS, SAVE_AT, LEARNING_RATE = 6, 3, 0.05
 
 _structure: Callable[[Any], object] = jax.tree.structure  # unannotated in JAX
+
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
 
 
 class _Model:

@@ -47,6 +47,7 @@ def test_docs_pages_are_found() -> None:
   assert "docs/guides/getting-started.md" in PAGES
 
 
+@pytest.mark.slow  # every guide and README, end to end: `pytest -m slow`
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_python_blocks_run(document: str, tmp_path: Path) -> None:
   text = (ROOT / document).read_text()

@@ -19,6 +19,9 @@ from scripts import fsdp_check
 from scripts.processes import Run, watch
 from tests.scripts import ROOT, run_script
 
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
+
 
 def test_fsdp_example_resumes_after_a_kill_bit_for_bit() -> None:
   lines = run_script("examples/fsdp_train.py", "--fast", timeout=600)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import re
 
 from tests.scripts import run_script
+
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
 
 
 def test_lora_example_runs_in_fast_mode() -> None:

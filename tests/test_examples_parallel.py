@@ -16,6 +16,9 @@ from tests.scripts import start_script
 EXAMPLES = ("data_parallel.py", "multihost_data_parallel.py")
 TIMEOUT_S = 300
 
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def running() -> Iterator[dict[str, subprocess.Popen[str]]]:

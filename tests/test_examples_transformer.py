@@ -7,10 +7,14 @@ samples. Its benchmark's rows are checked by tests/test_benchmarks_smoke.py.
 
 from __future__ import annotations
 
+import pytest
 import ast
 import re
 
 from tests.scripts import run_script
+
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
 
 
 def test_transformer_lm_trains_reloads_decodes_and_samples() -> None:

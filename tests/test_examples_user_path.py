@@ -28,6 +28,7 @@ def run_example(name: str, *args: str) -> list[str]:
   return run_script(f"examples/{name}.py", "--fast", *args)
 
 
+@pytest.mark.slow  # runs the example script: `pytest -m slow`
 def test_digits_mlp_trains_and_round_trips_a_checkpoint() -> None:
   lines = run_example("digits_mlp")
   epochs = [line for line in lines if line.startswith("epoch")]
@@ -42,6 +43,7 @@ def test_digits_mlp_trains_and_round_trips_a_checkpoint() -> None:
   assert f"reloaded checkpoint: test accuracy {accuracy} (unchanged)" in lines
 
 
+@pytest.mark.slow  # runs the example script: `pytest -m slow`
 def test_sequence_lstm_loss_falls_for_both_cells() -> None:
   lines = run_example("sequence_lstm")
   for cell in ("lstm", "gru"):
@@ -53,6 +55,7 @@ def test_sequence_lstm_loss_falls_for_both_cells() -> None:
     assert isinstance(generated, str) and len(generated) == 60
 
 
+@pytest.mark.slow  # runs the example script: `pytest -m slow`
 def test_params_from_another_framework_round_trips_and_resumes() -> None:
   lines = run_example("params_from_another_framework")
   text = "\n".join(lines)
@@ -74,6 +77,7 @@ def test_params_from_another_framework_imports_only_blox_params() -> None:
   assert third_party == {"blox.params", "jax", "jax.numpy", "numpy", "optax"}
 
 
+@pytest.mark.slow  # runs the example script: `pytest -m slow`
 def test_sharp_bits_script_prints_the_spec_numbers() -> None:
   lines = run_example("sharp_bits")
   text = "\n".join(lines)

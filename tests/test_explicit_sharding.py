@@ -161,6 +161,7 @@ def test_no_param_is_materialised_whole_at_init(kind: str) -> None:
   assert memory.temp_size_in_bytes < whole / 2, memory
 
 
+@pytest.mark.slow  # compiles the model on three meshes: `pytest -m slow`
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_train_step_with_dropout_equals_one_device(kind: str) -> None:
   want_loss, want_params, want_grads = train_step(init(), IDS)
@@ -175,6 +176,7 @@ def test_a_train_step_with_dropout_equals_one_device(kind: str) -> None:
   assert int(new_params[counter].value) == int(want_params[counter].value)
 
 
+@pytest.mark.slow  # compiles the model on three meshes: `pytest -m slow`
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_forward_pass_with_dropout_draws_the_same_masks(kind: str) -> None:
   forward = jax.jit(lambda p, ids: lm(p, ids)[0])
@@ -199,6 +201,7 @@ def _decode(params: bx.Params, x: jax.Array) -> jax.Array:
   return jnp.concatenate(outputs, axis=1)
 
 
+@pytest.mark.slow  # compiles the model on three meshes: `pytest -m slow`
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_cached_decoding_equals_one_device(kind: str) -> None:
   x = jnp.linspace(-1.0, 1.0, 8 * 6 * 32).reshape(8, 6, 32)

@@ -151,3 +151,45 @@ def test_a_cycle_through_a_from_import_is_found(tmp_path: Path) -> None:
   )
   cycle = find_cycle(import_graph(tmp_path, ["benchmarks"]))
   assert cycle is not None and set(cycle) == {"benchmarks.run", "benchmarks.transformer"}
+
+
+def runtime_imports(source: str, package: str) -> set[str]:
+  """`imported_names`, without the imports under `if TYPE_CHECKING:` (which
+  never run, so they make no cycle).
+
+  Example:
+    >>> text = "from typing import TYPE_CHECKING\\nif TYPE_CHECKING:\\n  from a import b\\nimport c"
+    >>> sorted(runtime_imports(text, "x"))
+    ['c', 'typing', 'typing.TYPE_CHECKING']
+  """
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+      node.body = [ast.Pass()]
+  return imported_names(ast.unparse(tree), package)
+
+
+def package_graph(root: Path) -> Graph:
+  """`blox.*` module -> the `blox.*` modules it imports when it runs."""
+  files = {
+      module_name(path, source): path
+      for source in sorted((root / "packages").glob("*/src"))
+      for path in source.rglob("*.py")
+  }
+  graph: Graph = {}
+  for name, path in files.items():
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    graph[name] = {
+        target for target in runtime_imports(path.read_text(), package)
+        if target in files and target != name
+    }
+  return graph
+
+
+def test_the_package_modules_import_one_way() -> None:
+  graph = package_graph(ROOT)
+  # Known edges, so that an empty graph cannot pass.
+  assert "blox.params._checkpoint_read" in graph["blox.params._checkpoint_load"]
+  assert "blox.graph._settings" in graph["blox.graph._module"]
+  cycle = find_cycle(graph)
+  assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

@@ -21,6 +21,9 @@ from scripts.processes import Run, finish
 WORKER = Path(__file__).with_name("orbax_worker.py")
 TIMEOUT_S = 120.0
 
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
+
 
 def run_workers(directory: Path, name: str, role: str, meshes: list[str], processes: int) -> list[str]:
   """Runs `processes` workers in `role` (retrying if the port was taken); their output lines."""

@@ -14,88 +14,16 @@ from blox.graph import Graph, maybe_reset_state
 from blox.nn import KVCache, MultiHeadAttention, Rng
 from blox.nn._kv_cache import allocate_cache, check_cache, write_cache
 from blox.params import Params
-
-HEADS = 2
-FEATURES = 8
-
-
-def _build(
-    num_heads: int = HEADS, **kwargs: Any
-) -> tuple[MultiHeadAttention, Rng]:
-  graph = Graph("net")
-  rng = Rng(graph.child("rng"))
-  # Non-zero biases, so that a bias left out of the computation shows.
-  kwargs.setdefault("bias_init", jax.nn.initializers.normal(1.0))
-  mha = MultiHeadAttention(graph.child("mha"), num_heads, rng=rng, **kwargs)
-  return mha, rng
-
-
-def _inputs(*shape: int, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), shape)
-
-
-def _init(
-    mha: MultiHeadAttention,
-    rng: Rng,
-    query: jax.Array,
-    kv: jax.Array | None = None,
-    **kwargs: Any,
-) -> tuple[jax.Array, Params]:
-  y, params = mha(rng.seed(Params(), seed=0), query, kv, **kwargs)
-  return y, params.locked()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-  out: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
-  return out
-
-
-def _reference(
-    params: Params,
-    query: Any,
-    kv: Any,
-    mask: Any = None,
-    num_heads: int = HEADS,
-) -> np.ndarray:
-  """Per-head softmax(Q K^T / sqrt(d)) V with plain matmuls, batch axis 0.
-
-  Written with NumPy (float64): no JAX compilation, so the tests stay fast.
-  """
-
-  def get(*path: str) -> np.ndarray:
-    return np.asarray(params[("net", "mha") + path].value, np.float64)
-
-  query, kv = np.asarray(query, np.float64), np.asarray(kv, np.float64)
-  heads = []
-  for h in range(num_heads):
-    q = query @ get("query", "kernel")[:, h] + get("query", "bias")[h]
-    k = kv @ get("key", "kernel")[:, h] + get("key", "bias")[h]
-    v = kv @ get("value", "kernel")[:, h] + get("value", "bias")[h]
-    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
-    if mask is not None:
-      head_mask = np.broadcast_to(mask, (query.shape[0], num_heads) + logits.shape[-2:])
-      logits = np.where(head_mask[:, h], logits, -1e30)
-    heads.append(_softmax(logits) @ v)
-  concat = np.concatenate(heads, axis=-1)
-  out_kernel = get("out", "kernel")
-  flat = out_kernel.reshape(-1, out_kernel.shape[-1])
-  out: np.ndarray = concat @ flat + get("out", "bias")
-  return out
-
-
-def _causal(length: int) -> np.ndarray:
-  return np.tril(np.ones((length, length), bool))
-
+from nn_attention_helpers import FEATURES, HEADS, build, causal, init_params, random_inputs, reference
 
 def test_nn_attention_causal_apply_ignores_future() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   (y, final), _ = mha.apply(params, x)
   assert final is None
   np.testing.assert_allclose(
-      y, _reference(params, x, x, _causal(5)), rtol=1e-5, atol=1e-5
+      y, reference(params, x, x, causal(5)), rtol=1e-5, atol=1e-5
   )
   changed = x.at[:, 3:].add(10.0)
   (y_changed, _), _ = mha.apply(params, changed)
@@ -104,9 +32,9 @@ def test_nn_attention_causal_apply_ignores_future() -> None:
 
 
 def test_nn_attention_step_decoding_matches_causal_apply() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   (expected, _), _ = mha.apply(params, x)
   cache, params_after = mha.initial_state(params, x[:, 0], max_length=7)
   assert params_after is params
@@ -125,9 +53,9 @@ def test_nn_attention_step_decoding_matches_causal_apply() -> None:
 
 
 def test_nn_attention_decoding_under_jit_and_scan() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   (expected, _), _ = mha.apply(params, x)
   cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
 
@@ -149,9 +77,9 @@ def test_nn_attention_decoding_under_jit_and_scan() -> None:
 
 
 def test_nn_attention_prefill_then_decode() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   (expected, _), _ = mha.apply(params, x)
   cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
   (head, cache), params = mha.apply(params, x[:, :3], prev_state=cache)
@@ -164,9 +92,9 @@ def test_nn_attention_prefill_then_decode() -> None:
 
 
 def test_nn_attention_cache_positions_per_batch_element() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
   (_, cache), params = mha.decode_step(params, x[:, 0], cache)
   # Reset batch element 1 alone: every cache leaf has the batch axis first.
@@ -182,14 +110,14 @@ def test_nn_attention_cache_positions_per_batch_element() -> None:
 
 
 def test_nn_attention_decoding_with_a_padding_mask() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   # Batch element 0 may not attend to position 1 (e.g. padding).
   keep = jnp.ones((2, 1, 1, 7), bool).at[0, 0, 0, 1].set(False)
   (expected, _), _ = mha.apply(params, x, mask=keep[..., :5])
   np.testing.assert_allclose(
-      expected, _reference(params, x, x, _causal(5) & np.asarray(keep[..., :5])),
+      expected, reference(params, x, x, causal(5) & np.asarray(keep[..., :5])),
       rtol=1e-5, atol=1e-5,
   )
   cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
@@ -201,9 +129,9 @@ def test_nn_attention_decoding_with_a_padding_mask() -> None:
 
 
 def test_nn_attention_cache_misuse_is_reported() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   cache, _ = mha.initial_state(params, x[:, 0], max_length=2)
   with pytest.raises(ValueError, match="net/mha.*max_length=2"):
     mha.apply(params, x, prev_state=cache)
@@ -218,9 +146,9 @@ def test_nn_attention_cache_misuse_is_reported() -> None:
 
 
 def test_nn_attention_overflow_under_jit_gives_nan_not_a_clamped_write() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 3, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 3, FEATURES)
+  _, params = init_params(mha, rng, x)
   params = params.locked()
   cache, _ = mha.initial_state(params, x[:, 0], max_length=2)
   decode = jax.jit(lambda p, x_t, c: mha.decode_step(p, x_t, c))
@@ -236,9 +164,9 @@ def test_nn_attention_prefill_past_the_end_under_jit_keeps_the_tokens_that_fit()
   # max_length=4: a prefill of 3, then 2 more under jit. Token 3 fits and
   # must match the reference; only token 4 overflows. A clamped
   # dynamic_update_slice would shift the block back over token 2.
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   (reference, _), _ = mha.apply(params, x)
   cache, _ = mha.initial_state(params, x[:, 0], max_length=4)
   (_, cache), _ = mha.apply(params, x[:, :3], prev_state=cache)
@@ -254,9 +182,9 @@ def test_nn_attention_prefill_past_the_end_under_jit_keeps_the_tokens_that_fit()
 
 
 def test_nn_attention_traced_is_training_is_reported() -> None:
-  mha, rng = _build(dropout_rate=0.5)
-  x = _inputs(1, 3, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build(dropout_rate=0.5)
+  x = random_inputs(1, 3, FEATURES)
+  _, params = init_params(mha, rng, x)
   message = r"MultiHeadAttention 'net/mha': is_training must be a Python bool.*static"
   with pytest.raises(TypeError, match=message):
     jax.jit(lambda p, t: mha(p, x, is_training=t))(params, True)
@@ -272,9 +200,9 @@ def test_nn_attention_traced_is_training_is_reported() -> None:
 def test_nn_attention_refuses_a_single_token_outside_decode_step() -> None:
   # [batch, features] would otherwise be read as one sequence of length batch
   # and attend across the batch.
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   hint = r"at least one batch axis; got shape \(2, 8\)\. For one decoding step use decode_step\(params, token, cache\)"
   with pytest.raises(ValueError, match=r"'net/mha': query needs shape \[\*batch, length, features\] with " + hint):
     mha(params, x[:, 0])
@@ -294,9 +222,9 @@ def test_nn_attention_refuses_a_single_token_outside_decode_step() -> None:
 
 
 def test_nn_attention_decode_step_applies_no_dropout_by_default() -> None:
-  mha, rng = _build(dropout_rate=0.5, num_kv_heads=1, rope_base=10000.0)
-  x = _inputs(2, 4, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build(dropout_rate=0.5, num_kv_heads=1, rope_base=10000.0)
+  x = random_inputs(2, 4, FEATURES)
+  _, params = init_params(mha, rng, x)
   (expected, _), _ = mha.apply(params, x, is_training=False)
   (trained, _), _ = mha.apply(params, x, is_training=True)
   assert not np.allclose(trained, expected, atol=1e-3)

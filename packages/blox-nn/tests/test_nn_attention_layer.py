@@ -14,80 +14,12 @@ import pytest
 from blox.graph import Graph, SequenceBase, summary
 from blox.nn import MultiHeadAttention, Rng
 from blox.params import SHARDING, Params
-
-HEADS = 2
-FEATURES = 8
-
-
-def _build(
-    num_heads: int = HEADS, **kwargs: Any
-) -> tuple[MultiHeadAttention, Rng]:
-  graph = Graph("net")
-  rng = Rng(graph.child("rng"))
-  # Non-zero biases, so that a bias left out of the computation shows.
-  kwargs.setdefault("bias_init", jax.nn.initializers.normal(1.0))
-  mha = MultiHeadAttention(graph.child("mha"), num_heads, rng=rng, **kwargs)
-  return mha, rng
-
-
-def _inputs(*shape: int, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), shape)
-
-
-def _init(
-    mha: MultiHeadAttention,
-    rng: Rng,
-    query: jax.Array,
-    kv: jax.Array | None = None,
-    **kwargs: Any,
-) -> tuple[jax.Array, Params]:
-  y, params = mha(rng.seed(Params(), seed=0), query, kv, **kwargs)
-  return y, params.locked()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-  out: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
-  return out
-
-
-def _reference(
-    params: Params,
-    query: Any,
-    kv: Any,
-    mask: Any = None,
-    num_heads: int = HEADS,
-) -> np.ndarray:
-  """Per-head softmax(Q K^T / sqrt(d)) V with plain matmuls, batch axis 0.
-
-  Written with NumPy (float64): no JAX compilation, so the tests stay fast.
-  """
-
-  def get(*path: str) -> np.ndarray:
-    return np.asarray(params[("net", "mha") + path].value, np.float64)
-
-  query, kv = np.asarray(query, np.float64), np.asarray(kv, np.float64)
-  heads = []
-  for h in range(num_heads):
-    q = query @ get("query", "kernel")[:, h] + get("query", "bias")[h]
-    k = kv @ get("key", "kernel")[:, h] + get("key", "bias")[h]
-    v = kv @ get("value", "kernel")[:, h] + get("value", "bias")[h]
-    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
-    if mask is not None:
-      head_mask = np.broadcast_to(mask, (query.shape[0], num_heads) + logits.shape[-2:])
-      logits = np.where(head_mask[:, h], logits, -1e30)
-    heads.append(_softmax(logits) @ v)
-  concat = np.concatenate(heads, axis=-1)
-  out_kernel = get("out", "kernel")
-  flat = out_kernel.reshape(-1, out_kernel.shape[-1])
-  out: np.ndarray = concat @ flat + get("out", "bias")
-  return out
-
+from nn_attention_helpers import FEATURES, HEADS, build, init_params, random_inputs, reference
 
 def test_nn_attention_param_layout_and_defaults() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  y, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  y, params = init_params(mha, rng, x)
   # decode_step is the single step, not __call__ (whose third argument is the
   # key), so the layer is deliberately not a SequenceBase.
   assert not isinstance(mha, SequenceBase)
@@ -113,19 +45,19 @@ def test_nn_attention_cross_attention_matches_reference() -> None:
     seen.append(tuple(shape))
     return jax.nn.initializers.lecun_normal()(key, shape, dtype)
 
-  mha, rng = _build(
+  mha, rng = build(
       qkv_size=6, output_size=5, num_heads=3, kernel_init=recording
   )
-  query, kv = _inputs(2, 5, FEATURES, seed=1), _inputs(2, 7, 3, seed=2)
+  query, kv = random_inputs(2, 5, FEATURES, seed=1), random_inputs(2, 7, 3, seed=2)
   mask = jax.random.bernoulli(jax.random.key(3), 0.7, (2, 1, 5, 7))
-  y, params = _init(mha, rng, query, kv, mask=mask)
+  y, params = init_params(mha, rng, query, kv, mask=mask)
   assert y.shape == (2, 5, 5)
   # Initializers see the flat (fan_in, fan_out) shape of each projection.
   assert seen == [(FEATURES, 6), (3, 6), (3, 6), (6, 5)]
   assert params[("net", "mha", "key", "kernel")].value.shape == (3, 3, 2)
   assert params[("net", "mha", "out", "kernel")].value.shape == (3, 2, 5)
   np.testing.assert_allclose(
-      y, _reference(params, query, kv, mask, num_heads=3), rtol=1e-5, atol=1e-5
+      y, reference(params, query, kv, mask, num_heads=3), rtol=1e-5, atol=1e-5
   )
   # value defaults to key.
   y_kv, _ = mha(params, query, kv, kv, mask=mask)
@@ -133,32 +65,32 @@ def test_nn_attention_cross_attention_matches_reference() -> None:
 
 
 def test_nn_attention_self_attention_matches_reference() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  y, params = _init(mha, rng, x)
-  np.testing.assert_allclose(y, _reference(params, x, x), rtol=1e-5, atol=1e-5)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  y, params = init_params(mha, rng, x)
+  np.testing.assert_allclose(y, reference(params, x, x), rtol=1e-5, atol=1e-5)
 
 
 def test_nn_attention_mask_broadcasting() -> None:
-  mha, rng = _build()
-  query, kv = _inputs(2, 5, FEATURES, seed=1), _inputs(2, 7, FEATURES, seed=2)
-  _, params = _init(mha, rng, query, kv)
+  mha, rng = build()
+  query, kv = random_inputs(2, 5, FEATURES, seed=1), random_inputs(2, 7, FEATURES, seed=2)
+  _, params = init_params(mha, rng, query, kv)
   full = jax.random.bernoulli(jax.random.key(5), 0.6, (2, HEADS, 5, 7))
   full = full.at[..., 0].set(True)  # no fully masked rows
   for mask in (full, full[0, 0], full[:1], full[:, :1, :1]):
     y, _ = mha(params, query, kv, mask=mask)
     np.testing.assert_allclose(
-        y, _reference(params, query, kv, mask), rtol=1e-5, atol=1e-5
+        y, reference(params, query, kv, mask), rtol=1e-5, atol=1e-5
     )
   # A mask changes the result (so the checks above are not vacuous).
   unmasked, _ = mha(params, query, kv)
-  assert not np.allclose(unmasked, _reference(params, query, kv, full), atol=1e-3)
+  assert not np.allclose(unmasked, reference(params, query, kv, full), atol=1e-3)
 
 
 def test_nn_attention_bad_masks_name_the_module() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   with pytest.raises(ValueError, match="net/mha.*does not broadcast"):
     mha(params, x, mask=jnp.ones((3, 5), bool))
   with pytest.raises(ValueError, match="net/mha.*does not broadcast"):
@@ -168,18 +100,18 @@ def test_nn_attention_bad_masks_name_the_module() -> None:
 
 
 def test_nn_attention_is_permutation_equivariant() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  y, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  y, params = init_params(mha, rng, x)
   perm = jnp.array([3, 0, 4, 1, 2])
   y_perm, _ = mha(params, x[:, perm])
   np.testing.assert_allclose(y_perm, y[:, perm], rtol=1e-5, atol=1e-5)
 
 
 def test_nn_attention_extra_leading_batch_axes() -> None:
-  mha, rng = _build()
-  x = _inputs(1, 2, 5, FEATURES)
-  y, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(1, 2, 5, FEATURES)
+  y, params = init_params(mha, rng, x)
   flat, _ = mha(params, x.reshape(2, 5, FEATURES))
   np.testing.assert_allclose(y, flat.reshape(x.shape), rtol=1e-6, atol=1e-6)
   (causal, _), _ = mha.apply(params, x)
@@ -190,13 +122,13 @@ def test_nn_attention_extra_leading_batch_axes() -> None:
 
 
 def test_nn_attention_dropout_uses_one_key_when_training() -> None:
-  mha, rng = _build(dropout_rate=0.5)
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build(dropout_rate=0.5)
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   counter = int(rng.get_counter(params))
   evaluated, after_eval = mha(params, x, is_training=False)
   assert int(rng.get_counter(after_eval)) == counter
-  np.testing.assert_allclose(evaluated, _reference(params, x, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(evaluated, reference(params, x, x), rtol=1e-5, atol=1e-5)
   trained, after_train = mha(params, x, is_training=True)
   assert int(rng.get_counter(after_train)) == counter + 1
   assert not np.allclose(trained, evaluated, atol=1e-3)
@@ -212,17 +144,17 @@ def test_nn_attention_dropout_uses_one_key_when_training() -> None:
 
 
 def test_nn_attention_without_dropout_draws_no_key() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   _, after = mha(params, x, is_training=True)
   assert int(rng.get_counter(after)) == int(rng.get_counter(params))
 
 
 def test_nn_attention_jit_grad_vmap() -> None:
-  mha, rng = _build(dropout_rate=0.25)
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build(dropout_rate=0.25)
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
 
   eager, eager_params = mha(params, x)
   jitted, jitted_params = jax.jit(mha)(params, x)
@@ -302,7 +234,7 @@ def test_nn_attention_signature_shows_the_real_arguments() -> None:
 
 def test_nn_attention_per_projection_metadata_shards_heads() -> None:
   heads = (None, "model", None)
-  mha, rng = _build(
+  mha, rng = build(
       projection_kernel_metadata={
           "query": {SHARDING: heads}, "key": {SHARDING: heads},
           "value": {SHARDING: heads}, "out": {SHARDING: ("model", None, None)},
@@ -310,7 +242,7 @@ def test_nn_attention_per_projection_metadata_shards_heads() -> None:
       # Biases of different ranks get specs of their own rank.
       projection_bias_metadata={"query": {SHARDING: ("model", None)}, "out": {SHARDING: (None,)}},
   )
-  _, params = _init(mha, rng, _inputs(2, 5, FEATURES))
+  _, params = init_params(mha, rng, random_inputs(2, 5, FEATURES))
 
   def spec(*path: str) -> Any:
     return params[("net", "mha") + path].metadata.get(SHARDING)
@@ -348,13 +280,13 @@ def test_nn_attention_stores_its_arguments_and_reserves_the_projection_nodes() -
 
 
 def test_nn_attention_shape_and_dtype_misuse_is_reported() -> None:
-  mha, rng = _build()
-  x = _inputs(2, 5, FEATURES)
-  _, params = _init(mha, rng, x)
+  mha, rng = build()
+  x = random_inputs(2, 5, FEATURES)
+  _, params = init_params(mha, rng, x)
   with pytest.raises(ValueError, match=r"'net/mha': query \(2, 5, 8\) and key \(3, 5, 8\).*batch axes"):
-    mha(params, x, _inputs(3, 5, FEATURES))
+    mha(params, x, random_inputs(3, 5, FEATURES))
   with pytest.raises(ValueError, match=r"'net/mha': key \(2, 5, 8\) and value \(2, 4, 8\)"):
-    mha(params, x, x, _inputs(2, 4, FEATURES))
+    mha(params, x, x, random_inputs(2, 4, FEATURES))
   mask = jnp.ones((2, 1, 5, 5), bool)
   with pytest.raises(TypeError, match=r"'net/mha': got a boolean array as key; did you mean mask=\.\.\.\?"):
     mha(params, x, mask)
@@ -372,16 +304,16 @@ def test_nn_attention_shape_and_dtype_misuse_is_reported() -> None:
 
 
 def test_nn_attention_summary_shows_no_helper_modules() -> None:
-  mha, rng = _build()
-  _, params = _init(mha, rng, _inputs(2, 5, FEATURES))
+  mha, rng = build()
+  _, params = init_params(mha, rng, random_inputs(2, 5, FEATURES))
   text = summary(params, mha.graph.root)
   for hidden in ("_SplitHeads", "_MergeHeads", "owner="):
     assert hidden not in text
 
 
 def test_nn_attention_summary_groups_its_params_under_one_module() -> None:
-  mha, rng = _build()
-  _, params = _init(mha, rng, _inputs(2, 5, FEATURES))
+  mha, rng = build()
+  _, params = init_params(mha, rng, random_inputs(2, 5, FEATURES))
   lines = summary(params, mha.graph.root).splitlines()
   module_lines = [line for line in lines if line.startswith("net/mha")]
   assert len(module_lines) == 1
