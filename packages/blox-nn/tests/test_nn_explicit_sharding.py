@@ -150,3 +150,19 @@ def test_a_convolution_keeps_the_batch_and_output_channel_shardings() -> None:
     y, _ = jax.jit(conv)(sharded, jax.device_put(x, P("data", None, "model")))
   np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
   assert jax.typeof(y).sharding.spec == P("data", None, None)
+
+
+def test_tabulate_shows_each_calls_output_sharding_as_jax_typeof_does() -> None:
+  from blox.graph import tabulate
+
+  rng, model = _tensor_parallel_mlp()
+  x = jnp.ones((8, 8))
+  params = rng.init(model, x, seed=0)
+  mesh = _mesh(AxisType.Explicit)
+  with jax.set_mesh(mesh):
+    sharded = _place(params, mesh)
+    table = tabulate(model, sharded, jax.device_put(x, P("data", None)), width=200)
+  assert "f32[8@data,16@model]" in table  # `up`: the batch and the hidden units split
+  assert "f32[8@data,8]" in table  # `down`: the hidden units contracted
+  plain = tabulate(model, params, x, width=200)
+  assert "f32[8,16]" in plain and "@data" not in plain  # no mesh, no sharding in any type

@@ -81,8 +81,13 @@ def abstract(tree: Any) -> Any:
     if isinstance(leaf, jax.Array) or hasattr(leaf, "aval"):
       aval = jax.typeof(leaf)
       weak = getattr(aval, "weak_type", False)
+      # On Explicit mesh axes the sharding is part of the type (`tabulate`
+      # shows it as jax.typeof does); elsewhere it says nothing, so none is kept.
+      sharding = getattr(aval, "sharding", None)
+      spec = tuple(getattr(sharding, "spec", ()) or ())
+      kept = sharding if any(entry is not None for entry in spec) else None
       # jax leaves ShapeDtypeStruct.__init__ unannotated.
-      return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=weak)  # type: ignore[no-untyped-call]
+      return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=weak, sharding=kept)  # type: ignore[no-untyped-call]
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
       return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)  # type: ignore[no-untyped-call]
     return leaf

@@ -132,15 +132,28 @@ def short_dtype(dtype: str) -> str:
   return _SHORT_DTYPES.get(dtype, dtype)
 
 
-def array_text(shape: tuple[int, ...], dtype: Any) -> str:
-  """`f32[2,3]`."""
-  return f"{short_dtype(str(dtype))}[{','.join(map(str, shape))}]"
+def array_text(shape: tuple[int, ...], dtype: Any, spec: tuple[Any, ...] = ()) -> str:
+  """`f32[2,3]`; with a sharding spec, its mesh axes as jax.typeof shows them.
+
+  Example:
+    >>> array_text((8, 4), 'float32', ('data', None))
+    'f32[8@data,4]'
+  """
+  def dim(index: int, size: int) -> str:
+    entry = spec[index] if index < len(spec) else None
+    if entry is None:
+      return str(size)
+    names = (entry,) if isinstance(entry, str) else tuple(entry)
+    return f"{size}@{'+'.join(names) if len(names) == 1 else '(' + ','.join(names) + ')'}"
+
+  return f"{short_dtype(str(dtype))}[{','.join(dim(i, n) for i, n in enumerate(shape))}]"
 
 
 def tree_text(tree: Any) -> str:
   """`f32[2,3]` for an array; `Type(leaf, ...)`, `(...)`, `[...]`, `{k: ...}` for pytrees."""
   if isinstance(tree, jax.ShapeDtypeStruct):
-    return array_text(tuple(tree.shape), tree.dtype)
+    spec = tuple(getattr(getattr(tree, "sharding", None), "spec", ()) or ())
+    return array_text(tuple(tree.shape), tree.dtype, spec)
   if tree is None:
     return "None"
   if isinstance(tree, dict):
