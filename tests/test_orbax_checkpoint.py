@@ -214,3 +214,24 @@ def test_a_template_with_other_paths_is_refused(model: _Model, manager: Any) -> 
   })
   with pytest.raises(ValueError, match=r"do not match[\s\S]*\('net', 'hidden', 'kernel'\)"):
     manager.restore(0, args=ocp.args.StandardRestore(renamed))
+
+
+@pytest.mark.parametrize(("saved_on", "restored_on"), [("auto", "explicit"), ("explicit", "auto")])
+def test_params_saved_on_one_kind_of_mesh_restore_onto_the_other(
+    model: _Model, manager: Any, saved_on: str, restored_on: str
+) -> None:
+  kinds = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}
+  source = bx.parallel.make_mesh((4, 2), ("data", "model"), axis_types=kinds[saved_on])
+  params = bx.parallel.init_sharded(model.init, source, rules=RULES)
+  manager.save(0, args=ocp.args.StandardSave(params))
+  manager.wait_until_finished()
+  mesh = bx.parallel.make_mesh((2, 4), ("data", "model"), axis_types=kinds[restored_on])
+  target = bx.parallel.abstract_params(model.init, mesh, rules=RULES)
+  restored = manager.restore(0, args=ocp.args.StandardRestore(target))
+  _assert_same_params(restored, params)
+  _assert_identical(restored, params)
+  kernel = restored[("net", "hidden", "kernel")].value
+  assert kernel.sharding.mesh.axis_types == (kinds[restored_on],) * 2
+  assert tuple(kernel.sharding.spec) == ("data", "model")
+  if restored_on == "explicit":
+    assert str(jax.typeof(kernel)) == "float32[4@data,8@model]"
