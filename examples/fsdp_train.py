@@ -89,8 +89,12 @@ def work(args: argparse.Namespace) -> int:
   is_first = jax.process_index() == 0
   print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()}"
         f" local devices, {jax.device_count()} in all", flush=True)
+  # Explicit axes: every array's sharding is part of its type, and blox's
+  # layers say the output sharding of each product (`--auto`: Auto axes,
+  # where the compiler propagates the shardings; the same model code).
+  kind = jax.sharding.AxisType.Auto if args.auto else jax.sharding.AxisType.Explicit
   mesh = bx.parallel.make_mesh(
-      (jax.device_count() // MODEL_PARALLEL, MODEL_PARALLEL), ("data", "model")
+      (jax.device_count() // MODEL_PARALLEL, MODEL_PARALLEL), ("data", "model"), axis_types=kind
   )
 
   text = lm.standard_library_text()
@@ -200,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default="fsdp_final.npz",
                       help="worker: where process 0 writes the final params and optimizer state")
   parser.add_argument("--summary", action="store_true", help="worker: print the params' table")
+  parser.add_argument("--auto", action="store_true",
+                      help="a mesh of Auto axes (the compiler propagates the shardings) instead"
+                      " of Explicit ones (shardings in the arrays' types)")
   parser.add_argument("--stall-after", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.role == "worker":
     return work(args)
   from scripts.fsdp_check import check
 
-  return check(__file__, args.fast)
+  return check(__file__, args.fast, auto=args.auto)
 
 
 if __name__ == "__main__":

@@ -55,16 +55,21 @@ FULL = Plan(steps=30, checkpoint_every=5, kill_after=17, timeout_s=480.0)
 FAST = Plan(steps=10, checkpoint_every=3, kill_after=7, timeout_s=240.0)
 
 
-def check(script: str | Path, fast: bool) -> int:
-  """Runs the three runs of `script` (the example) and compares; the exit status."""
+def check(script: str | Path, fast: bool, auto: bool = False) -> int:
+  """Runs the three runs of `script` (the example) and compares; the exit status.
+
+  `auto`: the workers' mesh has Auto axes instead of Explicit ones.
+  """
   plan = FAST if fast else FULL
   print(
       f"FSDP + tensor-parallel training: {PROCESSES} processes x {LOCAL_DEVICES} CPU devices,"
       f" mesh ('data', 'model') = ({PROCESSES * LOCAL_DEVICES // MODEL_PARALLEL},"
-      f" {MODEL_PARALLEL}); {plan.steps} steps, a checkpoint every {plan.checkpoint_every}"
+      f" {MODEL_PARALLEL}), {'Auto' if auto else 'Explicit'} axes; {plan.steps} steps,"
+      f" a checkpoint every {plan.checkpoint_every}"
   )
   common = ["--role", "worker", "--steps", str(plan.steps),
-            "--checkpoint-every", str(plan.checkpoint_every), *(["--fast"] if fast else [])]
+            "--checkpoint-every", str(plan.checkpoint_every), *(["--fast"] if fast else []),
+            *(["--auto"] if auto else [])]
   runs: list[Run] = []
   with tempfile.TemporaryDirectory(prefix="blox_fsdp_") as tmp:
     try:

@@ -20,13 +20,17 @@ from scripts.processes import Run, watch
 from tests.scripts import ROOT, run_script
 
 # End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
-pytestmark = pytest.mark.slow
+# Several processes each: one xdist worker runs them one after another, so
+# that they do not starve each other's collectives of CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 
-def test_fsdp_example_resumes_after_a_kill_bit_for_bit() -> None:
-  lines = run_script("examples/fsdp_train.py", "--fast", timeout=600)
+@pytest.mark.parametrize("axes", ["Explicit", "Auto"])
+def test_fsdp_example_resumes_after_a_kill_bit_for_bit(axes: str) -> None:
+  flags = ("--fast",) if axes == "Explicit" else ("--fast", "--auto")
+  lines = run_script("examples/fsdp_train.py", *flags, timeout=600)
   text = "\n".join(lines)
-  assert "mesh ('data', 'model') = (4, 2)" in lines[0], text
+  assert f"mesh ('data', 'model') = (4, 2), {axes} axes" in lines[0], text
   # Nothing large is replicated: each of the 8 devices holds about an eighth
   # of the state (only the RNG stream and the norm scales' copies are extra).
   (share,) = re.findall(r"on each device \(1/(\d+\.\d)\)", text)

@@ -17,7 +17,9 @@ EXAMPLES = ("data_parallel.py", "multihost_data_parallel.py")
 TIMEOUT_S = 300
 
 # End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
-pytestmark = pytest.mark.slow
+# Several processes each: one xdist worker runs them one after another, so
+# that they do not starve each other's collectives of CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 
 @pytest.fixture(scope="module")

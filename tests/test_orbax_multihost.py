@@ -22,7 +22,9 @@ WORKER = Path(__file__).with_name("orbax_worker.py")
 TIMEOUT_S = 120.0
 
 # End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
-pytestmark = pytest.mark.slow
+# Several processes each: one xdist worker runs them one after another, so
+# that they do not starve each other's collectives of CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 
 def run_workers(directory: Path, name: str, role: str, meshes: list[str], processes: int) -> list[str]:
