@@ -11,8 +11,12 @@ this one module, so that their timeouts and retries are set in one place:
   `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), a log file, and its own process
   group, so that stopping it also stops whatever it started.
 - `watch(runs, until)`: polls runs until `until()` holds, stopping at the
-  first failure or timeout and restarting a run whose coordinator port was
-  taken; `finish(runs)` runs them to the end.
+  first failure or timeout and restarting, with the reason printed, a run
+  whose coordinator port was taken or whose workers timed out joining each
+  other's collectives (a loaded machine: gloo waits 30 s for a peer);
+  `finish(runs)` runs them to the end.
+- `BLOX_TIMEOUT_SCALE` (environment, default 1) multiplies every run's
+  timeout, for a machine slower than the 2-core one these were sized on.
 - `free_port`, `port_was_taken`, `spawn`, `stop`: the pieces.
 
 Nothing here imports jax: a launcher only starts processes and reads files.
@@ -22,6 +26,8 @@ Example:
   >>> 0 < port < 65536
   True
   >>> port_was_taken("E0101 ... Failed to bind to address [::]:4321: Address already in use")
+  True
+  >>> collectives_timed_out("Gloo context initialization failed: DEADLINE_EXCEEDED: GetKeyValue() timed out")
   True
 """
 
@@ -38,7 +44,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Run", "finish", "free_port", "port_was_taken", "spawn", "stop", "watch"]
+__all__ = [
+    "Run",
+    "collectives_timed_out",
+    "finish",
+    "free_port",
+    "port_was_taken",
+    "spawn",
+    "stop",
+    "timeout_scale",
+    "watch",
+]
 
 # How often `watch` looks at the processes.
 POLL_S = 0.2
@@ -60,6 +76,32 @@ _PORT_TAKEN = re.compile(r"address already in use|failed to bind|bind failed", r
 def port_was_taken(text: str) -> bool:
   """Whether a worker's output says the coordinator could not bind its port."""
   return _PORT_TAKEN.search(text) is not None
+
+
+# What a worker prints when its peers did not show up in time to set up the
+# collectives: on a loaded machine a peer may still be compiling. The run is
+# sound; it only needs to be started again.
+_COLLECTIVES_TIMED_OUT = re.compile(
+    r"Gloo context initialization failed|GetKeyValue\(\) timed out|DEADLINE_EXCEEDED"
+    r"|Connect timeout|Barrier timed out",
+)
+
+
+def collectives_timed_out(text: str) -> bool:
+  """Whether a worker's output says it timed out waiting for its peers."""
+  return _COLLECTIVES_TIMED_OUT.search(text) is not None
+
+
+def timeout_scale() -> float:
+  """`BLOX_TIMEOUT_SCALE` from the environment (1 when unset)."""
+  value = os.environ.get("BLOX_TIMEOUT_SCALE", "1")
+  try:
+    scale = float(value)
+  except ValueError:
+    raise ValueError(f"BLOX_TIMEOUT_SCALE must be a number such as 2, got {value!r}.") from None
+  if scale <= 0:
+    raise ValueError(f"BLOX_TIMEOUT_SCALE must be positive, got {value!r}.")
+  return scale
 
 
 def spawn(
@@ -112,9 +154,11 @@ class Run:
       (they get the coordinator's address, the count and their id in the
       environment); by default when there are several.
     env: more environment variables for every process.
-    timeout_s: how long the run may take, from its (latest) start.
+    timeout_s: how long the run may take, from its (latest) start, times
+      `BLOX_TIMEOUT_SCALE`.
     attempts: how many times it is started when the coordinator's port was
-      taken before the coordinator could bind it.
+      taken before the coordinator could bind it, or the workers timed out
+      joining each other's collectives.
     killed_later: True for a run that the caller kills itself: finishing
       on its own is then a failure.
   """
@@ -142,7 +186,7 @@ class Run:
     self.devices = devices
     self.distributed = processes > 1 if distributed is None else distributed
     self.env = dict(env or {})
-    self.timeout_s = timeout_s
+    self.timeout_s = timeout_s * timeout_scale()
     self.attempts = attempts
     self.killed_later = killed_later
     self.procs: list[subprocess.Popen[str]] = []
@@ -202,6 +246,11 @@ class Run:
     """Whether a process's log says the coordinator's port was taken meanwhile."""
     return self.distributed and any(port_was_taken(self.text(i)) for i in range(self.processes))
 
+  def collectives_timed_out(self) -> bool:
+    """Whether a process's log says it timed out waiting for its peers."""
+    return self.distributed and any(
+        collectives_timed_out(self.text(i)) for i in range(self.processes))
+
   def stop(self) -> None:
     """Kills every process that still runs (with its process group) and reaps it."""
     for proc in self.procs:
@@ -220,8 +269,10 @@ def watch(runs: Sequence[Run], until: Callable[[], bool], poll_s: float = POLL_S
   """Polls `runs` until `until()` holds: True; or False after reporting a failure.
 
   A run that fails or times out is stopped and reported, except that a run
-  whose coordinator port was taken (between `free_port` and its bind)
-  starts again on another port, up to its `attempts`.
+  whose coordinator port was taken (between `free_port` and its bind), or
+  whose workers timed out joining each other's collectives, starts again
+  (on another port), up to its `attempts`, with the reason printed. A run
+  that saves checkpoints resumes from its latest one when it starts again.
   """
   while not until():
     for run in runs:
@@ -229,10 +280,17 @@ def watch(runs: Sequence[Run], until: Callable[[], bool], poll_s: float = POLL_S
       if why is None:
         continue
       run.stop()
-      if run.failed() and run.port_taken() and run.started_count < run.attempts:
-        print(f"{run.name} run: the coordinator's port was taken meanwhile; retrying")
-        run.start()
-        continue
+      if run.failed() and run.started_count < run.attempts:
+        reason = (
+            "the coordinator's port was taken meanwhile" if run.port_taken()
+            else "its workers timed out waiting for each other (a loaded machine)"
+            if run.collectives_timed_out() else None
+        )
+        if reason is not None:
+          print(f"{run.name} run: {reason}; retrying (attempt {run.started_count + 1}"
+                f" of {run.attempts})")
+          run.start()
+          continue
       run.report_failure(why)
       return False
     time.sleep(poll_s)
