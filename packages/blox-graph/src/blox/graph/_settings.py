@@ -226,6 +226,9 @@ def make_init(cls: type, settings: Mapping[str, Setting]) -> Callable[..., None]
 
   __init__.__signature__ = signature  # type: ignore[attr-defined]  # what inspect.signature shows
   __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+  # The constructor belongs to the class's module, as a written one would
+  # (documentation tools resolve it there).
+  __init__.__module__ = cls.__module__
   __init__.__doc__ = f"Makes a `{cls.__name__}`; see the class docstring for its arguments."
   return __init__
 
