@@ -112,19 +112,21 @@ def train(steps: int) -> dict[str, Any]:
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates).merge(rest), opt_state, loss
 
-  params = bx.parallel.init_sharded(init, mesh)
-  opt_state = jax.jit(optimizer.init)(params.split()[0])
-  losses = []
-  rows = BATCH_SIZE // jax.process_count()
-  start = jax.process_index() * rows
-  for step in range(steps):
-    x, y = make_batch(step)
-    # Each process feeds only its own rows: the mesh lists process 0's devices first.
-    batch = bx.parallel.shard_batch((x[start:start + rows], y[start:start + rows]), mesh)
-    params, opt_state, loss = train_step(params, opt_state, *batch)
-    losses.append(float(loss))
-    if step % 5 == 0 or step == steps - 1:
-      print(f"step {step:3d}  loss {losses[-1]:.4f}", flush=True)
+  # The mesh is Explicit (as jax.make_mesh makes it): jit finds it here.
+  with jax.set_mesh(mesh):
+    params = bx.parallel.init_sharded(init, mesh)
+    opt_state = jax.jit(optimizer.init)(params.split()[0])
+    losses = []
+    rows = BATCH_SIZE // jax.process_count()
+    start = jax.process_index() * rows
+    for step in range(steps):
+      x, y = make_batch(step)
+      # Each process feeds only its own rows: the mesh lists process 0's devices first.
+      batch = bx.parallel.shard_batch((x[start:start + rows], y[start:start + rows]), mesh)
+      params, opt_state, loss = train_step(params, opt_state, *batch)
+      losses.append(float(loss))
+      if step % 5 == 0 or step == steps - 1:
+        print(f"step {step:3d}  loss {losses[-1]:.4f}", flush=True)
 
   # Data-parallel params are replicated: every process holds whole copies.
   result: dict[str, Any] = {"losses": np.asarray(losses)}

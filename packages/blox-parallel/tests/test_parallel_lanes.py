@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from blox.params import RNG_COUNTER, RNG_SEED, RNG_STREAM, Param, Params
 from blox.parallel import LaneAxisError, make_mesh, per_lane_rng, seed_paths
@@ -96,21 +96,24 @@ def test_vmap_lane_equals_explicit_fold() -> None:
     np.testing.assert_array_equal(out[lane], expected)
 
 
-def test_shard_map_devices_draw_different_masks() -> None:
-  mesh = make_mesh((8,), ("data",))
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_shard_map_devices_draw_different_masks(axis_type: AxisType) -> None:
+  mesh = make_mesh((8,), ("data",), axis_types=axis_type)
   params = locked_params()
   step = jax.shard_map(
       per_lane_rng(dropout, "data"), mesh=mesh,
       in_specs=(P(), P("data")), out_specs=(P("data"), P()),
   )
-  out, new = jax.jit(step)(params, jnp.ones((8, 64)))
+  # On Explicit axes shard_map takes inputs already split as in_specs says.
+  x = jax.device_put(jnp.ones((8, 64)), NamedSharding(mesh, P("data")))
+  out, new = jax.jit(step)(params, x)
   rows = masks(out)
   assert len({row.tobytes() for row in rows}) == 8
   assert int(new[COUNTER].value) == int(params[COUNTER].value) + 1
   # Each device's mask is its lane index folded into the seed.
   folded = params.set(SEED, jax.random.fold_in(params[SEED].value, 5))
   expected, _ = dropout(folded, jnp.ones((1, 64)))
-  np.testing.assert_array_equal(out[5:6], expected)
+  np.testing.assert_array_equal(np.asarray(out)[5:6], expected)
 
 
 def test_init_under_vmap_equals_plain_init() -> None:
@@ -193,14 +196,16 @@ def test_multiple_vmap_axes_fold_in_order() -> None:
   np.testing.assert_array_equal(out[1, 2], expected)
 
 
-def test_multiple_mesh_axes_under_shard_map() -> None:
-  mesh = make_mesh((4, 2), ("data", "model"))
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_multiple_mesh_axes_under_shard_map(axis_type: AxisType) -> None:
+  mesh = make_mesh((4, 2), ("data", "model"), axis_types=axis_type)
   params = locked_params()
   step = jax.shard_map(
       per_lane_rng(dropout, ("data", "model")), mesh=mesh,
       in_specs=(P(), P(("data", "model"))), out_specs=(P(("data", "model")), P()),
   )
-  out, _ = jax.jit(step)(params, jnp.ones((8, 64)))
+  x = jax.device_put(jnp.ones((8, 64)), NamedSharding(mesh, P(("data", "model"))))
+  out, _ = jax.jit(step)(params, x)
   assert len({row.tobytes() for row in masks(out)}) == 8
 
 

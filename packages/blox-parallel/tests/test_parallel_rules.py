@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from blox.params import SHARDING, STACKED, Param, Params
 from blox.parallel import constrain, init_sharded, make_mesh, param_shardings, partition_spec
@@ -174,8 +174,15 @@ def test_malformed_rules_are_refused(rules: Any) -> None:
     param_shardings(Params({KERNEL: Param(jnp.zeros(3))}), mesh_4x2(), rules)
 
 
-def test_constrain_under_jit_gives_the_requested_sharding() -> None:
-  mesh = mesh_4x2()
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_constrain_under_jit_gives_the_requested_sharding(axis_type: AxisType) -> None:
+  mesh = make_mesh((4, 2), ("data", "model"), axis_types=axis_type)
+  with jax.set_mesh(mesh):
+    check_constrain_under_jit(mesh)
+
+
+def check_constrain_under_jit(mesh: jax.sharding.Mesh) -> None:
+  """What the test above asserts, on the current mesh."""
 
   @jax.jit
   def step(x: jax.Array) -> jax.Array:
@@ -191,7 +198,7 @@ def test_constrain_under_jit_gives_the_requested_sharding() -> None:
   assert z.sharding.is_equivalent_to(NamedSharding(mesh, P()), 2)
   # Outside jit the array moves to that sharding.
   moved = constrain(x, ("batch",), mesh, RULES).sharding
-  assert isinstance(moved, NamedSharding) and moved.spec == P("data")
+  assert moved.is_equivalent_to(NamedSharding(mesh, P("data")), 2)
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,18 @@ def test_init_sharded_equals_unsharded_init() -> None:
   assert {shard.data.shape for shard in sharded[EMBED].value.addressable_shards} == {(2, 6)}
 
 
+@pytest.mark.parametrize("kinds", [("Explicit", "Auto"), ("Auto", "Explicit")])
+def test_init_sharded_uses_its_mesh_whatever_mesh_is_set(kinds: tuple[str, str]) -> None:
+  # Params for one kind of mesh, created while a mesh of the other kind is the current one.
+  current, target = (
+      make_mesh((4, 2), ("data", "model"), axis_types=getattr(jax.sharding.AxisType, kind))
+      for kind in kinds)
+  with jax.set_mesh(current):
+    sharded = init_sharded(init, target, 3)
+  np.testing.assert_array_equal(sharded[KERNEL].value, init(3)[KERNEL].value)
+  assert sharded[KERNEL].value.sharding == NamedSharding(target, P(None, "model"))
+
+
 def test_init_sharded_traces_arrays_and_replicates_other_outputs() -> None:
   mesh = mesh_4x2()
 
@@ -221,9 +233,14 @@ def test_shard_batch_errors_name_the_leaf() -> None:
     shard_batch(np.ones((8, 2)), mesh, axis=())
 
 
-def test_make_mesh_axes_are_auto() -> None:
+def test_make_mesh_axes_are_explicit_like_jax() -> None:
   mesh = mesh_4x2()
   assert dict(mesh.shape) == {"data": 4, "model": 2}
-  assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+  assert mesh.axis_types == jax.make_mesh((4, 2), ("data", "model")).axis_types
+  assert all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+  auto = make_mesh((4, 2), ("data", "model"), axis_types=jax.sharding.AxisType.Auto)
+  assert all(t == jax.sharding.AxisType.Auto for t in auto.axis_types)
+  mixed_types = (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto)
+  assert make_mesh((4, 2), ("data", "model"), axis_types=mixed_types).axis_types == mixed_types
   with pytest.raises(ValueError, match="one name per axis"):
     make_mesh((4, 2), ("data",))

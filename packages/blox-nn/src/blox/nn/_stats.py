@@ -30,7 +30,7 @@ def pmean(x: jax.Array, axis_name: Hashable, where: str) -> jax.Array:
   """`jax.lax.pmean(x, axis_name)`, with an error naming the layer when the
   axis is not bound (the layer was called outside `vmap`/`shard_map`)."""
   try:
-    return _pmean(x, axis_name)
+    return _explicit_safe_pmean(x, axis_name)
   except NameError as error:
     raise NameError(
         f"{where}: axis_name={axis_name!r} is not bound here ({error}). A layer"
@@ -38,6 +38,31 @@ def pmean(x: jax.Array, axis_name: Hashable, where: str) -> jax.Array:
         " call it inside jax.vmap(..., axis_name=...) or jax.shard_map over a"
         f" mesh with the axis {axis_name!r}; or make it with axis_name=None."
     ) from error
+
+
+def _explicit_safe_pmean(x: jax.Array, axis_name: Hashable) -> jax.Array:
+  """`jax.lax.pmean`, also over a `vmap` axis whose lanes are split over
+  Explicit mesh axes.
+
+  JAX 0.10's batching rule of `psum` over a vmapped batch that is sharded in
+  its type fails an internal assertion (`AssertionError: (1, P('data', ...))`).
+  Inside `jax.sharding.auto_axes` the mesh axes are Auto, where the same
+  reduction compiles, and the result gets the lane's own sharding back. An
+  axis of the mesh itself (a `shard_map` axis) needs no such detour.
+  """
+  sharding = jax.typeof(x).sharding
+  mesh = getattr(sharding, "mesh", None)
+  if (
+      not isinstance(mesh, jax.sharding.AbstractMesh) or mesh.empty
+      or not mesh.explicit_axes or axis_name in mesh.axis_names
+  ):
+    return _pmean(x, axis_name)
+  # The lane's mesh is set for the detour: `jit` without `jax.set_mesh`
+  # knows it only from the arrays' types.
+  with jax.sharding.use_abstract_mesh(mesh):
+    return jax.sharding.auto_axes(  # type: ignore[no-any-return]  # untyped in jax
+        lambda lane: _pmean(lane, axis_name), out_sharding=sharding.spec
+    )(x)
 
 
 def compute_dtypes(dtype: Any, dtypes: Dtypes | None = None) -> tuple[Any, Any]:

@@ -2,8 +2,8 @@
 
 Depends on jax and blox-params only.
 
-- `make_mesh(shape, names, axis_types=None)`: a mesh, Auto axes by default,
-  Explicit (or a mix) on request; blox layers run on either.
+- `make_mesh(shape, names, axis_types=None)`: a mesh, Explicit axes by default
+  as in `jax.make_mesh`, Auto (or a mix) on request; blox layers run on either.
 - `per_lane_rng(fn, axis_name)`: each lane of `vmap` / `shard_map` draws
   its own keys at runtime; initialisation stays identical in every lane.
 - `param_shardings(params, mesh, rules=None)`: `NamedSharding`s from sharding

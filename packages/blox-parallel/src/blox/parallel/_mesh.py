@@ -7,18 +7,18 @@ blox's layers say it (their contractions choose the output sharding from
 their operands', see `blox.nn.contract`), so the same model runs on Explicit
 meshes, on `AxisType.Auto` meshes (where the compiler propagates shardings
 from the params and the batch and inserts the collectives), and on meshes that
-mix the two. The default here is still Auto, which every blox example and
-guide uses today (per-lane randomness under `jax.vmap` with a named axis
-over Explicit-sharded inputs trips JAX); pass `axis_types=AxisType.Explicit`
-for sharding in types.
+mix the two. The default is Explicit, as `jax.make_mesh`'s; pass
+`axis_types=AxisType.Auto` where the compiler should choose the shardings
+between the ones you pin (a model written for Auto that constrains its
+activations itself, or a quick experiment), or one type per axis for a mix.
 
 Example:
   >>> mesh = make_mesh((1, 1), ('data', 'model'))
   >>> dict(mesh.shape), mesh.axis_types
-  ({'data': 1, 'model': 1}, (Auto, Auto))
+  ({'data': 1, 'model': 1}, (Explicit, Explicit))
   >>> from jax.sharding import AxisType
-  >>> make_mesh((1,), ('data',), axis_types=AxisType.Explicit).axis_types
-  (Explicit,)
+  >>> make_mesh((1,), ('data',), axis_types=AxisType.Auto).axis_types
+  (Auto,)
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def make_mesh(
     axis_shapes: the size of each mesh axis; their product must not exceed
       the number of devices.
     axis_names: one name per axis, e.g. `('data', 'model')`.
-    axis_types: `AxisType.Auto` (the default) or `AxisType.Explicit` for
-      every axis, or one type per axis for a mixed mesh.
+    axis_types: `AxisType.Explicit` (the default, as in `jax.make_mesh`) or
+      `AxisType.Auto` for every axis, or one type per axis for a mixed mesh.
     devices: the devices to use; all of them (of every process) by default.
   """
   where = f"make_mesh({tuple(axis_shapes)}, {tuple(axis_names)})"
@@ -55,7 +55,7 @@ def make_mesh(
         " one name per axis."
     )
   if axis_types is None:
-    axis_types = AxisType.Auto
+    axis_types = AxisType.Explicit
   types = (axis_types,) * len(axis_names) if isinstance(axis_types, AxisType) else tuple(axis_types)
   if len(types) != len(axis_names) or not all(isinstance(t, AxisType) for t in types):
     raise ValueError(

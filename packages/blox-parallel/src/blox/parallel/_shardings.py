@@ -191,7 +191,11 @@ def init_sharded(init_fn: Callable[..., T], mesh: Mesh, *args: Any, rules: Rules
     P('model',)
   """
   jitted, arrays = sharded_init_function(init_fn, mesh, *args, rules=rules)
-  return jitted(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
+  # The mesh asked for is the current one while the params are created,
+  # whatever mesh the caller has set (an Auto mesh's constraints would fail
+  # as assertions under an Explicit one).
+  with jax.set_mesh(mesh):
+    return jitted(*arrays)  # type: ignore[no-any-return]  # jit erases the return type
 
 
 def sharded_init_function(
