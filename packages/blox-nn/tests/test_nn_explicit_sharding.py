@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from blox.graph import Graph
-from blox.nn import Conv, Embed, Linear, Rng
+from blox.graph import Graph, Module
+from blox.nn import Conv, Embed, Linear, Rng, contract
 from blox.nn._out_sharding import einsum_out_sharding
 from blox.params import SHARDING, Param, Params
 
@@ -166,3 +166,39 @@ def test_tabulate_shows_each_calls_output_sharding_as_jax_typeof_does() -> None:
   assert "f32[8@data,8]" in table  # `down`: the hidden units contracted
   plain = tabulate(model, params, x, width=200)
   assert "f32[8,16]" in plain and "@data" not in plain  # no mesh, no sharding in any type
+
+
+class _Experts(Module):
+  """One kernel per expert: `[experts, tokens, in] x [experts, in, out]`."""
+
+  def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    kernel, params = self.get_param(
+        params, "kernel", (x.shape[0], x.shape[-1], 4), init=jax.nn.initializers.ones,
+        metadata={SHARDING: ("experts", None, None)})
+    return contract(x, kernel, "eti,eio->eto", module=self, params=params,
+                    weight_name="kernel"), params
+
+
+def test_a_dimension_split_differently_by_the_two_operands_is_an_error_naming_the_rule() -> None:
+  mesh = _mesh(AxisType.Explicit)
+  experts = _Experts(Graph("net").child("experts"))
+  _, params = experts(Params(), jnp.ones((4, 2, 8)))
+  # The rules put 'experts' on 'model'; the tokens' expert axis is on 'data'.
+  path = ("net", "experts", "kernel")
+  placed = params.set(path, jax.device_put(params[path].value, NamedSharding(mesh, P("model"))))
+  x = jax.device_put(jnp.ones((4, 2, 8)), NamedSharding(mesh, P("data")))
+  with jax.set_mesh(mesh), pytest.raises(ValueError) as raised:
+    jax.jit(experts)(placed.locked(), x)
+  message = str(raised.value)
+  for part in ("net/experts", "'eti,eio->eto'", "'data'", "'model'", "logical axis 'experts'",
+               "rule ('experts', 'data')", "ambiguous"):
+    assert part in message, (part, message)
+  # Two activations (no weight param) get the same error without a rule to add.
+  q = jax.device_put(jnp.ones((8, 2, 4)), NamedSharding(mesh, P("data")))
+  k = jax.device_put(jnp.ones((8, 2, 4)), NamedSharding(mesh, P("model")))
+  with jax.set_mesh(mesh), pytest.raises(ValueError, match=r"second operand.*ambiguous.*Lay out"):
+    contract(q, k, "bqd,bkd->bqk")
+  # Laid out alike, the same product runs.
+  with jax.set_mesh(mesh):
+    out = contract(q, jax.device_put(k, NamedSharding(mesh, P("data"))), "bqd,bkd->bqk")
+  assert jax.typeof(out).sharding.spec == P("data", None, None)

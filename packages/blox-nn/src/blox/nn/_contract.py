@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 
 from blox.graph import Module
-from blox.nn._out_sharding import conv_out_sharding, einsum_out_sharding
-from blox.params import Params
+from blox.nn._out_sharding import ShardingConflict, conv_out_sharding, einsum_out_sharding
+from blox.params import Params, path_text
 
 __all__ = [
     "ConvDimensions",
@@ -137,10 +137,37 @@ class Contraction:
     # On Explicit mesh axes the output's sharding is part of its type and must
     # be said where the operands leave it open (see _out_sharding); None
     # elsewhere, so the product is exactly the one without a mesh.
-    out_sharding = einsum_out_sharding(self.equation, inputs, weight)
+    try:
+      out_sharding = einsum_out_sharding(self.equation, inputs, weight)
+    except ShardingConflict as conflict:
+      raise ValueError(self._conflict_message(conflict)) from None
     return jnp.einsum(
         self.equation, inputs, weight, precision=self.precision,
         preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,
+    )
+
+
+  def _conflict_message(self, conflict: ShardingConflict) -> str:
+    """The error for a dimension the operands split over different mesh axes."""
+    where = self.module.where() if self.module is not None else "contract"
+    path = self.weight_path()
+    logical = None
+    if path is not None and self.params is not None and path in self.params:
+      names = tuple(self.params[path].sharding or ())
+      logical = names[conflict.weight_dim] if conflict.weight_dim < len(names) else None
+    weight = f"the param {path_text(path)}" if path is not None else "the second operand"
+    axis = f" (logical axis {logical!r})" if logical is not None else ""
+    fix = "Lay out one operand like the other first (blox.parallel.constrain or jax.sharding.reshard)."
+    if logical is not None:
+      fix = (
+          f"Add the rule ({logical!r}, {conflict.inputs_axes!r}) so that the weight is"
+          f" split like the inputs, or l{fix[1:]}"
+      )
+    return (
+        f"{where}: {self.equation!r}: output dimension {conflict.out_dim} is split over"
+        f" mesh axis {conflict.inputs_axes!r} in the inputs but over"
+        f" {conflict.weight_axes!r} in {weight}, dimension {conflict.weight_dim}{axis}:"
+        f" the output's sharding is ambiguous. {fix}"
     )
 
 

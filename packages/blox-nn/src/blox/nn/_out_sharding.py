@@ -110,6 +110,18 @@ def _axes(entry: Any) -> tuple[str, ...]:
   return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
+class ShardingConflict(Exception):
+  """A dimension both operands of a contraction keep (a batch or head axis
+  of both) is split over different mesh axes: which one the output takes is
+  ambiguous. `blox.nn.contract` turns it into an error naming the module,
+  the weight and the logical axis."""
+
+  def __init__(self, out_dim: int, weight_dim: int, inputs_axes: Any, weight_axes: Any) -> None:
+    super().__init__(out_dim, weight_dim, inputs_axes, weight_axes)
+    self.out_dim, self.weight_dim = out_dim, weight_dim
+    self.inputs_axes, self.weight_axes = inputs_axes, weight_axes
+
+
 def einsum_out_sharding(equation: str, inputs: Any, weight: Any) -> NamedSharding | None:
   """The `out_sharding` of `einsum(equation, inputs, weight)`, or None when
   neither operand carries an Explicit sharding (see the module docstring)."""
@@ -122,6 +134,10 @@ def einsum_out_sharding(equation: str, inputs: Any, weight: Any) -> NamedShardin
   w_spec = specs[1] or (None,) * ranks[1]
   by_input = dict(zip(in_labels, in_spec))
   by_weight = dict(zip(w_labels, w_spec))
+  for dim, label in enumerate(out_labels):
+    mine, theirs = by_input.get(label), by_weight.get(label)
+    if label in by_weight and mine is not None and theirs is not None and mine != theirs:
+      raise ShardingConflict(dim, w_labels.index(label), mine, theirs)
   # The inputs' dimensions first: they keep their mesh axes.
   out: list[Any] = [by_input.get(label) for label in out_labels]
   used = {axis for entry in out for axis in _axes(entry)}
