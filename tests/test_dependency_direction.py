@@ -14,10 +14,11 @@ import pytest
 
 # What each portion must never import, even indirectly.
 FORBIDDEN = {
-    "blox.params": ("blox.graph", "blox.nn", "blox.parallel", "optax"),
-    "blox.graph": ("blox.nn", "blox.parallel", "optax"),
-    "blox.nn": ("blox.parallel", "optax"),
-    "blox.parallel": ("blox.graph", "blox.nn", "optax"),
+    "blox.params": ("blox.graph", "blox.nn", "blox.parallel", "blox.models", "optax", "safetensors"),
+    "blox.graph": ("blox.nn", "blox.parallel", "blox.models", "optax", "safetensors"),
+    "blox.nn": ("blox.parallel", "blox.models", "optax", "safetensors"),
+    "blox.parallel": ("blox.graph", "blox.nn", "blox.models", "optax", "safetensors"),
+    "blox.models": ("optax", "torch", "transformers"),
 }
 
 # The umbrella's blox/__init__.py is lazy (it imports a portion only when one
@@ -26,7 +27,7 @@ FORBIDDEN = {
 _PROBE = """
 import sys
 import {package}
-print('\\n'.join(sorted(m for m in sys.modules if m.startswith(('blox.', 'optax')))))
+print('\\n'.join(sorted(m for m in sys.modules if m.startswith(('blox.', 'optax', 'safetensors', 'torch', 'transformers')))))
 """
 
 

@@ -26,6 +26,7 @@ PACKAGES = {
     "blox-graph": "blox/graph",
     "blox-nn": "blox/nn",
     "blox-parallel": "blox/parallel",
+    "blox-models": "blox/models",
     "blox": "blox",
 }
 # Public submodules, each a namespace of functions users import by module.
