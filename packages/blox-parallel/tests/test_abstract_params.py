@@ -46,6 +46,18 @@ def test_matches_init_sharded_shapes_dtypes_and_shardings() -> None:
   assert jnp.issubdtype(params[("seed",)].value.dtype, jax.dtypes.prng_key)
 
 
+def test_on_explicit_axes_the_sharding_is_in_each_leafs_type() -> None:
+  mesh = bp.make_mesh((4, 2), ("data", "model"))  # Explicit axes, as jax.make_mesh's
+  target, _ = bp.abstract_params(_init, mesh, jnp.float32(2.0), 16, rules=RULES)
+  with jax.set_mesh(mesh):
+    # Traced from the abstract params alone, the shardings propagate through
+    # the types: nothing is computed and no mesh axis has to be told again.
+    doubled = jax.eval_shape(lambda p: p[("embed",)].value * 2, target)
+    summed = jax.eval_shape(lambda p: p[("layers", "w")].value.sum(1), target)
+  assert doubled.sharding.spec == spec("data", None)
+  assert summed.sharding.spec == spec(None, "model")
+
+
 def test_nothing_is_computed() -> None:
   calls: list[int] = []
 
