@@ -63,12 +63,12 @@ FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "ge
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parents[1] / "packages/blox-models/tests/fixtures"
 
 # Shared sizes: small enough to commit, large enough for GQA and per-head norms.
-VOCAB = 256
-HIDDEN = 64
+VOCAB = 128
+HIDDEN = 32
 HEADS = 4
 KV_HEADS = 2
-HEAD_DIM = 16
-INTERMEDIATE = 128
+HEAD_DIM = 8
+INTERMEDIATE = 64
 MAX_POSITIONS = 128
 PAD_ID = 0
 
@@ -89,8 +89,8 @@ NORM_STD = 0.2
 # `--check` on another CPU may round float32 sums differently: logits within
 # this of the committed ones pass (with a note); tokens must match exactly.
 CHECK_LOGITS_ATOL = 1e-5
-# A folder of about 430 kB cut at this size gives three shards.
-LLAMA_SHARD_BYTES = 200_000
+# A folder of about 110 kB cut at this size gives three shards.
+LLAMA_SHARD_BYTES = 50_000
 
 
 def _config(family: str) -> Any:
@@ -141,9 +141,9 @@ def _config(family: str) -> Any:
       tie_word_embeddings=True,
     )
   if family == "qwen3":
-    # head_dim 32 while hidden / heads is 16: the projections are not square.
+    # head_dim 16 while hidden / heads is 8: the projections are not square.
     return transformers.Qwen3Config(
-      **{**shared, "head_dim": 32},
+      **{**shared, "head_dim": 16},
       num_hidden_layers=2,
       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
       tie_word_embeddings=False,

@@ -10,7 +10,7 @@ with `transformers` can run as well.
 Example:
   >>> reference = load_reference("llama")
   >>> reference.logits.shape, reference.greedy_tokens.shape
-  ((2, 16, 256), (2, 16))
+  ((2, 16, 128), (2, 16))
   >>> (fixture_folder("llama") / "config.json").is_file()
   True
 """
