@@ -2,11 +2,13 @@
 
 Usage, from the repository root:
 
-  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md (about four minutes)
+  uv run benchmarks/run.py           # the sizes recorded in BENCHMARKS.md (about five minutes)
   uv run benchmarks/run.py --smoke   # tiny sizes, under a minute (CI)
 
-All rows come from this one process, so the ratios are comparable with each
-other. A ratio is blox time / hand-written JAX time: 1.00x means no overhead.
+All rows come from this one run, so the ratios are comparable with each
+other; the sharded rows are measured in a child process that sees 8 simulated
+devices (benchmarks/sharded.py). A ratio is blox time / hand-written JAX time
+(or the baseline a row's note names): 1.00x means no overhead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from benchmarks import container, lstm, train_step, transformer  # noqa: E402
+from benchmarks import container, lstm, sharded, train_step, transformer  # noqa: E402
 from benchmarks.timing import Row, format_seconds, format_table, machine  # noqa: E402
 
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
       ("train step", train_step.run),
       ("lstm", lstm.run),
       ("transformer", transformer.run),
+      ("sharded", sharded.run),
   ):
     print(f"running: {name} ...", file=sys.stderr, flush=True)
     rows.extend(benchmark(args.smoke))

@@ -37,6 +37,7 @@ __all__ = [
     "format_seconds",
     "format_table",
     "interleave",
+    "interleaved_times",
     "machine",
     "run_steps",
     "wait",
@@ -136,6 +137,32 @@ def interleave(
   """
   if baseline not in cases:
     raise ValueError(f"The baseline {baseline!r} is not one of the cases {sorted(cases)}.")
+  times, _ = interleaved_times(cases, steps=steps, rounds=rounds, warmup=warmup)
+  base = times[baseline]
+  return {
+      name: Comparison(
+          blox_s=statistics.median(times[name]),
+          baseline_s=statistics.median(base),
+          ratio=statistics.median([t / b for t, b in zip(times[name], base)]),
+          rounds=rounds,
+      )
+      for name in cases
+  }
+
+
+def interleaved_times(
+    cases: dict[str, tuple[Step, tuple[Any, ...]]],
+    *,
+    steps: int,
+    rounds: int,
+    warmup: int = 2,
+) -> tuple[dict[str, list[float]], dict[str, tuple[Any, ...]]]:
+  """The rounds of `interleave`: each case's seconds per step in every round, and its final state.
+
+  For ratios between any two cases (the median of `a[r] / b[r]` over the
+  rounds `r`), not only against one baseline; the final states let a caller
+  check that every case still computes the same thing after the timing.
+  """
   names = list(cases)
   states = {}
   for name, (step, state) in cases.items():
@@ -146,16 +173,7 @@ def interleave(
     for name in names[start:] + names[:start]:
       seconds, states[name] = run_steps(cases[name][0], states[name], steps)
       times[name].append(seconds)
-  base = times[baseline]
-  return {
-      name: Comparison(
-          blox_s=statistics.median(times[name]),
-          baseline_s=statistics.median(base),
-          ratio=statistics.median([t / b for t, b in zip(times[name], base)]),
-          rounds=rounds,
-      )
-      for name in names
-  }
+  return times, states
 
 
 def count_ops(fn: Callable[..., Any], *args: Any) -> int:
