@@ -191,7 +191,7 @@ _SHARED = ["epsilon", "use_scale", "scale_init", "scale_metadata", "axis_name", 
 
 @pytest.mark.parametrize(
     "cls,keywords",
-    [(LayerNorm, ["use_bias", "bias_init", "bias_metadata"] + _SHARED), (RMSNorm, _SHARED)],
+    [(LayerNorm, ["use_bias", "bias_init", "bias_metadata"] + _SHARED), (RMSNorm, ["scale_offset"] + _SHARED)],
     ids=["LayerNorm", "RMSNorm"],
 )
 def test_signature_lists_every_setting_by_keyword(cls: type[Any], keywords: list[str]) -> None:
@@ -212,3 +212,34 @@ def test_repr_and_config_follow_a_changed_setting(cls: type[Any]) -> None:
   assert repr(norm) == f"{cls.__name__}(epsilon=100.0, use_scale=False)"
   y_changed, _ = norm(params, x)  # a later call computes with the new epsilon
   assert float(jnp.max(jnp.abs(y_changed))) < 0.5 * float(jnp.max(jnp.abs(y)))
+
+
+def test_rms_norm_scale_offset_is_gemmas_norm() -> None:
+  norm = _make(RMSNorm, epsilon=1e-6, scale_offset=1.0, scale_init=jax.nn.initializers.zeros)
+  x = _data((3, 8))
+  y, params = norm(Params(), jnp.asarray(x, jnp.float32))
+  # With the zero scale it starts as the plain normalisation.
+  np.testing.assert_allclose(y, _rms_norm(x, 1.0, 1e-6), rtol=1e-5, atol=1e-5)
+  params = _set_affine(norm, params, ("scale",), 8)
+  y, _ = norm(params, jnp.asarray(x, jnp.float32))
+  scale = np.asarray(params[norm.param_path("scale")].value, np.float64)
+  np.testing.assert_allclose(y, _rms_norm(x, 1.0 + scale, 1e-6), rtol=1e-5, atol=1e-5)
+  # bfloat16 inputs: float32 normalisation and (1 + scale), then one rounding.
+  low = jnp.asarray(x, jnp.bfloat16)
+  y_low, _ = norm(params, low)
+  assert y_low.dtype == jnp.bfloat16
+  x32 = np.asarray(low.astype(jnp.float32), np.float64)
+  expected = jnp.asarray(_rms_norm(x32, 1.0 + scale, 1e-6), jnp.float32).astype(jnp.bfloat16)
+  np.testing.assert_allclose(
+      y_low.astype(jnp.float32), expected.astype(jnp.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_rms_norm_scale_offset_needs_a_scale_and_a_number() -> None:
+  with pytest.raises(ValueError, match=r"RMSNorm 'norm\d+/norm': scale_offset=1.0 is added to the learned scale, but use_scale=False"):
+    _make(RMSNorm, scale_offset=1.0, use_scale=False)
+  with pytest.raises(TypeError, match=r"RMSNorm 'norm\d+/norm': scale_offset must be a number.*got '1'"):
+    _make(RMSNorm, scale_offset="1")
+  norm = _make(RMSNorm, use_scale=False)
+  norm.scale_offset = 1.0  # changed after construction: refused at the call
+  with pytest.raises(ValueError, match=r"scale_offset=1.0 is added to the learned scale"):
+    norm(Params(), jnp.ones((2, 3)))

@@ -42,8 +42,11 @@ from blox.nn._pooling import avg_pool as avg_pool
 from blox.nn._pooling import max_pool as max_pool
 from blox.nn._pooling import min_pool as min_pool
 from blox.nn._rng import Rng as Rng
+from blox.nn._rope import RopeScaling as RopeScaling
 from blox.nn._rope import rope as rope
+from blox.nn._rope import rope_frequencies as rope_frequencies
 from blox.nn._sequential import Sequential as Sequential
+from blox.nn._soft_cap import soft_cap as soft_cap
 from blox.nn._version import __version__ as __version__
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "MultiHeadAttention",
     "RMSNorm",
     "Rng",
+    "RopeScaling",
     "Sequential",
     "__version__",
     "avg_pool",
@@ -78,6 +82,8 @@ __all__ = [
     "min_pool",
     "padding_mask",
     "rope",
+    "rope_frequencies",
     "set_contraction_hook",
+    "soft_cap",
     "softmax_cross_entropy",
 ]

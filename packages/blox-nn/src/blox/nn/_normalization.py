@@ -143,13 +143,50 @@ class LayerNorm(_FeatureNorm):
     return y.astype(output), params
 
 
+def _check_offset(value: Any, name: str, where: str) -> Any:
+  """`value`; raises unless it is a real number (a setting's check)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise TypeError(f"{where}: {name} must be a number such as 0.0 or 1.0, got {value!r}.")
+  return value
+
+
 class RMSNorm(_FeatureNorm):
-  """`x / sqrt(mean(x ** 2) + epsilon) * scale` over the last axis.
+  """`x / sqrt(mean(x ** 2) + epsilon) * (scale_offset + scale)` over the last axis.
 
   Unlike `LayerNorm` it neither subtracts the mean nor adds a bias. The
   param `scale` (ones) has shape `(features,)`. Initializers and dtypes work
-  as for `LayerNorm`.
+  as for `LayerNorm`. `scale_offset` is added to the learned scale (in
+  float32, at least): Gemma's norm stores the scale as an offset from one,
+  `RMSNorm(graph, scale_offset=1.0, scale_init=zeros)`.
+
+  Example: Gemma's norm starts as the plain normalisation.
+    >>> import jax.numpy as jnp
+    >>> from blox.graph import Graph
+    >>> from blox.params import Params
+    >>> from blox.nn.initializers import zeros
+    >>> norm = RMSNorm(Graph('net').child('norm'), scale_offset=1.0, scale_init=zeros)
+    >>> y, params = norm(Params(), jnp.array([[3.0, 4.0]]))
+    >>> [round(v, 3) for v in y[0].tolist()]
+    [0.849, 1.131]
   """
+
+  scale_offset: float = setting(
+      default=0.0, check=_check_offset,
+      doc="added to the learned scale: the outputs are the normalised inputs times"
+      " `scale_offset + scale` (1.0 with `scale_init=zeros` for Gemma); needs `use_scale`.",
+  )
+
+  def __post_init__(self) -> None:
+    self._check_offset_has_scale()
+
+  def _check_offset_has_scale(self) -> None:
+    """Raises unless a non-zero `scale_offset` has a scale to be added to."""
+    if self.scale_offset and not self.use_scale:
+      raise ValueError(
+          f"{self.where()}: scale_offset={self.scale_offset} is added to the learned"
+          " scale, but use_scale=False makes none; set use_scale=True, or leave"
+          " scale_offset at 0.0."
+      )
 
   def __call__(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Normalises `inputs` of shape `(..., features)`; returns `(outputs, params)`."""
@@ -158,10 +195,14 @@ class RMSNorm(_FeatureNorm):
     x = jnp.asarray(inputs, compute)
     mean_square = _feature_mean(jnp.square(x), self.axis_name, self.where())
     y = x * jax.lax.rsqrt(mean_square + jnp.asarray(self.epsilon, compute))
+    self._check_offset_has_scale()
     if self.use_scale:
       scale, params = self._learned(
           params, "scale", x.shape[-1], self.scale_init, self.scale_metadata, compute,
           dtypes.param,
       )
+      if self.scale_offset:
+        # Skipped at 0.0, so that the plain norm stays bit for bit what it was.
+        scale = jnp.asarray(self.scale_offset, compute) + scale
       y = y * follow(scale, y)
     return y.astype(output), params
