@@ -211,8 +211,9 @@ def test_nn_attention_signature_shows_the_real_arguments() -> None:
   parameters = inspect.signature(MultiHeadAttention).parameters
   assert list(parameters) == [
       "graph", "num_heads", "rng", "num_kv_heads", "qkv_size", "output_size",
-      "dropout_rate", "use_bias", "qk_norm", "rope_base", "implementation", "precision",
-      "kernel_init", "bias_init", "qk_norm_scale_init", "projection_kernel_metadata",
+      "dropout_rate", "use_bias", "out_bias", "qk_norm", "qk_norm_epsilon",
+      "qk_norm_scale_offset", "rope_base", "rope_scaling", "sliding_window", "query_scale",
+      "logit_soft_cap", "implementation", "precision", "kernel_init", "bias_init", "qk_norm_scale_init", "projection_kernel_metadata",
       "projection_bias_metadata", "qk_norm_metadata", "param_dtype", "dtype",
   ]
   # The size is positional, everything else keyword-only; rng is required.

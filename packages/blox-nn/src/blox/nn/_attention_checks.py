@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from blox.graph import Module
 from blox.nn._checks import check_float_inputs, check_positive_int
 from blox.nn._kv_cache import KVCache
+from blox.nn._rope import RopeScaling
 from blox.params import SHARDING, Params
 
 __all__ = [
@@ -35,14 +36,20 @@ __all__ = [
     "check_head_dim",
     "check_input_width",
     "check_kv_heads_divide",
+    "check_optional_bool",
+    "check_optional_positive",
     "check_optional_size",
+    "check_real",
+    "check_rope_scaling",
     "check_projection_metadata",
     "check_qk_norm_metadata",
     "check_rope_base",
     "check_rope_lengths",
+    "check_rope_options",
     "check_same_batch",
     "check_sequence",
     "check_token",
+    "check_window_lengths",
     "per_projection",
     "refuse_misplaced",
 ]
@@ -67,6 +74,40 @@ def check_bool(value: Any, name: str, where: str) -> Any:
   """`value`, a Python bool (a switch that decides what is traced)."""
   if not isinstance(value, bool):
     raise TypeError(f"{where}: {name} must be a bool (True or False), got {value!r}.")
+  return value
+
+
+def check_optional_bool(value: Any, name: str, where: str) -> Any:
+  """`value`, None (follow another setting) or a Python bool."""
+  if value is not None and not isinstance(value, bool):
+    raise TypeError(f"{where}: {name} must be None or a bool (True or False), got {value!r}.")
+  return value
+
+
+def check_optional_positive(value: Any, name: str, where: str) -> Any:
+  """`value`, None or a positive, finite number."""
+  if value is not None and (
+      isinstance(value, bool) or not isinstance(value, (int, float))
+      or not 0 < value < float("inf")
+  ):
+    raise ValueError(f"{where}: {name} must be None or a positive number, got {value!r}.")
+  return value
+
+
+def check_real(value: Any, name: str, where: str) -> Any:
+  """`value`, a real Python number."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise TypeError(f"{where}: {name} must be a number such as 0.0 or 1.0, got {value!r}.")
+  return value
+
+
+def check_rope_scaling(value: Any, name: str, where: str) -> Any:
+  """`value`, None or a `RopeScaling`."""
+  if value is not None and not isinstance(value, RopeScaling):
+    raise TypeError(
+        f"{where}: {name} must be None or a blox.nn.RopeScaling, e.g."
+        f" RopeScaling('llama3', factor=8.0); got {type(value).__name__}."
+    )
   return value
 
 
@@ -169,6 +210,16 @@ def check_head_dim(
   return head_dim
 
 
+def check_rope_options(rope_base: Any, rope_scaling: Any, where: str) -> None:
+  """Raises ValueError for a `rope_scaling` without rotary embeddings to scale."""
+  if rope_scaling is not None and rope_base is None:
+    raise ValueError(
+        f"{where}: rope_scaling={rope_scaling!r} rescales the rotary frequencies,"
+        " but rope_base=None applies no rotary embeddings; set rope_base (e.g."
+        " 500000.0 for Llama 3), or leave rope_scaling at None."
+    )
+
+
 # The checks of the inputs.
 
 
@@ -204,6 +255,17 @@ def check_rope_lengths(query: Any, key: Any, where: str) -> None:
         " positions of self-attention, arange(length), but the query has length"
         f" {query.shape[-2]} and the key {key.shape[-2]}. For cross-attention use"
         " rope_base=None (and rotate with blox.nn.rope yourself if needed)."
+    )
+
+
+def check_window_lengths(query: Any, key: Any, where: str) -> None:
+  """Raises unless `key` has the query's length (a sliding window's positions)."""
+  if key.shape[-2] != query.shape[-2]:
+    raise ValueError(
+        f"{where}: a sliding window compares the positions of self-attention,"
+        f" arange(length), but the query has length {query.shape[-2]} and the key"
+        f" {key.shape[-2]}. For cross-attention pass sliding_window=None (and a"
+        " mask of your own, if needed)."
     )
 
 

@@ -32,13 +32,14 @@ import jax
 import jax.numpy as jnp
 
 from blox.nn._attention_checks import (
-    PROJECTIONS, QK_NORMS, check_head_dim, check_input_width, per_projection,
+    PROJECTIONS, QK_NORMS, check_head_dim, check_input_width, check_rope_options, per_projection,
 )
 from blox.nn._attention_heads import merge_heads, normalize_heads, project_to_heads
+from blox.nn._attention_window import check_frequencies_override, window_mask
 from blox.nn._dot_product_attention import attend
 from blox.nn._kv_cache import KVCache, cache_positions, extend_cache, overflow_to_nan
 from blox.nn._precision import Dtypes, to_output
-from blox.nn._rope import apply_rope
+from blox.nn._rope import apply_rope, rope_frequencies
 from blox.params import Params
 
 if TYPE_CHECKING:
@@ -79,16 +80,24 @@ def attention_forward(
     masks: list[Any],
     is_training: bool,
     cache: KVCache | None = None,
+    *,
+    window: Any = None,
+    frequencies: Any = None,
 ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
   """`((outputs, new_cache), params)`: `layer` applied to the checked inputs.
 
   Projects, attends (over `cache` too, written first, if given) and merges.
   On first use the RNG draws come in the order query, key and value params,
   the dropout key (if any), then the out params (the qk_norm scales draw
-  none). `masks` are combined with the cache's own mask.
+  none). `masks` are combined with the cache's own mask and the sliding
+  window's. `window` and `frequencies` are the per-call overrides of the
+  `sliding_window` setting and of the rotary frequencies (None: the
+  layer's), checked by the caller.
   """
   where = layer.where()
   head_dim = attention_head_dim(layer, params, named)
+  check_rope_options(layer.rope_base, layer.rope_scaling, where)
+  check_frequencies_override(frequencies, layer.rope_base, head_dim, where)
   (_, query), (_, key), (_, value) = named
   length = query.shape[-2]
   positions = jnp.arange(length, dtype=jnp.int32)
@@ -105,16 +114,26 @@ def attention_forward(
     q, params = _normalize(layer, params, "query_norm", q, dtypes)
     k, params = _normalize(layer, params, "key_norm", k, dtypes)
   if layer.rope_base is not None:
-    # The caller made sure that key and query have the same length.
-    q, k = (apply_rope(x, positions, layer.rope_base, where) for x in (q, k))
+    if frequencies is None and layer.rope_scaling is not None:
+      frequencies = rope_frequencies(head_dim, layer.rope_base, layer.rope_scaling)
+    # The caller made sure that key and query have the same length. Without
+    # frequencies, those of the base (as `rope` makes them, bit for bit).
+    q, k = (apply_rope(x, positions, layer.rope_base, where, frequencies) for x in (q, k))
   if cache is not None:
     cache, visible = extend_cache(cache, k, v)
     k, v, masks = cache.key, cache.value, [visible, *masks]
+  kv_positions = jnp.arange(k.shape[-3], dtype=jnp.int32)
+  window = layer.sliding_window if window is None else window
+  # A window as long as the keys hides none of them: left out, so that the
+  # attention keeps the mask (and the fused path) it has without one.
+  if window is not None and not (isinstance(window, int) and window >= k.shape[-3]):
+    masks = [*masks, window_mask(positions, kv_positions, window)]
   dropout_key = None
   if is_training and layer.dropout_rate > 0.0:
     dropout_key, params = layer.rng(params)
   attended = attend(
-      q, k, v, masks, where, dropout_rate=layer.dropout_rate, dropout_key=dropout_key,
+      q, k, v, masks, where, scale=layer.query_scale, logit_soft_cap=layer.logit_soft_cap,
+      dropout_rate=layer.dropout_rate, dropout_key=dropout_key,
       precision=layer.precision, implementation=layer.implementation, module=layer,
       params=params,
   )
@@ -148,9 +167,12 @@ def _options(layer: MultiHeadAttention, name: str, dtypes: Dtypes) -> dict[str, 
   where = layer.where()
   kernels = per_projection(layer.projection_kernel_metadata, "projection_kernel_metadata", where)
   biases = per_projection(layer.projection_bias_metadata, "projection_bias_metadata", where)
+  use_bias = layer.use_bias
+  if name == "out" and layer.out_bias is not None:
+    use_bias = layer.out_bias
   return {
       "kernel_init": layer.kernel_init, "bias_init": layer.bias_init, "rng": layer.rng,
-      "use_bias": layer.use_bias, "kernel_metadata": kernels.get(name),
+      "use_bias": use_bias, "kernel_metadata": kernels.get(name),
       "bias_metadata": biases.get(name), "precision": layer.precision,
       "param_dtype": dtypes.param, "dtype": dtypes.compute,
   }
@@ -163,5 +185,6 @@ def _normalize(
   metadata = per_projection(layer.qk_norm_metadata, "qk_norm_metadata", layer.where(), QK_NORMS)
   return normalize_heads(
       layer, params, name, x, scale_init=layer.qk_norm_scale_init,
-      scale_metadata=metadata.get(name), param_dtype=dtypes.param,
+      scale_metadata=metadata.get(name), epsilon=layer.qk_norm_epsilon,
+      scale_offset=layer.qk_norm_scale_offset, param_dtype=dtypes.param,
   )

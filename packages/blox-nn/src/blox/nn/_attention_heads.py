@@ -173,6 +173,7 @@ def normalize_heads(
     scale_init: Initializer,
     scale_metadata: Mapping[str, Any] | None = None,
     epsilon: float = 1e-6,
+    scale_offset: float = 0.0,
     param_dtype: Any = None,
 ) -> tuple[jax.Array, Params]:
   """`inputs [..., heads, head_dim]` RMS-normalised over head_dim, times a scale.
@@ -180,7 +181,8 @@ def normalize_heads(
   Param `module`'s `(name, 'scale')` `[head_dim]`, shared by the heads and
   created with `scale_init(None, shape, dtype)` (no key is drawn, as for
   `RMSNorm`), in `param_dtype` (None: float32). The statistics are computed
-  in float32 at least; the result has the inputs' dtype.
+  in float32 at least; the result has the inputs' dtype. The factor is
+  `scale_offset + scale`, as for `RMSNorm`.
   """
   scale: jax.Array
   scale, params = module.get_param(
@@ -191,4 +193,8 @@ def normalize_heads(
   x = inputs.astype(jnp.promote_types(dtype, jnp.float32))
   mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
   normalized = x * jax.lax.rsqrt(mean_square + jnp.asarray(epsilon, x.dtype))
-  return (normalized * follow(scale.astype(x.dtype), normalized)).astype(dtype), params
+  factor = scale.astype(x.dtype)
+  if scale_offset:
+    # Skipped at 0.0, so that the plain scale stays bit for bit what it was.
+    factor = jnp.asarray(scale_offset, x.dtype) + factor
+  return (normalized * follow(factor, normalized)).astype(dtype), params

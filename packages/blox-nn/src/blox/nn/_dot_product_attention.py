@@ -42,6 +42,7 @@ from blox.nn._checks import check_float_inputs
 from blox.nn._contract import contract
 from blox.nn._dropout import check_rate, drop
 from blox.nn._out_sharding import broadcast_like
+from blox.nn._soft_cap import soft_cap_in
 from blox.params import Params
 
 __all__ = ["IMPLEMENTATIONS", "attend", "check_implementation", "dot_product_attention"]
@@ -177,6 +178,7 @@ def attend(
     where: str,
     *,
     scale: float | None = None,
+    logit_soft_cap: float | None = None,
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     precision: jax.lax.PrecisionLike = None,
@@ -190,7 +192,9 @@ def attend(
   the caller gave rather than a combination. `where` names the caller in
   errors (a module's `where()` when a layer calls this). Dropout applies when
   `dropout_key` is given (the caller decides, e.g. only when training).
-  `module` and `params` (the calling layer's, if any) are passed on to
+  `logit_soft_cap`, if given, caps the scaled logits (`soft_cap`) before
+  the masks; jax's function has no such step, so blox's formula computes
+  it. `module` and `params` (the calling layer's, if any) are passed on to
   `contract`, so that hooks know whose products they see.
   """
   dtype = jnp.result_type(query, key, value)
@@ -204,10 +208,11 @@ def attend(
   if scale is None:
     scale = 1.0 / math.sqrt(head_dim)
   compute = jnp.promote_types(dtype, jnp.float32)
-  if dropout_key is not None or precision is not None or compute != jnp.float32:
+  if (dropout_key is not None or precision is not None or compute != jnp.float32
+      or logit_soft_cap is not None):
     return _formula(
         query, key, value, allowed, scale, compute, dropout_rate, dropout_key, precision, where,
-        module, params,
+        module, params, logit_soft_cap,
     )
   # jax's function takes exactly one batch axis and a mask [B, N, T, S].
   flat = [jnp.reshape(a, (-1, *a.shape[-3:])) for a in (query, key, value)]
@@ -261,8 +266,10 @@ def _formula(
     where: str,
     module: Module | None,
     params: Params | None,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
-  """blox's own attention: the math of jax's XLA path, plus dropout and precision."""
+  """blox's own attention: the math of jax's XLA path, plus dropout, precision
+  and the soft cap of the logits."""
   kv_heads = key.shape[-2]
   logits = contract(
       _grouped(query, kv_heads), key, "...qkgd,...skd->...kgqs", module=module,
@@ -270,6 +277,8 @@ def _formula(
   )
   logits = jnp.reshape(logits, (*logits.shape[:-4], -1, *logits.shape[-2:]))
   logits = logits * jnp.asarray(scale, compute)
+  if logit_soft_cap is not None:
+    logits = soft_cap_in(logits, logit_soft_cap)
   if allowed is not None:
     # The lowest finite value (not -inf) keeps a fully masked row finite: it
     # attends uniformly. jnp.finfo has no annotations.

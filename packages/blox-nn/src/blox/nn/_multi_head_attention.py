@@ -5,9 +5,12 @@ causal sequence model for autoregressive decoding: `initial_state` allocates
 a `KVCache`, `decode_step` decodes one token into it, and `apply` runs a
 whole sequence with a causal mask (a prefill when given a cache). Options of
 modern transformers: grouped-query attention (`num_kv_heads`), query/key
-RMS normalisation (`qk_norm`), rotary position embeddings (`rope_base`) and
-the fused attention kernel (`implementation='cudnn'`). The forward pass
-itself is `_attention_forward`; its steps live beside it.
+RMS normalisation (`qk_norm`), rotary position embeddings (`rope_base`,
+rescaled by `rope_scaling`), sliding-window attention (`sliding_window`),
+soft-capped logits (`logit_soft_cap`) and the fused attention kernel
+(`implementation='cudnn'`). The settings are declared in
+`_attention_settings`; the forward pass itself is `_attention_forward`, its
+steps live beside it.
 
 Example:
   >>> import jax.numpy as jnp
@@ -32,35 +35,27 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, overload
 
 import jax
 
-from blox.graph import setting
 from blox.nn._attention_checks import (
-    PROJECTIONS, QK_NORMS, check_bool, check_head_dim, check_kv_heads_divide,
-    check_optional_size, check_projection_metadata, check_qk_norm_metadata,
-    check_rope_base, check_rope_lengths, check_same_batch, check_sequence, check_token,
+    PROJECTIONS, QK_NORMS, check_head_dim, check_kv_heads_divide, check_rope_lengths,
+    check_rope_options, check_same_batch, check_sequence, check_token, check_window_lengths,
     refuse_misplaced,
 )
 from blox.nn._attention_forward import attention_forward, attention_head_dim, attention_kv_heads
+from blox.nn._attention_settings import AttentionSettings
+from blox.nn._attention_window import check_window_override
 from blox.nn._checks import check_is_training, check_positive_int
-from blox.nn._dot_product_attention import check_implementation
-from blox.nn._dropout import check_rate
 from blox.nn._kv_cache import KVCache, allocate_cache
-from blox.nn._layer import Layer
 from blox.nn._masks import causal_mask
-from blox.nn.initializers import lecun_normal, ones, zeros
-from blox.params import Initializer, KeySource, Params
+from blox.params import Params
 
 __all__ = ["MultiHeadAttention"]
 
-# Metadata per param group: projection (or qk_norm scale) name -> metadata.
-GroupMetadata = Mapping[str, Mapping[str, Any] | None] | None
 
-
-class MultiHeadAttention(Layer):
+class MultiHeadAttention(AttentionSettings):
   """Multi-head scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`.
 
   Params. The module owns its params itself (no child modules), with a
@@ -101,11 +96,28 @@ class MultiHeadAttention(Layer):
   key/value head (query head `n` uses kv head `n // group`), which shrinks the
   KV cache by that factor; `num_kv_heads=1` is multi-query attention. With
   `qk_norm`, each query and key head is RMS-normalised over head_dim (float32
-  statistics, epsilon 1e-6) and scaled by a learned `[head_dim]` scale.
-  With `rope_base`, `rope` rotates the queries and keys (after `qk_norm`) at
-  their positions, `arange(length)`, or `cache.position + arange(length)`
-  with a cache, so cached decoding equals the full forward; `__call__` then
-  refuses a key of another length than the query (no self-attention).
+  statistics, epsilon `qk_norm_epsilon`) and scaled by a learned `[head_dim]`
+  scale (plus `qk_norm_scale_offset`). With `rope_base`, `rope` rotates the
+  queries and keys (after `qk_norm`) at their positions, `arange(length)`,
+  or `cache.position + arange(length)` with a cache, so cached decoding
+  equals the full forward; `__call__` then refuses a key of another length
+  than the query (no self-attention). The frequencies are those of
+  `rope_frequencies(head_dim, rope_base, rope_scaling)`.
+
+  Logits. `q k^T` is scaled by `query_scale` (default `1 / sqrt(head_dim)`),
+  then, with `logit_soft_cap`, capped to `cap * tanh(logits / cap)`, then
+  masked. With `sliding_window=w`, a query at position q attends only to
+  keys at positions k with `q - k < w`, on the positions above (the cache's
+  with a cache, per batch element); under `apply`'s causal mask that is the
+  query itself and the `w - 1` keys before it.
+
+  Per-call overrides. A `blox.graph.Repeat` runs one module for all its
+  layers; what differs between layers is passed to `__call__`, `apply` or
+  `decode_step`, possibly traced (e.g. through `Repeat.scan`):
+  `sliding_window` (None: the setting; an int or an int32 scalar; a window
+  at least as long as the keys is none) and `rope_frequencies`
+  (`[head_dim // 2]` floats used instead of the setting's; needs
+  `rope_base`).
 
   Precision. `dtype` is that of the projections and of the attention
   products, and the default dtype of the `KVCache`; the softmax is computed
@@ -130,69 +142,10 @@ class MultiHeadAttention(Layer):
   `key`); its single step is `decode_step`, with the same result form.
   """
 
-  num_heads: int = setting(
-      kw_only=False, check=check_positive_int, doc="the number of attention (query) heads.")
-  rng: KeySource = setting(doc="the key source for initialisation and attention dropout.")
-  num_kv_heads: int | None = setting(
-      default=None, check=check_optional_size,
-      doc="the number of key/value heads, a divisor of `num_heads`; None: `num_heads`.",
-  )
-  qkv_size: int | None = setting(
-      default=None, check=check_optional_size,
-      doc="the total size of the query/key/value projections (all heads together),"
-      " a multiple of `num_heads`; None: the query's last axis.",
-  )
-  output_size: int | None = setting(
-      default=None, check=check_optional_size,
-      doc="the size of the output's last axis; None: the query's last axis.",
-  )
-  dropout_rate: float = setting(
-      default=0.0, check=check_rate, doc="the dropout rate on the attention weights, in [0, 1).")
-  use_bias: bool = setting(default=True, doc="whether the projections add a bias.")
-  qk_norm: bool = setting(
-      default=False, check=check_bool, doc="whether queries and keys are RMS-normalised per head.")
-  rope_base: float | None = setting(
-      default=None, check=check_rope_base,
-      doc="None for no rotary embeddings, else the `base` of `rope` (e.g. 10000.0);"
-      " needs an even head_dim.",
-  )
-  implementation: str | None = setting(
-      default=None, check=check_implementation,
-      doc="that of `dot_product_attention`: None, 'xla' or 'cudnn'.",
-  )
-  precision: jax.lax.PrecisionLike = setting(
-      default=None,
-      doc="the matmul precision of the projections and attention (a precision other"
-      " than None uses blox's attention formula, not jax's).",
-  )
-  kernel_init: Initializer = setting(
-      default=lecun_normal(),
-      doc="the kernels' initializer `(key, shape, dtype) -> array`, shared by the"
-      " four projections.",
-  )
-  bias_init: Initializer = setting(
-      default=zeros, doc="the biases' initializer, shared by the four projections.")
-  qk_norm_scale_init: Initializer = setting(
-      default=ones, doc="the initializer of both qk_norm scales, called with `key=None`.")
-  projection_kernel_metadata: GroupMetadata = setting(
-      default=None, check=check_projection_metadata,
-      doc="the kernels' metadata per projection: a mapping from any of 'query',"
-      " 'key', 'value', 'out' to that projection's kernel metadata; projections"
-      " left out get none.",
-  )
-  projection_bias_metadata: GroupMetadata = setting(
-      default=None, check=check_projection_metadata,
-      doc="the same for the biases.",
-  )
-  qk_norm_metadata: GroupMetadata = setting(
-      default=None, check=check_qk_norm_metadata,
-      doc="the same for the qk_norm scales, from 'query_norm' or 'key_norm' to that"
-      " scale's metadata.",
-  )
-
   def __post_init__(self) -> None:
     where = self.where()
     check_kv_heads_divide(self.num_heads, self.num_kv_heads, where)
+    check_rope_options(self.rope_base, self.rope_scaling, where)
     if self.qkv_size is not None:
       check_head_dim(self.qkv_size, self.num_heads, self.rope_base, where)
     # The params live at (*path, 'query', 'kernel') and so on. A module bound
@@ -213,6 +166,8 @@ class MultiHeadAttention(Layer):
       *,
       mask: jax.Array | None = None,
       is_training: bool = True,
+      sliding_window: int | jax.Array | None = None,
+      rope_frequencies: jax.Array | None = None,
   ) -> tuple[jax.Array, Params]:
     """Attends from `query` to `key`/`value`.
 
@@ -225,6 +180,9 @@ class MultiHeadAttention(Layer):
       mask: booleans (True = attend) broadcasting to
         `[*batch, num_heads, q_length, kv_length]`.
       is_training: whether dropout applies; a Python bool (static under jit).
+      sliding_window: None (the setting), or this call's window (see the
+        class docstring); needs self-attention (the key's length the query's).
+      rope_frequencies: None (the setting's), or this call's rotary frequencies.
 
     Returns:
       `(outputs [*batch, q_length, output_size], params)`.
@@ -241,8 +199,14 @@ class MultiHeadAttention(Layer):
     check_same_batch(query, key, value, where)
     if self.rope_base is not None:
       check_rope_lengths(query, key, where)
+    check_window_override(sliding_window, where)
+    if sliding_window is not None or self.sliding_window is not None:
+      check_window_lengths(query, key, where)
     masks = [] if mask is None else [mask]
-    (outputs, _), params = attention_forward(self, params, named, masks, is_training)
+    (outputs, _), params = attention_forward(
+        self, params, named, masks, is_training, window=sliding_window,
+        frequencies=rope_frequencies,
+    )
     return outputs, params
 
   # The sequence-model interface.
@@ -289,6 +253,8 @@ class MultiHeadAttention(Layer):
       *,
       mask: jax.Array | None = None,
       is_training: bool = False,
+      sliding_window: int | jax.Array | None = None,
+      rope_frequencies: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, KVCache], Params]:
     """Decodes one token of self-attention over the cache.
 
@@ -299,6 +265,8 @@ class MultiHeadAttention(Layer):
       mask: booleans broadcasting to `[*batch, num_heads, 1, max_length]`,
         combined with the cache's own mask (positions written so far).
       is_training: whether dropout applies; False unless passed explicitly.
+      sliding_window: None (the setting), or this call's window.
+      rope_frequencies: None (the setting's), or this call's rotary frequencies.
 
     Returns:
       `((outputs [*batch, output_size], new_cache), params)`.
@@ -306,10 +274,12 @@ class MultiHeadAttention(Layer):
     where = self.where()
     check_is_training(is_training, where)
     check_token(token, cache, where, "decode_step", "token")
+    check_window_override(sliding_window, where)
     sequence = token[..., None, :]
     masks = [] if mask is None else [mask]
     (outputs, new_cache), params = attention_forward(
-        self, params, [("token", sequence)] * 3, masks, is_training, cache
+        self, params, [("token", sequence)] * 3, masks, is_training, cache,
+        window=sliding_window, frequencies=rope_frequencies,
     )
     assert new_cache is not None  # given a cache, attention_forward returns one
     return (outputs[..., 0, :], new_cache), params
@@ -318,12 +288,14 @@ class MultiHeadAttention(Layer):
   def apply(
       self, params: Params, inputs: jax.Array, prev_state: None = None, *,
       mask: jax.Array | None = None, is_training: bool = True,
+      sliding_window: int | jax.Array | None = None, rope_frequencies: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, None], Params]: ...
 
   @overload
   def apply(
       self, params: Params, inputs: jax.Array, prev_state: KVCache, *,
       mask: jax.Array | None = None, is_training: bool = True,
+      sliding_window: int | jax.Array | None = None, rope_frequencies: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
 
   def apply(
@@ -334,6 +306,8 @@ class MultiHeadAttention(Layer):
       *,
       mask: jax.Array | None = None,
       is_training: bool = True,
+      sliding_window: int | jax.Array | None = None,
+      rope_frequencies: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
     """Causal self-attention over a whole sequence `[*batch, length, features]`.
 
@@ -342,15 +316,20 @@ class MultiHeadAttention(Layer):
     the cache from `prev_state.position` on (a prefill) and each position also
     attends to the earlier cache entries; the final state is the new cache.
     `mask`, if given, is combined with the causal mask (its kv axis is the
-    sequence length, or `max_length` with a cache).
+    sequence length, or `max_length` with a cache). `sliding_window` and
+    `rope_frequencies` override the layer's for this call, as for `__call__`.
 
     Returns:
       `((outputs [*batch, length, output_size], final_state), params)`.
     """
     check_is_training(is_training, self.where())
     check_sequence(inputs, "inputs", self.where())
+    check_window_override(sliding_window, self.where())
     masks = [] if mask is None else [mask]
     if prev_state is None:
       # With a cache, attention_forward masks by cache position instead.
       masks.insert(0, causal_mask(inputs.shape[-2]))
-    return attention_forward(self, params, [("inputs", inputs)] * 3, masks, is_training, prev_state)
+    return attention_forward(
+        self, params, [("inputs", inputs)] * 3, masks, is_training, prev_state,
+        window=sliding_window, frequencies=rope_frequencies,
+    )
