@@ -73,14 +73,17 @@ _EXPORTS: dict[str, str] = {
     "Embed": "blox.nn",
     "GRU": "blox.nn",
     "GRUState": "blox.nn",
+    "GatedMLP": "blox.nn",
     "KVCache": "blox.nn",
     "LSTM": "blox.nn",
     "LSTMState": "blox.nn",
     "LayerNorm": "blox.nn",
     "Linear": "blox.nn",
+    "MLP": "blox.nn",
     "MultiHeadAttention": "blox.nn",
     "RMSNorm": "blox.nn",
     "Rng": "blox.nn",
+    "RopeScaling": "blox.nn",
     "Sequential": "blox.nn",
     "avg_pool": "blox.nn",
     "causal_mask": "blox.nn",
@@ -94,7 +97,9 @@ _EXPORTS: dict[str, str] = {
     "min_pool": "blox.nn",
     "padding_mask": "blox.nn",
     "rope": "blox.nn",
+    "rope_frequencies": "blox.nn",
     "set_contraction_hook": "blox.nn",
+    "soft_cap": "blox.nn",
     "softmax_cross_entropy": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
@@ -126,14 +131,17 @@ if TYPE_CHECKING:
   from blox.nn import ConvTranspose as ConvTranspose
   from blox.nn import Dropout as Dropout
   from blox.nn import Embed as Embed
+  from blox.nn import GatedMLP as GatedMLP
   from blox.nn import GRUState as GRUState
   from blox.nn import KVCache as KVCache
   from blox.nn import LayerNorm as LayerNorm
   from blox.nn import Linear as Linear
   from blox.nn import LSTMState as LSTMState
+  from blox.nn import MLP as MLP
   from blox.nn import MultiHeadAttention as MultiHeadAttention
   from blox.nn import RMSNorm as RMSNorm
   from blox.nn import Rng as Rng
+  from blox.nn import RopeScaling as RopeScaling
   from blox.nn import Sequential as Sequential
   from blox.nn import avg_pool as avg_pool
   from blox.nn import causal_mask as causal_mask
@@ -147,7 +155,9 @@ if TYPE_CHECKING:
   from blox.nn import min_pool as min_pool
   from blox.nn import padding_mask as padding_mask
   from blox.nn import rope as rope
+  from blox.nn import rope_frequencies as rope_frequencies
   from blox.nn import set_contraction_hook as set_contraction_hook
+  from blox.nn import soft_cap as soft_cap
   from blox.nn import softmax_cross_entropy as softmax_cross_entropy
   from blox.params import SHARDING as SHARDING
   from blox.params import STACKED as STACKED

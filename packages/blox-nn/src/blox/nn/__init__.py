@@ -33,6 +33,8 @@ from blox.nn._lstm import LSTM as LSTM
 from blox.nn._losses import softmax_cross_entropy as softmax_cross_entropy
 from blox.nn._lstm import LSTMState as LSTMState
 from blox.nn._masks import causal_mask as causal_mask
+from blox.nn._mlp import MLP as MLP
+from blox.nn._mlp import GatedMLP as GatedMLP
 from blox.nn._masks import combine_masks as combine_masks
 from blox.nn._masks import padding_mask as padding_mask
 from blox.nn._multi_head_attention import MultiHeadAttention as MultiHeadAttention
@@ -60,11 +62,13 @@ __all__ = [
     "Embed",
     "GRU",
     "GRUState",
+    "GatedMLP",
     "KVCache",
     "LSTM",
     "LSTMState",
     "LayerNorm",
     "Linear",
+    "MLP",
     "MultiHeadAttention",
     "RMSNorm",
     "Rng",
