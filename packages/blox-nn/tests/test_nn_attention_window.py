@@ -15,7 +15,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from nn_attention_reference import np_frequencies, reference, window
 from blox.graph import Graph, Module, Repeat, setting
-from blox.nn import KVCache, MultiHeadAttention, Rng, causal_mask
+from blox.nn import KVCache, MultiHeadAttention, Rng, causal_mask, padding_mask
 from blox.params import SHARDING, KeySource, Param, Params
 
 # PartitionSpec's constructor has no annotations (strict mypy).
@@ -238,3 +238,26 @@ def test_windowed_decoding_on_explicit_mesh_axes_equals_one_device() -> None:
     xs = jax.device_put(x, NamedSharding(mesh, P("data", None, None)))
     got = jax.jit(decode)(placed.locked(), xs, jnp.int32(3))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_positions_place_a_left_padded_sequence_as_if_unpadded() -> None:
+  graph = Graph("net")
+  rng = Rng(graph.child("rng"))
+  attention = MultiHeadAttention(graph.child("attention"), 2, rng=rng, rope_base=100.0,
+                                 sliding_window=3)
+  x = jax.random.normal(jax.random.key(1), (2, 4, 8))
+  params = rng.init(lambda p, v: attention.apply(p, v, is_training=False), x)
+  (alone, _), _ = attention.apply(params, x, is_training=False)
+  # Two pad tokens in front; the real tokens keep positions 0..3 and hide the pads.
+  padded = jnp.concatenate([jnp.full((2, 2, 8), 7.0), x], axis=1)
+  valid = jnp.arange(6) >= 2
+  positions = jnp.maximum(jnp.cumsum(valid) - 1, 0)
+  (out, _), _ = attention.apply(params, padded, is_training=False,
+                                mask=padding_mask(jnp.broadcast_to(valid, (2, 6))),
+                                positions=positions)
+  np.testing.assert_allclose(out[:, 2:], alone, atol=1e-6)
+  with pytest.raises(ValueError, match=r"'net/attention': positions must be integers"):
+    attention.apply(params, padded, is_training=False, positions=jnp.zeros(5, jnp.int32))
+  cache, _ = attention.initial_state(params, x[:, 0], max_length=8)
+  with pytest.raises(ValueError, match="positions and a cache"):
+    attention.apply(params, x, cache, is_training=False, positions=jnp.arange(4))

@@ -83,6 +83,7 @@ def attention_forward(
     *,
     window: Any = None,
     frequencies: Any = None,
+    positions: Any = None,
 ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
   """`((outputs, new_cache), params)`: `layer` applied to the checked inputs.
 
@@ -92,7 +93,8 @@ def attention_forward(
   none). `masks` are combined with the cache's own mask and the sliding
   window's. `window` and `frequencies` are the per-call overrides of the
   `sliding_window` setting and of the rotary frequencies (None: the
-  layer's), checked by the caller.
+  layer's), checked by the caller. `positions` (no cache) are the tokens'
+  positions for the rotary embeddings and the window (None: `arange`).
   """
   where = layer.where()
   head_dim = attention_head_dim(layer, params, named)
@@ -100,7 +102,8 @@ def attention_forward(
   check_frequencies_override(frequencies, layer.rope_base, head_dim, where)
   (_, query), (_, key), (_, value) = named
   length = query.shape[-2]
-  positions = jnp.arange(length, dtype=jnp.int32)
+  given = positions is not None
+  positions = check_positions(positions, query, where) if given else jnp.arange(length, dtype=jnp.int32)
   if cache is not None:
     positions = cache_positions(
         cache, tuple(query.shape[:-2]), length, num_heads=attention_kv_heads(layer),
@@ -122,7 +125,8 @@ def attention_forward(
   if cache is not None:
     cache, visible = extend_cache(cache, k, v)
     k, v, masks = cache.key, cache.value, [visible, *masks]
-  kv_positions = jnp.arange(k.shape[-3], dtype=jnp.int32)
+  # Self-attention without a cache: the keys sit where the queries do.
+  kv_positions = positions if given else jnp.arange(k.shape[-3], dtype=jnp.int32)
   window = layer.sliding_window if window is None else window
   # A window as long as the keys hides none of them: left out, so that the
   # attention keeps the mask (and the fused path) it has without one.
@@ -144,6 +148,18 @@ def attention_forward(
   if cache is not None:
     outputs = overflow_to_nan(outputs, positions, cache.key.shape[-3])
   return (to_output(dtypes, outputs), cache), params
+
+
+def check_positions(positions: Any, query: jax.Array, where: str) -> jax.Array:
+  """`positions` as int32 `[*batch, length]` or `[length]` for `query`'s tokens."""
+  positions = jnp.asarray(positions)
+  shape, length = tuple(positions.shape), query.shape[-2]
+  if not jnp.issubdtype(positions.dtype, jnp.integer) or shape not in (
+      (length,), (*query.shape[:-2], length)):
+    raise ValueError(
+        f"{where}: positions must be integers [*batch, length] or [length] for inputs"
+        f" of shape {tuple(query.shape)}; got {positions.dtype}{list(shape)}.")
+  return jnp.astype(positions, jnp.int32)
 
 
 def _project(

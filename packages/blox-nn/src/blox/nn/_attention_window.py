@@ -70,9 +70,9 @@ def window_mask(q_positions: jax.Array, kv_positions: jax.Array, window: Any) ->
   """`[..., 1 (heads), q_length, kv_length]`: True where `q - k < window`.
 
   `q_positions` are `[..., q_length]` (per batch element with a cache),
-  `kv_positions` `[kv_length]`; `window` an int or an integer scalar,
-  possibly traced.
+  `kv_positions` `[kv_length]` (or `[..., kv_length]` given per batch
+  element); `window` an int or an integer scalar, possibly traced.
   """
-  distance = q_positions[..., :, None] - kv_positions
+  distance = q_positions[..., :, None] - kv_positions[..., None, :]
   limit = window if isinstance(window, int) else jnp.asarray(window).astype(distance.dtype)
   return (distance < limit)[..., None, :, :]

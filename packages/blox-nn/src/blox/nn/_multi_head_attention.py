@@ -289,6 +289,7 @@ class MultiHeadAttention(AttentionSettings):
       self, params: Params, inputs: jax.Array, prev_state: None = None, *,
       mask: jax.Array | None = None, is_training: bool = True,
       sliding_window: int | jax.Array | None = None, rope_frequencies: jax.Array | None = None,
+      positions: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, None], Params]: ...
 
   @overload
@@ -296,6 +297,7 @@ class MultiHeadAttention(AttentionSettings):
       self, params: Params, inputs: jax.Array, prev_state: KVCache, *,
       mask: jax.Array | None = None, is_training: bool = True,
       sliding_window: int | jax.Array | None = None, rope_frequencies: jax.Array | None = None,
+      positions: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, KVCache], Params]: ...
 
   def apply(
@@ -308,6 +310,7 @@ class MultiHeadAttention(AttentionSettings):
       is_training: bool = True,
       sliding_window: int | jax.Array | None = None,
       rope_frequencies: jax.Array | None = None,
+      positions: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, KVCache | None], Params]:
     """Causal self-attention over a whole sequence `[*batch, length, features]`.
 
@@ -318,6 +321,10 @@ class MultiHeadAttention(AttentionSettings):
     `mask`, if given, is combined with the causal mask (its kv axis is the
     sequence length, or `max_length` with a cache). `sliding_window` and
     `rope_frequencies` override the layer's for this call, as for `__call__`.
+    `positions` (int `[*batch, length]` or `[length]`; not with a cache,
+    whose own positions count) are the tokens' positions for the rotary
+    embeddings and the sliding window, instead of `0 .. length - 1`: e.g.
+    `cumsum(valid) - 1` for a left-padded batch.
 
     Returns:
       `((outputs [*batch, length, output_size], final_state), params)`.
@@ -325,11 +332,15 @@ class MultiHeadAttention(AttentionSettings):
     check_is_training(is_training, self.where())
     check_sequence(inputs, "inputs", self.where())
     check_window_override(sliding_window, self.where())
+    if positions is not None and prev_state is not None:
+      raise ValueError(
+          f"{self.where()}: positions and a cache were both given; with a cache the"
+          " tokens sit at the cache's positions. Drop one of them.")
     masks = [] if mask is None else [mask]
     if prev_state is None:
       # With a cache, attention_forward masks by cache position instead.
       masks.insert(0, causal_mask(inputs.shape[-2]))
     return attention_forward(
         self, params, [("inputs", inputs)] * 3, masks, is_training, prev_state,
-        window=sliding_window, frequencies=rope_frequencies,
+        window=sliding_window, frequencies=rope_frequencies, positions=positions,
     )
