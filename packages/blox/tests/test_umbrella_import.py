@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata
+import importlib.util
 import subprocess
 import sys
 
@@ -33,9 +34,22 @@ def test_every_umbrella_name_is_the_object_of_exactly_one_portion() -> None:
     if name == "parallel":
       assert bx.parallel is importlib.import_module("blox.parallel")
       continue
+    if name == "models":
+      check_models_portion()
+      continue
     owners = [p.__name__ for p in portions if name in getattr(p, "__all__", ())]
     assert len(owners) == 1, (name, owners)
     assert getattr(bx, name) is getattr(importlib.import_module(owners[0]), name)
+
+
+def check_models_portion() -> None:
+  """`bx.models` is blox.models where blox-models is installed, else an
+  ImportError naming the distribution (the umbrella does not depend on it)."""
+  if importlib.util.find_spec("blox.models") is None:
+    with pytest.raises(ImportError, match="pip install blox-models"):
+      bx.models  # noqa: B018
+  else:
+    assert bx.models is importlib.import_module("blox.models")
 
 
 def test_from_import_and_dir() -> None:

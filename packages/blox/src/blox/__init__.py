@@ -103,6 +103,9 @@ _EXPORTS: dict[str, str] = {
     "softmax_cross_entropy": "blox.nn",
     # blox.parallel, as a whole
     "parallel": "blox.parallel",
+    # blox.models: its own distribution (blox-models), not a dependency of
+    # this umbrella (it brings safetensors); `bx.models` when installed.
+    "models": "blox.models",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])
@@ -110,6 +113,7 @@ __all__ = sorted(["__version__", *_EXPORTS])
 if TYPE_CHECKING:
   # What the lazy names are, for type checkers and IDEs; at runtime
   # `__getattr__` below imports them on first use.
+  from blox import models as models
   from blox import parallel as parallel
   from blox.graph import Graph as Graph
   from blox.graph import Module as Module
@@ -188,7 +192,15 @@ else:
           f"module 'blox' has no attribute {name!r}; the public names are listed"
           " in blox.__all__ (or import the portion directly, e.g. blox.nn)."
       )
-    module = _importlib.import_module(portion)
+    try:
+      module = _importlib.import_module(portion)
+    except ModuleNotFoundError as error:
+      if error.name != portion:
+        raise
+      raise ImportError(
+          f"blox.{name} comes with the {portion.replace('.', '-')} distribution, which is"
+          f" not installed: pip install {portion.replace('.', '-')}."
+      ) from error
     value = module if portion == f"{__name__}.{name}" else getattr(module, name)
     # Later lookups find the name directly, without calling this again.
     globals()[name] = value
