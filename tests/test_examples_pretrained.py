@@ -1,0 +1,95 @@
+"""The pretrained fine-tuning example, run as a user runs it.
+
+`--fast` makes a tiny Llama checkpoint, loads it, fine-tunes it for a few
+steps, saves it as a Hugging Face folder and reloads it; with the interop
+group installed it also compares `transformers`' logits for that folder.
+`--model` and `--out` fine-tune a folder of another family made here.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import blox.models as bm
+from tests.scripts import ROOT, run_script, user_environment
+
+# End to end (a script, several processes, or every guide): `pytest -m slow`, run by .ci/run.
+pytestmark = pytest.mark.slow
+
+SCRIPT = "examples/finetune_pretrained.py"
+
+
+def only(lines: list[str], prefix: str) -> str:
+  """The one line that starts with `prefix`."""
+  found = [line for line in lines if line.startswith(prefix)]
+  assert len(found) == 1, (prefix, lines)
+  return found[0]
+
+
+def numbers(line: str) -> list[float]:
+  return [float(value) for value in re.findall(r"\d+\.\d+(?:e[-+]\d+)?", line)]
+
+
+def check_transformers_line(lines: list[str]) -> None:
+  """The comparison ran within its tolerance, or was skipped naming the install command."""
+  line = only(lines, "transformers: ")
+  if "not installed" in line:
+    assert "uv sync --group interop" in line, line
+  else:
+    difference, tolerance = numbers(line)[:2]
+    assert difference <= tolerance, line
+
+
+def test_fast_run_fine_tunes_saves_and_reloads_bit_for_bit() -> None:
+  lines = run_script(SCRIPT, "--fast")
+  assert only(lines, "checkpoint: ").endswith("model.safetensors, config.json")
+  assert only(lines, "loaded: ").startswith("loaded: llama, 2 layers of width 32")
+  steps = [line for line in lines if line.strip().startswith("step ")]
+  assert len(steps) >= 3, lines
+  first, last = numbers(only(lines, "loss "))[:2]
+  assert last < first - 1.0, lines  # from about ln(256) = 5.5 to well below
+  before, after = numbers(only(lines, "held-out loss "))[:2]
+  assert after < before, lines
+  assert "config.json" in only(lines, "saved: ")
+  assert only(lines, "reloaded: ").endswith("bit-identical: True")
+  check_transformers_line(lines)
+  assert not any(line.startswith("ERROR") for line in lines), lines
+
+
+def test_model_and_out_fine_tune_a_given_folder(tmp_path: pathlib.Path) -> None:
+  # A GPT-2 folder (another family, learned positions, a tied head) with more ids than bytes.
+  given, out = tmp_path / "gpt2", tmp_path / "tuned"
+  model, params = bm.create({
+      "model_type": "gpt2", "vocab_size": 300, "n_embd": 32, "n_head": 4, "n_layer": 1,
+      "n_positions": 64})
+  bm.save_pretrained(model, params, given)
+  lines = run_script(SCRIPT, "--fast", "--model", str(given), "--out", str(out), "--steps", "12")
+  assert not any(line.startswith("checkpoint: ") for line in lines), lines
+  assert only(lines, "loaded: ").startswith("loaded: gpt2, 1 layer of width 32")
+  assert only(lines, "reloaded: ").endswith("bit-identical: True")
+  check_transformers_line(lines)
+  tuned, tuned_params = bm.load_pretrained(out)
+  assert tuned.architecture == model.architecture
+  assert list(tuned_params) == list(params)
+  # Fine-tuning moved the weights the script saved.
+  path = ("model", "lm", "embed", "embedding")
+  assert not np.array_equal(np.asarray(tuned_params[path].value), np.asarray(params[path].value))
+
+
+def test_a_vocabulary_smaller_than_the_bytes_is_an_error(tmp_path: pathlib.Path) -> None:
+  model, params = bm.create({
+      "model_type": "qwen2", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})
+  bm.save_pretrained(model, params, tmp_path)
+  result = subprocess.run(
+      [sys.executable, SCRIPT, "--fast", "--model", str(tmp_path)], cwd=ROOT,
+      env=user_environment(), capture_output=True, text=True, timeout=300,
+  )
+  assert result.returncode == 1, result.stderr
+  assert "ERROR: the vocabulary (64) cannot hold the 256 byte ids" in result.stdout
