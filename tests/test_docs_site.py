@@ -27,6 +27,7 @@ REFERENCE = {
     "blox.nn": "reference/nn.md",
     "blox.nn.initializers": "reference/initializers.md",
     "blox.parallel": "reference/parallel.md",
+    "blox.models": "reference/models.md",
 }
 TABLE_PREFIX = {"blox": "bx.", "blox.nn.initializers": ""}
 

@@ -24,6 +24,7 @@ READMES = [
     "packages/blox-graph/README.md",
     "packages/blox-nn/README.md",
     "packages/blox-parallel/README.md",
+    "packages/blox-models/README.md",
 ]
 PAGES = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").rglob("*.md"))
 DOCUMENTS = READMES + PAGES

@@ -35,7 +35,7 @@ from models_fixtures import FAMILIES, fixture_folder, load_reference
 
 import blox.models as bm
 import blox.parallel as bp
-from blox.models import _load
+import blox.models._load as load_module
 from blox.models._layout import Take, TensorMap, tensor_maps
 from blox.models._safetensors_read import CheckpointFiles
 
@@ -177,7 +177,7 @@ def test_tensors_are_read_in_pieces_along_their_leading_axis(
              for name, count in counts.items()), counts
   reads.clear()
   piece = 256  # bytes: a few rows of the fixtures' tensors
-  monkeypatch.setattr(_load, "_PIECE_BYTES", piece)
+  monkeypatch.setattr(load_module, "PIECE_BYTES", piece)
   _, pieces = bm.load_pretrained(folder)
   for path, param in whole.items():
     assert pieces[path].value.dtype == param.value.dtype
@@ -205,7 +205,7 @@ def test_a_block_becomes_the_cpu_device_buffer_without_a_copy() -> None:
   device = jax.devices()[0]
   if device.platform != "cpu":
     pytest.skip("a CPU behaviour")
-  block = _load._aligned_empty((5, 7, 3), np.float32)
+  block = load_module.aligned_empty((5, 7, 3), np.float32)
   assert block.ctypes.data % 64 == 0 and block.shape == (5, 7, 3)
   block[...] = np.arange(105).reshape(5, 7, 3)
   placed = jax.device_put(block, device, may_alias=True)

@@ -157,6 +157,9 @@ def ignored(name: str, config: ModelConfig) -> bool:
   that a tied head repeats (`lm_head.weight` equal to the embedding)."""
   if config.family == "gpt2" and name.endswith((".attn.bias", ".attn.masked_bias")):
     return True
+  # Older Llama-style files store the rotary frequencies, which the config gives.
+  if name.endswith(".rotary_emb.inv_freq"):
+    return True
   return config.tie_embeddings and name == "lm_head.weight"
 
 

@@ -43,7 +43,7 @@ __all__ = ["CheckpointMismatchError", "load_pretrained", "read_config"]
 
 # A param is read a piece of about this many bytes at a time (at least a
 # row): on CPU, the memory a load needs beyond the params it makes.
-_PIECE_BYTES = 1 << 20
+PIECE_BYTES = 1 << 20
 
 # Per axis of a param, the (start, stop) of a block of it.
 _Bounds = tuple[tuple[int, int], ...]
@@ -198,7 +198,7 @@ def _block(
 
   The pieces are a layer of a stacked param at a time, and within one
   tensor rows of the checkpoint's leading axis (contiguous on disk), about
-  `_PIECE_BYTES` each, copied into the block's host buffer as they come.
+  `PIECE_BYTES` each, copied into the block's host buffer as they come.
   The buffer is aligned so that jax's CPU client takes it as the device
   buffer without a copy: on CPU the block then exists once, plus one piece.
   An accelerator copies it to its memory, and the host buffer goes.
@@ -206,7 +206,7 @@ def _block(
   stacked = entries[0].layer is not None
   by_layer = {entry.layer: entry for entry in entries}
   rest = bounds[1:] if stacked else bounds
-  block = _aligned_empty(tuple(stop - start for start, stop in bounds), dtype)
+  block = aligned_empty(tuple(stop - start for start, stop in bounds), dtype)
   layers: list[int | None] = list(range(*bounds[0])) if stacked else [None]
   for layer in layers:
     entry = by_layer[layer]
@@ -218,7 +218,7 @@ def _block(
   return placed
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
   """An uninitialised array whose data starts at a multiple of `_ALIGNMENT` bytes."""
   dtype = np.dtype(dtype)
   size = math.prod(shape) * dtype.itemsize
@@ -236,12 +236,12 @@ def _read(files: CheckpointFiles, entry: TensorMap, part: _Bounds, dtype: Any) -
 
 
 def _parts(bounds: _Bounds, axis: int, dtype: Any) -> list[_Bounds]:
-  """`bounds` cut along `axis` into parts of about `_PIECE_BYTES` (at least one row)."""
+  """`bounds` cut along `axis` into parts of about `PIECE_BYTES` (at least one row)."""
   if not bounds:
     return [bounds]
   sizes = [stop - start for start, stop in bounds]
   row = math.prod(sizes[:axis] + sizes[axis + 1:]) * np.dtype(dtype).itemsize
-  step = max(1, _PIECE_BYTES // max(row, 1))
+  step = max(1, PIECE_BYTES // max(row, 1))
   first, last = bounds[axis]
   return [(*bounds[:axis], (start, min(start + step, last)), *bounds[axis + 1:])
           for start in range(first, max(last, first + 1), step)]
