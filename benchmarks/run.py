@@ -7,8 +7,10 @@ Usage, from the repository root:
 
 All rows come from this one run, so the ratios are comparable with each
 other; the sharded rows are measured in a child process that sees 8 simulated
-devices (benchmarks/sharded.py). A ratio is blox time / hand-written JAX time
-(or the baseline a row's note names): 1.00x means no overhead.
+devices (benchmarks/sharded.py), and each checkpoint load of the blox.models
+rows in a fresh process (benchmarks/models.py). A ratio is blox time /
+hand-written JAX time (or the baseline a row's note names): 1.00x means no
+overhead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from benchmarks import container, lstm, sharded, train_step, transformer  # noqa: E402
+from benchmarks import container, lstm, models, sharded, train_step, transformer  # noqa: E402
 from benchmarks.timing import Row, format_seconds, format_table, machine  # noqa: E402
 
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
       ("lstm", lstm.run),
       ("transformer", transformer.run),
       ("sharded", sharded.run),
+      ("models", models.run),
   ):
     print(f"running: {name} ...", file=sys.stderr, flush=True)
     rows.extend(benchmark(args.smoke))
