@@ -62,8 +62,8 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Read]]:
   made: list[Read] = []
   real = CheckpointFiles.read
 
-  def read(self: CheckpointFiles, name: str, index: Any = None) -> np.ndarray:
-    array = real(self, name, index)
+  def read(self: CheckpointFiles, name: str, index: Any = None, *, out: Any = None) -> np.ndarray:
+    array = real(self, name, index, out=out)
     made.append(Read(name, index, array.nbytes))
     return array
 

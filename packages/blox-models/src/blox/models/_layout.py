@@ -90,8 +90,9 @@ def source_shape(target: Sequence[int], ops: Sequence[Op]) -> tuple[int, ...]:
   return tuple(shape)
 
 
-def forward(array: np.ndarray, ops: Sequence[Op]) -> np.ndarray:
-  """The checkpoint's `array` in blox's layout."""
+def forward(array: np.ndarray, ops: Sequence[Op], *, contiguous: bool = True) -> np.ndarray:
+  """The checkpoint's `array` in blox's layout (a view of it where the ops
+  allow and `contiguous` is False: the caller's copy then does the transpose)."""
   for op in ops:
     if isinstance(op, Transpose):
       array = np.transpose(array, op.perm)
@@ -100,7 +101,7 @@ def forward(array: np.ndarray, ops: Sequence[Op]) -> np.ndarray:
       array = array.reshape((*shape[:op.axis], *op.sizes, *shape[op.axis + 1:]))
     else:
       array = np.take(array, np.arange(op.start, op.stop), axis=op.axis)
-  return np.ascontiguousarray(array)
+  return np.ascontiguousarray(array) if contiguous else array
 
 
 def backward(array: np.ndarray, ops: Sequence[Op]) -> np.ndarray:
@@ -116,7 +117,8 @@ def backward(array: np.ndarray, ops: Sequence[Op]) -> np.ndarray:
 
 
 def read_block(
-    read: Callable[[tuple[slice, ...]], np.ndarray], index: tuple[slice, ...], ops: Sequence[Op]
+    read: Callable[[tuple[slice, ...]], np.ndarray], index: tuple[slice, ...], ops: Sequence[Op],
+    *, contiguous: bool = True,
 ) -> np.ndarray:
   """The block `index` (whole slices, step 1) of the blox array that `ops`
   make from a checkpoint tensor, reading only what it needs with `read(source_index)`.
@@ -145,11 +147,12 @@ def read_block(
     else:
       start, stop = ranges[op.axis]
       ranges[op.axis] = (op.start + start, op.start + stop)
-  block = forward(read(tuple(slice(start, stop) for start, stop in ranges)), list(reversed(local)))
+  block = forward(read(tuple(slice(start, stop) for start, stop in ranges)), list(reversed(local)),
+                  contiguous=contiguous)
   if tail is not None:
     axis, wanted = tail
-    block = np.ascontiguousarray(block[(slice(None),) * axis + (wanted,)])
-  return block
+    block = block[(slice(None),) * axis + (wanted,)]
+  return np.ascontiguousarray(block) if contiguous else block
 
 
 def ignored(name: str, config: ModelConfig) -> bool:

@@ -17,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import mmap
 import os
 import pathlib
 from collections.abc import Sequence
@@ -43,7 +45,7 @@ __all__ = ["CheckpointMismatchError", "load_pretrained", "read_config"]
 
 # A param is read a piece of about this many bytes at a time (at least a
 # row): on CPU, the memory a load needs beyond the params it makes.
-PIECE_BYTES = 1 << 20
+PIECE_BYTES = 4 << 20
 
 # Per axis of a param, the (start, stop) of a block of it.
 _Bounds = tuple[tuple[int, int], ...]
@@ -51,6 +53,8 @@ _Bounds = tuple[tuple[int, int], ...]
 # jax's CPU client uses a host array of this alignment as the device buffer
 # itself (`device_put(..., may_alias=True)`); a less aligned one it copies.
 _ALIGNMENT = 64
+# Blocks at least this large are populated memory maps (see aligned_empty).
+_MAPPED_BYTES = 1 << 20
 
 
 class CheckpointMismatchError(ValueError):
@@ -208,31 +212,100 @@ def _block(
   rest = bounds[1:] if stacked else bounds
   block = aligned_empty(tuple(stop - start for start, stop in bounds), dtype)
   layers: list[int | None] = list(range(*bounds[0])) if stacked else [None]
+  scratch = _Scratch()
   for layer in layers:
     entry = by_layer[layer]
     target = block if layer is None else block[layer - bounds[0][0]]
     for part in _parts(rest, _leading_axis(entry.ops, len(rest)), dtype):
       where = tuple(slice(start - first, stop - first) for (start, stop), (first, _) in zip(part, rest))
-      target[where] = _read(files, entry, part, dtype)
+      destination = target[where]
+      if _reads_in_place(entry, destination, files, dtype):
+        # Same layout and dtype, contiguous: straight from the file into place.
+        files.read(entry.hf, tuple(slice(start, stop) for start, stop in part),
+                   out=destination.reshape(tuple(stop - start for start, stop in part)))
+      else:
+        _copy_tiled(destination, _read(files, entry, part, scratch))
   placed: jax.Array = jax.device_put(block, device, may_alias=True)
   return placed
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-  """An uninitialised array whose data starts at a multiple of `_ALIGNMENT` bytes."""
+  """An uninitialised array whose data starts at a multiple of `_ALIGNMENT` bytes.
+
+  Large ones are anonymous memory maps, populated by the kernel in one go
+  (`MAP_POPULATE`, Linux): a fresh process otherwise takes a page fault per
+  4 KiB page as the copies touch them, which cost more than the copies
+  (0.7 s against 0.13 s for 400 MB, measured). Maps are page-aligned.
+  """
   dtype = np.dtype(dtype)
   size = math.prod(shape) * dtype.itemsize
+  populate = getattr(mmap, "MAP_POPULATE", 0)
+  if populate and size >= _MAPPED_BYTES:
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    mapped: np.ndarray = np.frombuffer(memory, dtype).reshape(shape)
+    return mapped
   raw = np.empty(size + _ALIGNMENT, np.uint8)
   start = -raw.ctypes.data % _ALIGNMENT
   block: np.ndarray = raw[start:start + size].view(dtype).reshape(shape)
   return block
 
 
-def _read(files: CheckpointFiles, entry: TensorMap, part: _Bounds, dtype: Any) -> np.ndarray:
-  """The block `part` of one checkpoint tensor in blox's layout and `dtype`."""
-  read = lambda source: files.read(entry.hf, source)  # noqa: E731
+# The side of the square tiles a transposing copy goes through: a tile of
+# source rows and destination rows stays in cache while it is copied, where a
+# plain strided copy misses on every element (2x faster, measured).
+_TILE = 256
+_THREADS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="blox-load")
+
+
+def _copy_tiled(destination: np.ndarray, source: np.ndarray) -> None:
+  """`destination[...] = source` (a transposed view), tile by tile over the first two axes."""
+  if destination.ndim < 2 or source.strides[-1] == source.itemsize:
+    destination[...] = source
+    return
+  rows, columns = destination.shape[:2]
+
+  def copy_rows(first: int) -> None:
+    for row in range(first, rows, 2 * _TILE):
+      for column in range(0, columns, _TILE):
+        tile = (slice(row, row + _TILE), slice(column, column + _TILE))
+        destination[tile] = source[tile]
+
+  # numpy lets go of the GIL while it copies: two threads, every other band.
+  list(_THREADS.map(copy_rows, (0, _TILE)))
+
+
+class _Scratch:
+  """One reusable host buffer for the pieces of a param: fresh pages for
+  every piece would cost as much as the copy itself."""
+
+  def __init__(self) -> None:
+    self._buffer = np.empty(0, np.uint8)
+
+  def get(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if self._buffer.size < size:
+      self._buffer = np.empty(size, np.uint8)
+    view: np.ndarray = self._buffer[:size].view(dtype).reshape(shape)
+    return view
+
+
+def _reads_in_place(entry: TensorMap, destination: np.ndarray, files: CheckpointFiles, dtype: Any) -> bool:
+  return (not entry.ops and destination.flags.c_contiguous
+          and np.dtype(files.info(entry.hf).dtype) == np.dtype(dtype))
+
+
+def _read(files: CheckpointFiles, entry: TensorMap, part: _Bounds, scratch: _Scratch) -> np.ndarray:
+  """The block `part` of one checkpoint tensor in blox's layout (a view of `scratch`)."""
+  dtype = files.info(entry.hf).dtype
+
+  def read(source: tuple[slice, ...]) -> np.ndarray:
+    shape = tuple(int(s.stop) - int(s.start) for s in source)
+    return files.read(entry.hf, source, out=scratch.get(shape, dtype))
+
   index = tuple(slice(start, stop) for start, stop in part)
-  return read_block(read, index, entry.ops).astype(dtype, copy=False)
+  # A view (transposed, split into heads): the caller's copy into the block
+  # does the layout change and the cast in one pass over the piece.
+  return read_block(read, index, entry.ops, contiguous=False)
 
 
 def _parts(bounds: _Bounds, axis: int, dtype: Any) -> list[_Bounds]:

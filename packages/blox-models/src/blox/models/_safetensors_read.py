@@ -172,7 +172,9 @@ class CheckpointFiles:
     file, entry = self._locate(name)
     return TensorInfo(entry.shape, self._dtype(name, file, entry), file)
 
-  def read(self, name: str, index: Index | None = None) -> npt.NDArray[Any]:
+  def read(
+      self, name: str, index: Index | None = None, *, out: npt.NDArray[Any] | None = None
+  ) -> npt.NDArray[Any]:
     """Tensor `name`, or the part of it that `index` selects, read from disk.
 
     Only the selected bytes are read (with `pread`, straight into the
@@ -184,6 +186,9 @@ class CheckpointFiles:
       name: the tensor's name (see `names`).
       index: one int (negative counts from the end) or slice per leading
         axis, as numpy reads it; None reads the whole tensor.
+      out: a C-contiguous array of the result's shape and dtype to read
+        into (and return) instead of a fresh one: a reused buffer costs no
+        new pages, and a block of the caller's own array no copy.
 
     Raises:
       UnknownTensorError: the checkpoint holds no tensor `name`.
@@ -204,14 +209,26 @@ class CheckpointFiles:
           " the `with CheckpointFiles(folder) as files:` block."
       )
     selection = select(key, entry.shape)
+    if out is not None and (
+        tuple(out.shape) != tuple(selection.shape) or out.dtype != dtype
+        or not out.flags.c_contiguous or not out.flags.writeable
+    ):
+      raise ValueError(
+          f"Cannot read {what} into out: it is {out.dtype}{list(out.shape)}"
+          f" (C-contiguous: {out.flags.c_contiguous}), but the selection is"
+          f" {dtype}{list(selection.shape)}; pass a writable C-contiguous array of that.")
     if math.prod(selection.shape) == 0:
-      return np.zeros(selection.shape, dtype)
+      return np.zeros(selection.shape, dtype) if out is None else out
     start = self._headers[file].data_start + entry.begin
     if hasattr(os, "preadv") and (
         selection.runs <= PREAD_MAX_RUNS or selection.run * dtype.itemsize >= _LONG_RUN
     ):
-      return _read_runs(handle.fileno(), start, selection, dtype, what)
-    return _read_mapped(handle.fileno(), start, entry, key, dtype, what)
+      return _read_runs(handle.fileno(), start, selection, dtype, what, out)
+    mapped = _read_mapped(handle.fileno(), start, entry, key, dtype, what)
+    if out is None:
+      return mapped
+    out[...] = mapped
+    return out
 
   def _open(self) -> dict[str, str] | None:
     """Reads the layout and the headers; returns the index's weight map, or
@@ -299,10 +316,12 @@ class CheckpointFiles:
 
 
 def _read_runs(
-    fd: int, start: int, selection: Selection, dtype: np.dtype[Any], what: str
+    fd: int, start: int, selection: Selection, dtype: np.dtype[Any], what: str,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
-  """Reads each run of `selection` with `pread`, straight into the result."""
-  result = np.empty(selection.shape, dtype)
+  """Reads each run of `selection` with `pread`, straight into the result
+  (`out`, checked by the caller, or a fresh array)."""
+  result = np.empty(selection.shape, dtype) if out is None else out
   flat = result.reshape(-1).view(np.uint8).data  # writes land in `result`
   size = selection.run * dtype.itemsize
   for number, first in enumerate(selection.starts().tolist()):
