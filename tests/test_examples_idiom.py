@@ -35,6 +35,7 @@ PLAIN_JAX_GRADIENTS = {
     "benchmarks/train_step.py": "the hand-written MLP it is measured against",
     "benchmarks/transformer.py": "the hand-written transformer it is measured against",
     "benchmarks/transformer_reference.py": "it is the hand-written transformer",
+    "benchmarks/models_reference.py": "it is the hand-written Llama blox.models is measured against",
 }
 
 
