@@ -70,12 +70,13 @@ def test_cached_decoding_equals_the_whole_forward(family: str) -> None:
   # Gemma's fixtures repeat one token greedily; compare logits, not only tokens.
   model, params = bm.load_pretrained(fixture_folder(family))
   ids = jnp.asarray(load_reference(family).input_ids[:1, :12])
-  whole, _ = model(params, ids)
+  whole, _ = jax.jit(model)(params, ids)
   cache = model.init_cache(1, 12)
-  (prefix, cache), _ = model.prefill(params, ids[:, :7], cache)
+  (prefix, cache), _ = jax.jit(model.prefill)(params, ids[:, :7], cache)
+  decode_step = jax.jit(model.decode_step)
   steps = []
   for position in range(7, 12):
-    (logits, cache), _ = model.decode_step(params, ids[:, position], cache)
+    (logits, cache), _ = decode_step(params, ids[:, position], cache)
     steps.append(logits)
   np.testing.assert_allclose(prefix, whole[:, :7], atol=1e-5)
   np.testing.assert_allclose(jnp.stack(steps, 1), whole[:, 7:], atol=1e-5)

@@ -28,6 +28,9 @@ from blox.models._safetensors_format import INDEX_FILE, SINGLE_FILE
 from blox.models._safetensors_read import CheckpointFiles
 from blox.models._safetensors_write import PendingTensor, write_checkpoint
 
+# Real processes, killed or measured: with the end-to-end tests (`pytest -m slow`).
+pytestmark = pytest.mark.slow
+
 _CHILD = r"""
 import os, signal, sys
 import numpy as np
