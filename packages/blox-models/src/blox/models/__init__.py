@@ -30,10 +30,20 @@ from blox.models._config import UnsupportedConfigError as UnsupportedConfigError
 from blox.models._create import create as create
 from blox.models._decoder_block import DecoderBlock as DecoderBlock
 from blox.models._decoder_block import LayerInputs as LayerInputs
+from blox.models._generate import DecodingModel as DecodingModel
+from blox.models._generate import generate as generate
 from blox.models._load import CheckpointMismatchError as CheckpointMismatchError
 from blox.models._load import load_pretrained as load_pretrained
 from blox.models._load import read_config as read_config
+from blox.models._lora import add_lora as add_lora
+from blox.models._lora import merge_lora as merge_lora
+from blox.models._peft import load_lora as load_lora
+from blox.models._peft import save_lora as save_lora
 from blox.models._rules import SHARDING_RULES as SHARDING_RULES
+from blox.models._quantize import enable_quantized_weights as enable_quantized_weights
+from blox.models._quantize import quantize as quantize
+from blox.models._quantize_report import QuantizationReport as QuantizationReport
+from blox.models._quantize_report import quantization_report as quantization_report
 from blox.models._save import save_pretrained as save_pretrained
 from blox.models._version import __version__ as __version__
 
@@ -42,13 +52,20 @@ __all__ = [
     "CausalLM",
     "CheckpointMismatchError",
     "DecoderBlock",
+    "DecodingModel",
     "LayerInputs",
     "ModelConfig",
+    "QuantizationReport",
     "RopeLayer",
     "UnsupportedConfigError",
     "__version__",
+    "add_lora",
     "create",
+    "generate",
+    "load_lora",
     "load_pretrained",
+    "merge_lora",
     "read_config",
+    "save_lora",
     "save_pretrained",
 ]
