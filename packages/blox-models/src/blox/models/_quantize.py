@@ -1,0 +1,306 @@
+"""`quantize`: weight-only int8 / int4 kernels, dequantized on the fly.
+
+`model, params = quantize(model, params, bits=8 | 4, group_size=None,
+targets=None)` replaces the kernels of the model's `Linear` layers and
+attention projections by integers and float32 scales (the format is
+described in `_quantize_format`):
+
+- `<weight>`, at the kernel's own path: int8 `[.., in, out]` (8 bits), or
+  uint8 bytes packing two 4-bit values along the last (output) axis, which
+  is halved (4 bits). Metadata: the kernel's own (`SHARDING`, `STACKED`: a
+  stack stays a stack) plus `QUANTIZED: (format, input axes)`, e.g.
+  `('int4', 1)`.
+- `<weight>_scale` beside it: float32 `[.., groups, *output dims]`, one scale
+  per group of `group_size` input rows and output channel (one group without
+  `group_size`). Its `SHARDING` names the output dims as the kernel does and
+  the group axis after the kernel's first input axis (None for one group),
+  so a group axis is split like the rows it scales: the number of groups
+  must then divide over those mesh axes.
+
+Both are ordinary non-trainable params: `bx.save` / `bx.load`, orbax,
+`blox.parallel.param_shardings` and `bx.summary` (with their true bytes)
+take them as they are. Every param of the result is non-trainable: the base
+model is frozen, as QLoRA wants it (an adapter adds its own trainable params).
+
+How the layers read them. A layer fetches its kernel with `get_param`, which
+checks the shape it expects and the layer's `param_dtype` (every pretrained
+model has one), so an integer kernel would be refused and a packed one has
+the wrong shape. `quantize` therefore gives each `Linear` and
+`MultiHeadAttention` of the model its own `get_param` (an instance
+attribute; the class is untouched) which, for a param whose metadata says
+`QUANTIZED`, returns the stored integers (unpacked to int8 for 4 bits) at
+the shape the layer expects and skips the dtype check; any other param goes
+to the usual `get_param`. The layer casts the integers to its compute dtype
+(exact: they are small) and contracts; a contraction hook
+(`add_hook(module, hook, order=10)`) multiplies them by the scales it reads
+from `contraction.params` before the product, so a LoRA hook (order 0)
+wraps the dequantized product. Float params still run on the same model.
+Only the 4-bit unpacking and one layer's float kernel exist at a time,
+inside the layer (the scan of a `Repeat` gets one layer's bytes).
+
+Not quantized: `Embed` tables (their lookup is a gather, which no
+contraction hook sees) and so the tied head of models that attend with the
+embedding; norms and biases.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from blox.models import create
+  >>> model, params = create({
+  ...     'model_type': 'llama', 'vocab_size': 32, 'hidden_size': 16, 'intermediate_size': 32,
+  ...     'num_hidden_layers': 2, 'num_attention_heads': 2, 'num_key_value_heads': 1})
+  >>> ids = jnp.array([[1, 2, 3]])
+  >>> logits, _ = model(params, ids)
+  >>> model, quantized = quantize(model, params, bits=8)
+  >>> up = quantized[('model', 'lm', 'layers', 'layer', 'mlp', 'up', 'kernel')]
+  >>> up.value.dtype, up.value.shape, up.metadata['quantized']
+  (dtype('int8'), (2, 16, 32), ('int8', 1))
+  >>> bool(jnp.max(jnp.abs(model(quantized, ids)[0] - logits)) < 0.05)
+  True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from blox.graph import Module
+from blox.models._hooks import add_hook
+from blox.models._quantize_format import dequantize, quantize_array, unpack_int4
+from blox.nn import Contraction, Linear, MultiHeadAttention
+from blox.params import SHARDING, STACKED, Param, Params, path_text
+
+__all__ = ["QUANTIZED", "QUANTIZE_ORDER", "enable_quantized_weights", "quantize", "scale_path"]
+
+QUANTIZED = "quantized"
+"""The metadata key of a quantized weight, `(format, input axes)`: format
+'int8' or 'int4' (packed), input axes the leading dims of one layer that the
+product contracts; its scale carries `QUANTIZED: 'scale'`."""
+
+QUANTIZE_ORDER = 10
+"""The hook order of dequantization: inside (after) adapters such as LoRA (0)."""
+
+_ENABLED = "_blox_models_quantized_weights"
+_PROJECTIONS = ("query", "key", "value", "out")
+
+
+def scale_path(path: tuple[str, ...]) -> tuple[str, ...]:
+  """Where the scales of the quantized weight at `path` are stored.
+
+  Example:
+    >>> scale_path(('lm', 'head', 'kernel'))
+    ('lm', 'head', 'kernel_scale')
+  """
+  return path[:-1] + (path[-1] + "_scale",)
+
+
+def weights_of(module: Module) -> tuple[tuple[tuple[str, ...], int], ...]:
+  """The quantizable weights of a module: `(weight name, input axes)` pairs."""
+  if isinstance(module, Linear):
+    return ((("kernel",), 1),)
+  if isinstance(module, MultiHeadAttention):
+    return tuple(((name, "kernel"), 2 if name == "out" else 1) for name in _PROJECTIONS)
+  return ()
+
+
+def _stored_integers(module: Module, params: Params, name: str | tuple[str, ...],
+                     shape: Sequence[int] | None, fmt: tuple[str, int]) -> tuple[Any, Params]:
+  """The integers of a quantized weight as one layer's int8 array of `shape`."""
+  value, params = type(module).get_param(module, params, name)  # no dtype or shape check
+  path = module.param_path(name)
+  if fmt[0] == "int4":
+    value = unpack_int4(value)
+  if shape is not None and tuple(value.shape) != tuple(int(d) for d in shape):
+    raise ValueError(
+        f"{module.where()}: the quantized param {path_text(path)} holds a {fmt[0]}"
+        f" weight of shape {tuple(value.shape)} but the layer expects {tuple(shape)};"
+        " quantize the params of this model (blox.models.quantize), not another's.")
+  return value, params
+
+
+def _quantized_format(params: Params, path: tuple[str, ...]) -> tuple[str, int] | None:
+  if path not in params:
+    return None
+  fmt = params[path].metadata.get(QUANTIZED)
+  return fmt if isinstance(fmt, tuple) else None
+
+
+def _dequantizing_hook(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
+  """Multiplies a quantized weight's integers (as the layer cast them) by its scales."""
+  path, params = contraction.weight_path(), contraction.params
+  fmt = None if path is None or params is None else _quantized_format(params, path)
+  if fmt is None or path is None or params is None:
+    return contraction.compute(inputs, weight)
+  where = scale_path(path)
+  if where not in params:
+    raise KeyError(
+        f"{path_text(path)} is a quantized weight ({fmt[0]}) but its scales"
+        f" {path_text(where)} are missing from the params; keep the params"
+        " blox.models.quantize returned whole.")
+  scale: jax.Array
+  scale, _ = params.get_or_create(where)  # records the read, as a layer's get_param does
+  if not jnp.issubdtype(weight.dtype, jnp.floating):
+    # Attention casts its operands only when it has a compute dtype; without
+    # one the integers arrive as stored and compute in the inputs' dtype.
+    weight = weight.astype(inputs.dtype)
+  return contraction.compute(inputs, dequantize(weight, scale, input_axes=fmt[1]))
+
+
+def enable_quantized_weights(model: Module) -> Module:
+  """Lets every `Linear` and `MultiHeadAttention` of `model` run quantized
+  params (see the module docstring); float params run as before.
+
+  `quantize` calls it; call it yourself on a new model object that is to
+  run quantized params read from a checkpoint. Calling it again does nothing.
+
+  Example:
+    >>> from blox.models import create
+    >>> model, params = create({'model_type': 'llama', 'vocab_size': 8, 'hidden_size': 8,
+    ...     'intermediate_size': 8, 'num_hidden_layers': 1, 'num_attention_heads': 1})
+    >>> enable_quantized_weights(model) is model
+    True
+  """
+  for _, module in model.graph.walk():
+    weights = weights_of(module)
+    if not weights or module.__dict__.get(_ENABLED):
+      continue
+
+    def get_param(
+        params: Params, name: str | tuple[str, ...], shape: Sequence[int] | None = None,
+        *, _module: Module = module, **options: Any,
+    ) -> tuple[Any, Params]:
+      fmt = _quantized_format(params, _module.param_path(name))
+      if fmt is None:
+        return type(_module).get_param(_module, params, name, shape, **options)
+      return _stored_integers(_module, params, name, shape, fmt)
+
+    # An instance attribute shadows the class's method for this module only.
+    module.__dict__["get_param"] = get_param
+    module.__dict__[_ENABLED] = True
+    add_hook(module, _dequantizing_hook, order=QUANTIZE_ORDER, weights=[name for name, _ in weights])
+  return model
+
+
+def _targets(model: Module, targets: str | None) -> list[Module]:
+  """The modules to quantize, checked; `targets` searches slash-joined paths."""
+  pattern = None if targets is None else re.compile(targets)
+  found = [
+      module for path, module in model.graph.walk()
+      if weights_of(module) and (pattern is None or pattern.search("/".join(path)))]
+  if not found:
+    embeds = [
+        "/".join(path) for path, module in model.graph.walk()
+        if pattern is not None and pattern.search("/".join(path)) and not weights_of(module)]
+    matched = f" (it matches only {embeds}, which have no quantizable kernel)" if embeds else ""
+    raise ValueError(
+        f"quantize: targets={targets!r} matches no Linear or MultiHeadAttention module of"
+        f" {model.where()}{matched}. Give a regular expression searched in module paths"
+        " such as 'layers/layer/mlp' (Embed tables are not quantized).")
+  return found
+
+
+def _check_options(bits: int, group_size: int | None) -> None:
+  if bits not in (8, 4):
+    raise ValueError(f"quantize: bits must be 8 or 4, got {bits!r}.")
+  if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+    raise ValueError(f"quantize: group_size must be a positive int or None, got {group_size!r}.")
+  if bits == 4 and group_size is None:
+    raise ValueError(
+        "quantize: bits=4 needs a group_size (e.g. 64): one 4-bit scale per whole"
+        " output channel loses too much accuracy.")
+
+
+def _quantized_entries(
+    path: tuple[str, ...], param: Param, *, bits: int, group_size: int | None, input_axes: int,
+) -> tuple[Param, Param]:
+  """The quantized weight and its scales, checked, from one float kernel."""
+  if QUANTIZED in param.metadata:
+    raise ValueError(
+        f"quantize: {path_text(path)} is already quantized ({param.metadata[QUANTIZED]!r});"
+        " quantize the float params once (quantizing twice would only lose accuracy).")
+  value = param.value
+  if not jnp.issubdtype(value.dtype, jnp.floating):
+    raise TypeError(f"quantize: {path_text(path)} is {value.dtype}, not a float kernel.")
+  sizes = param.metadata.get(STACKED)
+  stacked = len(sizes) if isinstance(sizes, tuple) else 0
+  inputs = value.shape[stacked:stacked + input_axes]
+  rows = math.prod(inputs)
+  if group_size is not None and rows % group_size:
+    raise ValueError(
+        f"quantize: group_size={group_size} does not divide the {rows} input rows of"
+        f" {path_text(path)} (shape {tuple(value.shape)}); pick a divisor of {rows}.")
+  if bits == 4 and value.shape[-1] % 2:
+    raise ValueError(
+        f"quantize: bits=4 packs two values per byte along the last axis of"
+        f" {path_text(path)}, whose size {value.shape[-1]} is odd; quantize it with"
+        " bits=8 (leave it out of targets here).")
+  integers, scales = quantize_array(
+      value, bits=bits, input_axes=input_axes, group_size=group_size, stacked=stacked)
+  metadata = dict(param.metadata)
+  sharding = metadata.get(SHARDING)
+  scale_metadata = {key: item for key, item in metadata.items() if key != SHARDING}
+  if isinstance(sharding, tuple) and len(sharding) == value.ndim - stacked:
+    groups = scales.shape[stacked]
+    scale_metadata[SHARDING] = (sharding[0] if groups > 1 else None, *sharding[input_axes:])
+  scale_metadata[QUANTIZED] = "scale"
+  metadata[QUANTIZED] = (f"int{bits}", input_axes)
+  return Param(integers, False, metadata), Param(scales, False, scale_metadata)
+
+
+def quantize(
+    model: Module, params: Params, *, bits: int = 8, group_size: int | None = None,
+    targets: str | None = None,
+) -> tuple[Module, Params]:
+  """Weight-only quantization of `model`'s `Linear` and attention kernels.
+
+  Args:
+    model: the model (a `CausalLM` or any module); its `Linear` and
+      `MultiHeadAttention` modules learn to run quantized params
+      (`enable_quantized_weights`), in place.
+    params: its float params (all kernels present).
+    bits: 8 (int8) or 4 (two values per byte).
+    group_size: input rows per scale; None (8 bits only): one scale per
+      output channel. 4 bits needs one, e.g. 64.
+    targets: a regular expression searched in the slash-joined module paths
+      (e.g. `'layers/layer/mlp'`); None: every Linear and attention module.
+
+  Returns:
+    `(model, params)`: the same model, and params whose target kernels are
+    integers with `<name>_scale` beside them, every param non-trainable.
+
+  Raises:
+    ValueError: bits other than 8 and 4, a group_size that does not divide a
+      kernel's input rows, targets matching no module, a kernel already
+      quantized, or a kernel missing from params.
+
+  Example:
+    >>> from blox.models import create
+    >>> model, params = create({'model_type': 'llama', 'vocab_size': 8, 'hidden_size': 8,
+    ...     'intermediate_size': 16, 'num_hidden_layers': 1, 'num_attention_heads': 1})
+    >>> model, q = quantize(model, params, bits=4, group_size=8, targets='mlp/down')
+    >>> down = ('model', 'lm', 'layers', 'layer', 'mlp', 'down')
+    >>> q[down + ('kernel',)].value.shape, q[down + ('kernel_scale',)].value.shape
+    ((1, 16, 4), (1, 2, 8))
+  """
+  _check_options(bits, group_size)
+  replaced: dict[tuple[str, ...], tuple[Param, Param]] = {}
+  for module in _targets(model, targets):
+    for name, input_axes in weights_of(module):
+      path = module.param_path(name)
+      if path not in params:
+        raise ValueError(
+            f"quantize: {module.where()} has no param {path_text(path)}; run the model once"
+            " (or load its checkpoint) so that its params exist, then quantize them.")
+      replaced[path] = _quantized_entries(
+          path, params[path], bits=bits, group_size=group_size, input_axes=input_axes)
+  entries: dict[tuple[str, ...], Param] = {}
+  for path, param in params.items():
+    if path in replaced:
+      entries[path], entries[scale_path(path)] = replaced[path]
+    else:
+      entries[path] = param.replace(trainable=False)
+  return enable_quantized_weights(model), Params(entries, locked=params.is_locked)
