@@ -124,8 +124,9 @@ def filter_logits(
       probs = jax.nn.softmax(ordered, axis=-1)
       # The probability of the tokens before each one: it is kept while
       # that is short of top_p, so the kept set is the first to reach it.
+      # top_p >= 1 keeps every token, even where float32 sums reach 1 early.
       before = jnp.cumsum(probs, axis=-1) - probs
-      keep = (before < top_p) | (jnp.arange(vocab) == 0)
+      keep = (before < top_p) | (top_p >= 1) | (jnp.arange(vocab) == 0)
       last = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
       threshold = jnp.maximum(threshold, last)
   logits = jnp.where(logits >= threshold, logits, -jnp.inf)
