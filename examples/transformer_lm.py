@@ -18,10 +18,11 @@ examples/fsdp_train.py shards the same model over a mesh by mapping those
 names with rules. Training: AdamW with weight decay on the kernels only
 (`bx.param_mask`), a warmup-cosine learning rate and gradient clipping, in
 one jitted step around `bx.value_and_grad`. The params are then saved and
-loaded back (`bx.save`/`bx.load`), and the model writes a sample under
-`jax.jit` with a key/value cache: one prefill over the prompt, then one
-`decode_step` per token inside a `jax.lax.scan`. Before sampling it checks
-that cached decoding gives the logits of a full forward pass.
+loaded back (`bx.save`/`bx.load`), and the model writes a sample with
+`bx.models.generate`: one jitted program, a prefill over the prompt into a
+key/value cache, then one `decode_step` per token in a device loop. Before
+sampling it checks that cached decoding gives the logits of a full forward
+pass.
 
 Initialisation, the documented way: the function that creates the params
 (`rng.init(model, ids, seed=0)`) is jitted, `params = jax.jit(init)()`. The
@@ -178,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     failures.append("cached decoding disagrees with the full forward pass")
 
   prompt = jnp.asarray([[index[c] for c in PROMPT]], jnp.int32)
-  generate = jax.jit(model.generate, static_argnums=2)
-  ids, _ = generate(restored, prompt, 120, jax.random.key(0))
+  ids = bx.models.generate(model, restored, prompt, max_new_tokens=120, temperature=0.7, seed=0)
   sample = "".join(chars[i] for i in np.asarray(ids[0]))
   print(f"sample: {PROMPT + sample!r}")
 

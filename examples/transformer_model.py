@@ -12,8 +12,9 @@ The params are float32 and the computation bfloat16, through one `bx.Policy`
 on the model's graph. Every param names its logical axes in its sharding
 metadata ('vocab', 'embed', 'heads', 'kv_heads', 'mlp'); nothing here maps
 them to devices: transformer_lm.py runs unsharded, fsdp_train.py maps the
-names onto a mesh with rules. Cached decoding (`prefill`, `decode_step`,
-`generate`) scans over the layers with one key/value cache per layer.
+names onto a mesh with rules. Cached decoding (`init_cache`, `prefill`,
+`decode_step`: the decoding interface of `bx.models.generate`) scans over
+the layers with one key/value cache per layer.
 
 Training, shared by both examples: AdamW with weight decay on the kernels
 only (`bx.param_mask`), a warmup-cosine learning rate and gradient clipping,
@@ -232,12 +233,27 @@ class LanguageModel(bx.Module):
     stack = functools.partial(jnp.repeat, repeats=self.num_layers, axis=0)
     return jax.tree.map(lambda leaf: stack(leaf[None]), cache), params
 
+  def init_cache(self, batch_size: int, max_length: int) -> bx.KVCache:
+    """`initial_caches` without params (unsharded), for `bx.models.generate`."""
+    kv_heads = self.num_kv_heads or self.num_heads
+    shape = (self.num_layers, batch_size, max_length, kv_heads, self.features // self.num_heads)
+    empty = jnp.zeros(shape, self.block.attention.dtypes().compute or jnp.float32)
+    return bx.KVCache(empty, empty, jnp.zeros((self.num_layers, batch_size), jnp.int32))
+
   def prefill(
-      self, params: bx.Params, ids: jax.Array, caches: bx.KVCache
+      self, params: bx.Params, ids: jax.Array, caches: bx.KVCache, *,
+      lengths: jax.Array | None = None,
   ) -> tuple[tuple[jax.Array, bx.KVCache], bx.Params]:
-    """Scores for `ids [batch, length]`, writing their keys and values into the caches."""
+    """Scores for `ids [batch, length]`, writing their keys and values into the caches.
+
+    With `lengths [batch]` (right-padded prompts), each row's next token goes
+    right after its own last real token, over its padding.
+    """
+    start = caches.position
     x, params = self.embed(params, ids)
     (x, caches), params = self._over_layers(params, x, caches, self.block.apply)
+    if lengths is not None:
+      caches = caches._replace(position=start + jnp.asarray(lengths, jnp.int32))
     scores, params = self._scores(params, x)
     return (scores, caches), params
 
@@ -249,32 +265,6 @@ class LanguageModel(bx.Module):
     (x, caches), params = self._over_layers(params, x, caches, self.block.decode_step)
     scores, params = self._scores(params, x)
     return (scores, caches), params
-
-  def generate(
-      self, params: bx.Params, prompt: jax.Array, length: int, key: jax.Array,
-      temperature: float = 0.7,
-  ) -> tuple[jax.Array, bx.Params]:
-    """`length` sampled ids per row after `prompt [batch, prompt_length]`."""
-    caches, params = self.initial_caches(params, prompt, prompt.shape[1] + length)
-    (scores, caches), params = self.prefill(params, prompt, caches)
-
-    def sample(scores: jax.Array, step: jax.Array) -> jax.Array:
-      logits = scores.astype(jnp.float32) / temperature
-      return jax.random.categorical(jax.random.fold_in(key, step), logits)
-
-    def one_token(
-        carry: tuple[bx.Params, bx.KVCache, jax.Array], step: jax.Array
-    ) -> tuple[tuple[bx.Params, bx.KVCache, jax.Array], jax.Array]:
-      params, caches, token = carry
-      (scores, caches), params = self.decode_step(params, token, caches)
-      # Emit the token fed in this step; the next one is carried on.
-      return (params, caches, sample(scores, step)), token
-
-    first = sample(scores[:, -1], jnp.asarray(0))
-    (params, _, _), ids = jax.lax.scan(
-        one_token, (params, caches, first), jnp.arange(1, length + 1)
-    )
-    return jnp.moveaxis(ids, 0, 1), params
 
 
 def build(sizes: Sizes, vocab_size: int) -> tuple[LanguageModel, Callable[[], bx.Params]]:
