@@ -19,7 +19,7 @@ any adapter folder, e.g. one that `save_lora` wrote.
 
 Usage (never in CI; torch, transformers and peft are imported only when it runs):
   python scripts/make_lora_fixtures.py [--out DIR]
-  python scripts/make_lora_fixtures.py --check-blox   # blox's save_lora, run by PEFT
+  python scripts/make_lora_fixtures.py --check-blox [FAMILY ...]   # blox's save_lora, run by PEFT
 
 >>> TARGETS
 ('q_proj', 'v_proj', 'o_proj', 'down_proj')
@@ -96,15 +96,15 @@ def write_fixture(out: pathlib.Path) -> None:
   print(f"wrote {out}: logits {logits.shape}, peft {peft.__version__}")
 
 
-def check_blox_save(tolerance: float = 1e-4) -> float:
-  """Adapts the Llama fixture in blox (random B), saves it with `save_lora`,
+def check_blox_save(family: str = "llama", tolerance: float = 1e-4) -> float:
+  """Adapts the fixture of `family` in blox (random B), saves it with `save_lora`,
   runs it with PEFT and returns the largest logit difference; fails past `tolerance`."""
   import jax
   import jax.numpy as jnp
 
   import blox.models as models
 
-  base_folder = FIXTURES / "llama"
+  base_folder = FIXTURES / family
   model, params = models.load_pretrained(base_folder)
   model, params = models.add_lora(model, params, targets=r".*(query|value|out)|.*mlp/down",
                                   rank=RANK, alpha=ALPHA)
@@ -123,7 +123,7 @@ def check_blox_save(tolerance: float = 1e-4) -> float:
     theirs = peft_logits(base_folder, pathlib.Path(folder), ids, mask)
   real = mask.astype(bool)
   difference = float(np.abs(np.asarray(ours)[real] - theirs[real]).max())
-  print(f"blox save_lora -> PEFT: max |logits difference| {difference:.2e}")
+  print(f"{family}: blox save_lora -> PEFT: max |logits difference| {difference:.2e}")
   if difference > tolerance:
     raise SystemExit(f"blox and PEFT differ by {difference} > {tolerance}")
   return difference
@@ -132,11 +132,12 @@ def check_blox_save(tolerance: float = 1e-4) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", type=pathlib.Path, default=FIXTURES / "llama_lora")
-  parser.add_argument("--check-blox", action="store_true",
-                      help="check that PEFT runs what blox's save_lora writes")
+  parser.add_argument("--check-blox", nargs="*", metavar="FAMILY",
+                      help="check that PEFT runs what blox's save_lora writes (default: llama)")
   args = parser.parse_args(argv)
-  if args.check_blox:
-    check_blox_save()
+  if args.check_blox is not None:
+    for family in args.check_blox or ["llama"]:
+      check_blox_save(family)
   else:
     write_fixture(args.out)
   return 0
