@@ -37,10 +37,6 @@ from blox.models._load import load_pretrained as load_pretrained
 from blox.models._load import read_config as read_config
 from blox.models._lora import add_lora as add_lora
 from blox.models._lora import merge_lora as merge_lora
-from blox.models._lora import add_lora as add_lora
-from blox.models._lora import merge_lora as merge_lora
-from blox.models._peft import load_lora as load_lora
-from blox.models._peft import save_lora as save_lora
 from blox.models._peft import load_lora as load_lora
 from blox.models._peft import save_lora as save_lora
 from blox.models._rules import SHARDING_RULES as SHARDING_RULES
@@ -64,19 +60,15 @@ __all__ = [
     "UnsupportedConfigError",
     "__version__",
     "add_lora",
-    "add_lora",
     "create",
     "enable_quantized_weights",
     "generate",
     "load_lora",
-    "load_lora",
     "load_pretrained",
-    "merge_lora",
     "merge_lora",
     "quantization_report",
     "quantize",
     "read_config",
-    "save_lora",
     "save_lora",
     "save_pretrained",
 ]
