@@ -8,6 +8,13 @@
 - `create(config, *, seed=0)`: a new model of a family, at random.
 - `CausalLM`: `logits, params = model(params, ids, mask=...)`, and the
   decoding interface `init_cache` / `prefill` / `decode_step`.
+- `generate(model, params, prompts, *, max_new_tokens, ...)`: greedy or
+  sampled (temperature, top-k, top-p, min-p) decoding on device, for any
+  model with that interface.
+- `add_lora` / `merge_lora`, and `save_lora` / `load_lora` in PEFT's layout:
+  low-rank adapters beside the kernels a regular expression names.
+- `quantize(model, params, *, bits=8 | 4, group_size=None)`: weight-only
+  int8 / int4 kernels, dequantized in each product.
 
 Families: Llama 2/3 (with Llama 3 RoPE scaling), Mistral, Qwen2, Qwen3,
 Gemma 2, Gemma 3 (text) and GPT-2. Reads and writes safetensors through
@@ -39,11 +46,11 @@ from blox.models._lora import add_lora as add_lora
 from blox.models._lora import merge_lora as merge_lora
 from blox.models._peft import load_lora as load_lora
 from blox.models._peft import save_lora as save_lora
-from blox.models._rules import SHARDING_RULES as SHARDING_RULES
 from blox.models._quantize import enable_quantized_weights as enable_quantized_weights
 from blox.models._quantize import quantize as quantize
 from blox.models._quantize_report import QuantizationReport as QuantizationReport
 from blox.models._quantize_report import quantization_report as quantization_report
+from blox.models._rules import SHARDING_RULES as SHARDING_RULES
 from blox.models._save import save_pretrained as save_pretrained
 from blox.models._version import __version__ as __version__
 
