@@ -57,6 +57,7 @@ def test_logits_match_transformers_on_a_padded_batch(family: str) -> None:
   assert difference.max() < LOGITS_ATOL, (family, difference.max())
 
 
+@pytest.mark.slow  # a compilation per family; with `pytest -m slow`
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_decoding_through_the_cache_matches_transformers_generate(family: str) -> None:
   model, params = bm.load_pretrained(fixture_folder(family))
@@ -65,6 +66,7 @@ def test_greedy_decoding_through_the_cache_matches_transformers_generate(family:
   np.testing.assert_array_equal(tokens, reference.greedy_tokens)
 
 
+@pytest.mark.slow  # a compilation per family; with `pytest -m slow`
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_decoding_equals_the_whole_forward(family: str) -> None:
   # Gemma's fixtures repeat one token greedily; compare logits, not only tokens.

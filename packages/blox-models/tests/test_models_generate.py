@@ -16,6 +16,10 @@ import blox.models as bm
 from blox.models._sampling import filter_logits
 from blox.params import Params
 
+# Compiles many small programs (about a minute on 2 cores): with the
+# end-to-end tests, `pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 
 # The standard normal's 0.999 quantile: chi-square tests reject at 0.1%.
 Z_999 = 3.090232306167813

@@ -26,6 +26,10 @@ from blox.models._peft import read_adapter_file
 from blox.nn import Conv, Rng
 from blox.params import STACKED, Params, value_and_grad
 
+# Compiles many small programs (about a minute on 2 cores): with the
+# end-to-end tests, `pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 LLAMA = {
     "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
     "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,

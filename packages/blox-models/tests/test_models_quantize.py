@@ -31,6 +31,10 @@ import blox.parallel as bp
 from blox.models._quantize import QUANTIZED, scale_path
 from blox.params import SHARDING, STACKED, Params
 
+# Compiles many small programs (about a minute on 2 cores): with the
+# end-to-end tests, `pytest -m slow`, which CI runs too.
+pytestmark = pytest.mark.slow
+
 LAYER = ("model", "lm", "layers", "layer")
 UP = LAYER + ("mlp", "up", "kernel")
 OUT = LAYER + ("attention", "out", "kernel")
