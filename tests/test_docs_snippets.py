@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +61,11 @@ def test_python_blocks_run(document: str, tmp_path: Path) -> None:
   previous = os.getcwd()
   os.chdir(tmp_path)
   try:
-    for number, block in enumerate(blocks, 1):
-      with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(block, f"{document}[block {number}]", "exec"), namespace)
+    # A page may set a mesh for the rest of itself (`jax.set_mesh(mesh)` as a
+    # global setter); it ends with the page, as it would with the program.
+    with jax.set_mesh(None):
+      for number, block in enumerate(blocks, 1):
+        with contextlib.redirect_stdout(io.StringIO()):
+          exec(compile(block, f"{document}[block {number}]", "exec"), namespace)
   finally:
     os.chdir(previous)
