@@ -157,3 +157,22 @@ def test_attend_goes_through_contract_and_the_lookup_does_not() -> None:
   assert contraction.weight_path() == embed.param_path("embedding")
   assert contraction.equation == "...d,nd->...n"
   assert vectors.shape == (2, 3)
+
+
+def test_an_instance_rows_method_replaces_that_objects_lookup_only() -> None:
+  embed, params = _make(dtype=jnp.float16)
+  other, _ = _make()
+  ids = jnp.array([[1, 6], [0, 7]])
+  vectors, params = embed(params, ids)
+  rows, _ = embed.rows(params, ids)
+  # __call__ is the rows, cast: the same bits as before the seam existed.
+  np.testing.assert_array_equal(vectors, rows.astype(jnp.float16))
+  assert rows.dtype == jnp.float32 and bool(jnp.isnan(rows[1, 1]).all())
+
+  def doubled(params: Params, ids: jax.Array) -> tuple[jax.Array, Params]:
+    rows, params = type(embed).rows(embed, params, ids)
+    return 2 * rows, params
+
+  embed.__dict__["rows"] = doubled
+  np.testing.assert_array_equal(embed(params, ids)[0], 2 * vectors)
+  assert "rows" not in other.__dict__

@@ -2,8 +2,8 @@
 
 `model, params = quantize(model, params, bits=8 | 4, group_size=None,
 targets=None)` replaces the kernels of the model's `Linear` layers and
-attention projections by integers and float32 scales (the format is
-described in `_quantize_format`):
+attention projections, and the tables of its `Embed`s, by integers and
+float32 scales (the format is described in `_quantize_format`):
 
 - `<weight>`, at the kernel's own path: int8 `[.., in, out]` (8 bits), or
   uint8 bytes packing two 4-bit values along the last (output) axis, which
@@ -16,6 +16,11 @@ described in `_quantize_format`):
   the group axis after the kernel's first input axis (None for one group),
   so a group axis is split like the rows it scales: the number of groups
   must then divide over those mesh axes.
+- An `Embed` table `[vocab, features]` is a kernel the other way round
+  (the tied head contracts its last axis): metadata `QUANTIZED: (format,
+  -1)`, 4 bits packed along the features, scales float32 `[vocab, groups]`
+  (one row of scales per row, groups of `group_size` features), sharded
+  like the table's vocabulary axis and, with several groups, its features.
 
 Both are ordinary non-trainable params: `bx.save` / `bx.load`, orbax,
 `blox.parallel.param_shardings` and `bx.summary` (with their true bytes)
@@ -38,9 +43,14 @@ wraps the dequantized product. Float params still run on the same model.
 Only the 4-bit unpacking and one layer's float kernel exist at a time,
 inside the layer (the scan of a `Repeat` gets one layer's bytes).
 
-Not quantized: `Embed` tables (their lookup is a gather, which no
-contraction hook sees) and so the tied head of models that attend with the
-embedding; norms and biases.
+An `Embed` gets that `get_param` and hook too: its tied head (`attend`)
+contracts the table through `blox.nn.contract`, as a `Linear` does. Its
+lookup is a gather, which no hook sees: the `Embed` also gets its own
+`rows` (the method `Embed.__call__` gathers through; `_quantize_embed`),
+which gathers the ids' integer rows and scale rows and dequantizes only
+those, never the whole table.
+
+Not quantized: norms and biases.
 
 Example:
   >>> import jax.numpy as jnp
@@ -54,6 +64,8 @@ Example:
   >>> up = quantized[('model', 'lm', 'layers', 'layer', 'mlp', 'up', 'kernel')]
   >>> up.value.dtype, up.value.shape, up.metadata['quantized']
   (dtype('int8'), (2, 16, 32), ('int8', 1))
+  >>> quantized[('model', 'lm', 'embed', 'embedding_scale')].value.shape
+  (32, 1)
   >>> bool(jnp.max(jnp.abs(model(quantized, ids)[0] - logits)) < 0.05)
   True
 """
@@ -70,16 +82,14 @@ import jax.numpy as jnp
 
 from blox.graph import Module
 from blox.models._hooks import add_hook
-from blox.models._quantize_format import dequantize, quantize_array, unpack_int4
-from blox.nn import Contraction, Linear, MultiHeadAttention
+from blox.models._quantize_embed import quantized_rows
+from blox.models._quantize_format import (
+    QUANTIZED, dequantize, quantize_array, read_scales, scale_path, stored_format, unpack_int4,
+)
+from blox.nn import Contraction, Embed, Linear, MultiHeadAttention
 from blox.params import SHARDING, STACKED, Param, Params, path_text
 
 __all__ = ["QUANTIZED", "QUANTIZE_ORDER", "enable_quantized_weights", "quantize", "scale_path"]
-
-QUANTIZED = "quantized"
-"""The metadata key of a quantized weight, `(format, input axes)`: format
-'int8' or 'int4' (packed), input axes the leading dims of one layer that the
-product contracts; its scale carries `QUANTIZED: 'scale'`."""
 
 QUANTIZE_ORDER = 10
 """The hook order of dequantization: inside (after) adapters such as LoRA (0)."""
@@ -88,20 +98,13 @@ _ENABLED = "_blox_models_quantized_weights"
 _PROJECTIONS = ("query", "key", "value", "out")
 
 
-def scale_path(path: tuple[str, ...]) -> tuple[str, ...]:
-  """Where the scales of the quantized weight at `path` are stored.
-
-  Example:
-    >>> scale_path(('lm', 'head', 'kernel'))
-    ('lm', 'head', 'kernel_scale')
-  """
-  return path[:-1] + (path[-1] + "_scale",)
-
-
 def weights_of(module: Module) -> tuple[tuple[tuple[str, ...], int], ...]:
-  """The quantizable weights of a module: `(weight name, input axes)` pairs."""
+  """The quantizable weights of a module: `(weight name, input axes)` pairs
+  (-1: the last axis is contracted, as in an embedding table)."""
   if isinstance(module, Linear):
     return ((("kernel",), 1),)
+  if isinstance(module, Embed):
+    return ((("embedding",), -1),)
   if isinstance(module, MultiHeadAttention):
     return tuple(((name, "kernel"), 2 if name == "out" else 1) for name in _PROJECTIONS)
   return ()
@@ -122,27 +125,13 @@ def _stored_integers(module: Module, params: Params, name: str | tuple[str, ...]
   return value, params
 
 
-def _quantized_format(params: Params, path: tuple[str, ...]) -> tuple[str, int] | None:
-  if path not in params:
-    return None
-  fmt = params[path].metadata.get(QUANTIZED)
-  return fmt if isinstance(fmt, tuple) else None
-
-
 def _dequantizing_hook(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
   """Multiplies a quantized weight's integers (as the layer cast them) by its scales."""
   path, params = contraction.weight_path(), contraction.params
-  fmt = None if path is None or params is None else _quantized_format(params, path)
+  fmt = None if path is None or params is None else stored_format(params, path)
   if fmt is None or path is None or params is None:
     return contraction.compute(inputs, weight)
-  where = scale_path(path)
-  if where not in params:
-    raise KeyError(
-        f"{path_text(path)} is a quantized weight ({fmt[0]}) but its scales"
-        f" {path_text(where)} are missing from the params; keep the params"
-        " blox.models.quantize returned whole.")
-  scale: jax.Array
-  scale, _ = params.get_or_create(where)  # records the read, as a layer's get_param does
+  scale, _ = read_scales(params, path, fmt)
   if not jnp.issubdtype(weight.dtype, jnp.floating):
     # Attention casts its operands only when it has a compute dtype; without
     # one the integers arrive as stored and compute in the inputs' dtype.
@@ -151,8 +140,8 @@ def _dequantizing_hook(contraction: Contraction, inputs: jax.Array, weight: jax.
 
 
 def enable_quantized_weights(model: Module) -> Module:
-  """Lets every `Linear` and `MultiHeadAttention` of `model` run quantized
-  params (see the module docstring); float params run as before.
+  """Lets every `Linear`, `MultiHeadAttention` and `Embed` of `model` run
+  quantized params (see the module docstring); float params run as before.
 
   `quantize` calls it; call it yourself on a new model object that is to
   run quantized params read from a checkpoint. Calling it again does nothing.
@@ -173,13 +162,15 @@ def enable_quantized_weights(model: Module) -> Module:
         params: Params, name: str | tuple[str, ...], shape: Sequence[int] | None = None,
         *, _module: Module = module, **options: Any,
     ) -> tuple[Any, Params]:
-      fmt = _quantized_format(params, _module.param_path(name))
+      fmt = stored_format(params, _module.param_path(name))
       if fmt is None:
         return type(_module).get_param(_module, params, name, shape, **options)
       return _stored_integers(_module, params, name, shape, fmt)
 
     # An instance attribute shadows the class's method for this module only.
     module.__dict__["get_param"] = get_param
+    if isinstance(module, Embed):
+      module.__dict__["rows"] = quantized_rows(module)  # its lookup, a gather
     module.__dict__[_ENABLED] = True
     add_hook(module, _dequantizing_hook, order=QUANTIZE_ORDER, weights=[name for name, _ in weights])
   return model
@@ -197,9 +188,9 @@ def _targets(model: Module, targets: str | None) -> list[Module]:
         if pattern is not None and pattern.search("/".join(path)) and not weights_of(module)]
     matched = f" (it matches only {embeds}, which have no quantizable kernel)" if embeds else ""
     raise ValueError(
-        f"quantize: targets={targets!r} matches no Linear or MultiHeadAttention module of"
-        f" {model.where()}{matched}. Give a regular expression searched in module paths"
-        " such as 'layers/layer/mlp' (Embed tables are not quantized).")
+        f"quantize: targets={targets!r} matches no Linear, MultiHeadAttention or Embed module"
+        f" of {model.where()}{matched}. Give a regular expression searched in module paths"
+        " such as 'layers/layer/mlp' or 'lm/embed'.")
   return found
 
 
@@ -227,7 +218,10 @@ def _quantized_entries(
     raise TypeError(f"quantize: {path_text(path)} is {value.dtype}, not a float kernel.")
   sizes = param.metadata.get(STACKED)
   stacked = len(sizes) if isinstance(sizes, tuple) else 0
-  inputs = value.shape[stacked:stacked + input_axes]
+  if input_axes < 0:
+    inputs = value.shape[value.ndim + input_axes:]
+  else:
+    inputs = value.shape[stacked:stacked + input_axes]
   rows = math.prod(inputs)
   if group_size is not None and rows % group_size:
     raise ValueError(
@@ -243,7 +237,13 @@ def _quantized_entries(
   metadata = dict(param.metadata)
   sharding = metadata.get(SHARDING)
   scale_metadata = {key: item for key, item in metadata.items() if key != SHARDING}
-  if isinstance(sharding, tuple) and len(sharding) == value.ndim - stacked:
+  if isinstance(sharding, tuple) and len(sharding) == value.ndim - stacked and input_axes < 0:
+    # [*outputs, groups]: the groups split like the first input (features) axis.
+    first_input = len(sharding) + input_axes
+    groups = scales.shape[-1]
+    scale_metadata[SHARDING] = (*sharding[:first_input],
+                                sharding[first_input] if groups > 1 else None)
+  elif isinstance(sharding, tuple) and len(sharding) == value.ndim - stacked:
     groups = scales.shape[stacked]
     scale_metadata[SHARDING] = (sharding[0] if groups > 1 else None, *sharding[input_axes:])
   scale_metadata[QUANTIZED] = "scale"
@@ -255,22 +255,26 @@ def quantize(
     model: Module, params: Params, *, bits: int = 8, group_size: int | None = None,
     targets: str | None = None,
 ) -> tuple[Module, Params]:
-  """Weight-only quantization of `model`'s `Linear` and attention kernels.
+  """Weight-only quantization of `model`'s `Linear` and attention kernels
+  and `Embed` tables.
 
   Args:
-    model: the model (a `CausalLM` or any module); its `Linear` and
-      `MultiHeadAttention` modules learn to run quantized params
+    model: the model (a `CausalLM` or any module); its `Linear`,
+      `MultiHeadAttention` and `Embed` modules learn to run quantized params
       (`enable_quantized_weights`), in place.
-    params: its float params (all kernels present).
+    params: its float params (all kernels and tables present).
     bits: 8 (int8) or 4 (two values per byte).
-    group_size: input rows per scale; None (8 bits only): one scale per
-      output channel. 4 bits needs one, e.g. 64.
+    group_size: input rows per scale (features per scale in an embedding
+      table's row); None (8 bits only): one scale per output channel (per
+      table row). 4 bits needs one, e.g. 64.
     targets: a regular expression searched in the slash-joined module paths
-      (e.g. `'layers/layer/mlp'`); None: every Linear and attention module.
+      (e.g. `'layers/layer/mlp'`, `'lm/embed'`); None: every Linear,
+      attention and Embed module.
 
   Returns:
-    `(model, params)`: the same model, and params whose target kernels are
-    integers with `<name>_scale` beside them, every param non-trainable.
+    `(model, params)`: the same model, and params whose target kernels and
+    tables are integers with `<name>_scale` beside them, every param
+    non-trainable.
 
   Raises:
     ValueError: bits other than 8 and 4, a group_size that does not divide a

@@ -3,8 +3,10 @@
 `embed(params, ids)` returns one row of the table per id; `embed.attend(params,
 x)` multiplies by the transposed table, turning vectors back into one score
 per id (the output layer of a language model that shares its input table).
-The lookup is a gather; `attend` is a product by the table, computed through
-`blox.nn.contract` with the weight named `'embedding'`.
+The lookup is a gather (through the method `rows`, which one object may
+override to read a table stored otherwise); `attend` is a product by the
+table, computed through `blox.nn.contract` with the weight named
+`'embedding'`.
 
 Example:
   >>> import jax.numpy as jnp
@@ -99,15 +101,53 @@ class Embed(Layer):
           f"{self.where()} looks up integer ids, got dtype {dtype}; cast"
           " them with ids.astype(jnp.int32)."
       )
-    table, params = self.table(params)
+    rows, params = self.rows(params, ids)
     dtypes = self.dtypes()
     # Only the rows looked up are cast, not the whole table.
-    # On Explicit mesh axes the rows' sharding must be said (the ids' batch
-    # sharding, then the table's features'); None elsewhere: a plain take.
-    rows = table.at[ids].get(
-        out_sharding=gather_out_sharding(table, ids), mode="fill", fill_value=jnp.nan)
     (vectors,) = to_compute(dtypes, rows)
     return to_output(dtypes, vectors), params
+
+  def rows(self, params: Params, ids: jax.Array) -> tuple[jax.Array, Params]:
+    """The table's rows for integer `ids`, as stored (not cast): `(rows, params)`
+    with rows `(*ids.shape, output_size)`, NaN rows for ids out of range.
+
+    `__call__` gathers through this method and casts what it returns. It is
+    the lookup's seam: a table stored in another format (quantized integers
+    and scales, say) is read by giving one `Embed` object its own `rows`,
+    as an instance attribute (Python finds `__call__` on the class, so that
+    cannot be replaced on one object).
+
+    Example:
+      >>> from blox.graph import Graph
+      >>> from blox.nn import Rng
+      >>> graph = Graph('lm')
+      >>> rng = Rng(graph.child('rng'))
+      >>> embed = Embed(graph.child('embed'), 4, 2, rng=rng)
+      >>> rows, params = embed.rows(rng.seed(Params(), seed=0), jnp.array([0, 4]))
+      >>> rows.shape, bool(jnp.isnan(rows[1]).all())
+      ((2, 2), True)
+    """
+    table, params = self.table(params)
+    return self.gather(table, ids), params
+
+  @staticmethod
+  def gather(table: jax.Array, ids: jax.Array, *, fill_value: Any = jnp.nan) -> jax.Array:
+    """`table[ids]` for a 2-D array laid out like a table (one row per id):
+    rows `(*ids.shape, table.shape[1])`, `fill_value` for ids out of range.
+
+    The gather `rows` does, for a `rows` of another format to reuse (its
+    integer rows, their scales). On Explicit mesh axes it says the rows'
+    sharding, as a gather there must.
+
+    Example:
+      >>> Embed.gather(jnp.array([[1, 2], [3, 4]]), jnp.array([1, 2]), fill_value=0).tolist()
+      [[3, 4], [0, 0]]
+    """
+    # On Explicit mesh axes the rows' sharding must be said (the ids' batch
+    # sharding, then the table's features'); None elsewhere: a plain take.
+    rows: jax.Array = table.at[ids].get(
+        out_sharding=gather_out_sharding(table, ids), mode="fill", fill_value=fill_value)
+    return rows
 
   def attend(self, params: Params, inputs: jax.Array) -> tuple[jax.Array, Params]:
     """Scores `inputs` `(..., output_size)` against every row: `inputs @ table.T`.
