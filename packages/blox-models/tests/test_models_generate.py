@@ -139,6 +139,34 @@ def test_one_compilation_serves_new_seeds_temperatures_and_filter_values() -> No
   np.testing.assert_array_equal(outputs[2][:, 0], greedy[:, 0])
 
 
+def test_generate_runs_inside_an_outer_jit() -> None:
+  model, params = loaded("llama")
+  reference = load_reference("llama")
+
+  @jax.jit
+  def greedy(params: Params, prompts: jax.Array, lengths: jax.Array) -> jax.Array:
+    return bm.generate(model, params, prompts, max_new_tokens=4, prompt_lengths=lengths,
+                       temperature=0.0, top_k=5, seed=1)
+
+  lengths = np.full((2,), reference.prompt_ids.shape[1], np.int32)
+  np.testing.assert_array_equal(
+      greedy(params, reference.prompt_ids, lengths), reference.greedy_tokens[:, :4])
+
+
+def test_a_model_changed_in_place_is_traced_again() -> None:
+  model, params = bm.load_pretrained(fixture_folder("llama"))
+  prompts = load_reference("llama").prompt_ids
+  before = np.asarray(bm.generate(model, params, prompts, max_new_tokens=4))
+  # add_lora installs its hooks on this very model object: the program
+  # traced before must not answer for it (it would give the base's tokens).
+  model, adapted = bm.add_lora(model, params, targets=r".*mlp/down", rank=2, alpha=2)
+  with pytest.raises(ValueError, match="lora"):
+    bm.generate(model, params, prompts, max_new_tokens=4)
+  down = ("model", "lm", "layers", "layer", "mlp", "down", "lora_b")
+  nudged = adapted.set(down, adapted[down].value + 1.0)
+  assert (np.asarray(bm.generate(model, nudged, prompts, max_new_tokens=4)) != before).any()
+
+
 def reference_filter(
     logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
     min_p: float | None,

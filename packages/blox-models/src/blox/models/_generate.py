@@ -25,7 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from blox.models._hooks import hooks_revision
 from blox.models._sampling import SamplingSettings, check_range, sample_tokens
 from blox.params import Params
 
@@ -143,7 +145,7 @@ def generate(
   tokens: jax.Array = generate_program(
       model, params, prompts.astype(jnp.int32), lengths, settings, stops,
       jnp.asarray(pad_id, jnp.int32), jnp.asarray(seed, jnp.uint32),
-      max_new_tokens=max_new_tokens)
+      max_new_tokens=max_new_tokens, hooks=hooks_revision())
   return tokens
 
 
@@ -151,30 +153,35 @@ def check_lengths(prompt_lengths: Any, batch: int, length: int) -> jax.Array:
   """`prompt_lengths` as int32 `[batch]` (all `length` for None), checked when known."""
   if prompt_lengths is None:
     return jnp.full((batch,), length, jnp.int32)
-  lengths = jnp.asarray(prompt_lengths)
+  # Checked through numpy when known: under an outer jit, jnp.asarray traces.
+  known = not isinstance(prompt_lengths, jax.core.Tracer)
+  lengths = np.asarray(prompt_lengths) if known else prompt_lengths
   if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
     raise ValueError(
         f"generate: prompt_lengths must be integers [batch={batch}]; got"
         f" {lengths.dtype}{list(lengths.shape)}. Give one true length per prompt.")
-  if not isinstance(lengths, jax.core.Tracer):
+  if known:
     low, high = int(lengths.min()), int(lengths.max())
     if low < 1 or high > length:
       raise ValueError(
           f"generate: prompt_lengths run from {low} to {high}, but each must be between 1"
           f" and the prompts' length {length}; count the real tokens of each row.")
-  return lengths.astype(jnp.int32)
+  return jnp.asarray(lengths, jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "hooks"))
 def generate_program(
     model: DecodingModel, params: Params, prompts: jax.Array, lengths: jax.Array,
     settings: SamplingSettings, stops: jax.Array, pad_id: jax.Array, seed: jax.Array, *,
-    max_new_tokens: int,
+    max_new_tokens: int, hooks: int,
 ) -> jax.Array:
   """The jitted body of `generate`, its arguments checked and made arrays.
 
   jit's cache keys it on the model (static, by hash), the shapes, the
-  structure of `settings` (which filters are None) and `max_new_tokens`.
+  structure of `settings` (which filters are None) and `max_new_tokens`;
+  and on `hooks`, the revision of the contraction hooks: `add_lora` and
+  `quantize` change a model object in place, and a program traced before
+  would run it as it was.
   """
   batch, length = prompts.shape
   key = jax.random.key(seed)

@@ -36,9 +36,27 @@ import jax
 from blox.graph import Module
 from blox.nn import Contraction, ContractionHook, set_contraction_hook
 
-__all__ = ["HookChain", "add_hook", "hooks_of", "remove_hooks"]
+__all__ = ["HookChain", "add_hook", "hooks_of", "hooks_revision", "remove_hooks"]
 
 _CHAIN = "_blox_models_hook_chain"
+# Counts every change of any module's chain: programs cached per model
+# object (`generate`'s) key on it, since the chains change models in place.
+_revision = 0
+
+
+def hooks_revision() -> int:
+  """A number that changes whenever `add_hook` or `remove_hooks` changes a chain.
+
+  Example:
+    >>> isinstance(hooks_revision(), int)
+    True
+  """
+  return _revision
+
+
+def _changed() -> None:
+  global _revision
+  _revision += 1
 
 
 @dataclasses.dataclass
@@ -76,6 +94,7 @@ def add_hook(
   names = None if weights is None else frozenset(tuple(name) for name in weights)
   chain.entries.append((order, names, hook))
   chain.entries.sort(key=lambda entry: entry[0])
+  _changed()
 
 
 def remove_hooks(module: Module, *, order: int) -> None:
@@ -84,6 +103,7 @@ def remove_hooks(module: Module, *, order: int) -> None:
   if chain is None:
     return
   chain.entries[:] = [entry for entry in chain.entries if entry[0] != order]
+  _changed()
   if not chain.entries:
     del module.__dict__[_CHAIN]
     set_contraction_hook(module, None)

@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["SamplingSettings", "filter_logits", "sample_tokens"]
+__all__ = ["SamplingSettings", "filter_logits", "known_number", "sample_tokens"]
 
 
 class SamplingSettings(NamedTuple):
@@ -68,7 +69,7 @@ class SamplingSettings(NamedTuple):
     check_range("top_k", top_k, 1, None, "None to keep every token")
     check_range("top_p", top_p, 0.0, 1.0, "None to turn nucleus filtering off", open_low=True)
     check_range("min_p", min_p, 0.0, 1.0, "None to turn min-p filtering off")
-    if not isinstance(temperature, jax.core.Tracer) and float(jnp.asarray(temperature)) == 0:
+    if known_number(temperature) == 0:
       return cls(None)
     return cls(
         jnp.asarray(temperature, jnp.float32),
@@ -86,13 +87,29 @@ def check_range(
   `open_low` excludes `low` itself. Traced values are not checked: their
   values are not known until the program runs.
   """
-  if value is None or isinstance(value, jax.core.Tracer):
+  number = known_number(value)
+  if number is None:
     return
-  number = float(jnp.asarray(value))
   below = number <= low if open_low else number < low
   if below or (high is not None and number > high):
     bounds = f"{'(' if open_low else '['}{low}, {'inf)' if high is None else f'{high}]'}"
     raise ValueError(f"generate: {name}={value} is outside {bounds}; pass a value in it, or {hint}.")
+
+
+def known_number(value: Any) -> float | None:
+  """`value` as a Python float when it is known before the program runs; None
+  for None and for traced values (e.g. `generate` called inside `jax.jit`).
+
+  Read through numpy: under a trace, `jnp.asarray` of even a Python number
+  gives a tracer, which has no value to check.
+
+  Example:
+    >>> known_number(0.5), known_number(jnp.int32(3)), known_number(None)
+    (0.5, 3.0, None)
+  """
+  if value is None or isinstance(value, jax.core.Tracer):
+    return None
+  return float(np.asarray(value))
 
 
 def filter_logits(
