@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
+
+from blox.params import Params
 
 __all__ = [
   "FAMILIES",
@@ -30,6 +34,7 @@ __all__ = [
   "INTEROP_SYNC",
   "Reference",
   "fixture_folder",
+  "greedy_tokens",
   "interop_available",
   "load_reference",
 ]
@@ -107,3 +112,25 @@ def interop_available() -> bool:
   Looks the modules up without importing them, so that asking costs nothing.
   """
   return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+
+
+def greedy_tokens(model: Any, params: Params, prompts: Any, steps: int) -> npt.NDArray[np.int32]:
+  """`steps` greedy tokens after `prompts [batch, length]` through a model's
+  decoding interface itself (not `generate`): one prefill, then `decode_step`s."""
+  prompts = jnp.asarray(prompts)
+  cache = model.init_cache(prompts.shape[0], prompts.shape[1] + steps)
+
+  @jax.jit
+  def run(params: Params, prompts: jax.Array, cache: Any) -> jax.Array:
+    (logits, cache), _ = model.prefill(params, prompts, cache)
+    first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
+
+    def step(carry: tuple[jax.Array, Any], _: None) -> tuple[tuple[jax.Array, Any], jax.Array]:
+      token, cache = carry
+      (logits, cache), _params = model.decode_step(params, token, cache)
+      return (jnp.argmax(logits, -1).astype(jnp.int32), cache), token
+
+    _, tokens = jax.lax.scan(step, (first, cache), None, length=steps)
+    return tokens.T
+
+  return np.asarray(run(params, prompts, cache), np.int32)

@@ -14,35 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from models_fixtures import FAMILIES, fixture_folder, load_reference
+from models_fixtures import FAMILIES, fixture_folder, greedy_tokens, load_reference
 
 import blox.models as bm
-from blox.nn import KVCache
 from blox.params import Params
 from blox.models._safetensors_read import CheckpointFiles
 
 # transformers' float32 logits against blox's, over every real (unpadded) position.
 LOGITS_ATOL = 1e-4
-
-
-def greedy(model: bm.CausalLM, params: Params, prompts: jax.Array, steps: int) -> np.ndarray:
-  """`steps` greedy tokens after `prompts`, through the cache: a prefill, then one step each."""
-  cache = model.init_cache(prompts.shape[0], prompts.shape[1] + steps)
-
-  @jax.jit
-  def run(params: Params, prompts: jax.Array, cache: KVCache) -> jax.Array:
-    (logits, cache), _ = model.prefill(params, prompts, cache)
-    token = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
-
-    def step(carry: tuple[jax.Array, KVCache], _: None) -> tuple[tuple[jax.Array, KVCache], jax.Array]:
-      token, cache = carry
-      (logits, cache), _params = model.decode_step(params, token, cache)
-      return (jnp.argmax(logits, -1).astype(jnp.int32), cache), token
-
-    _, tokens = jax.lax.scan(step, (token, cache), None, length=steps)
-    return tokens.T
-
-  return np.asarray(run(params, prompts, cache))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -62,7 +41,7 @@ def test_logits_match_transformers_on_a_padded_batch(family: str) -> None:
 def test_greedy_decoding_through_the_cache_matches_transformers_generate(family: str) -> None:
   model, params = bm.load_pretrained(fixture_folder(family))
   reference = load_reference(family)
-  tokens = greedy(model, params, jnp.asarray(reference.prompt_ids), 16)
+  tokens = greedy_tokens(model, params, jnp.asarray(reference.prompt_ids), 16)
   np.testing.assert_array_equal(tokens, reference.greedy_tokens)
 
 

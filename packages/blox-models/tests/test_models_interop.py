@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from models_fixtures import FAMILIES, INTEROP_SYNC, fixture_folder, interop_available, load_reference
+from models_fixtures import (
+    FAMILIES, INTEROP_SYNC, fixture_folder, greedy_tokens, interop_available, load_reference,
+)
 
 import blox.models as bm
-from blox.nn import KVCache
 from blox.params import Params
 from scripts.make_model_fixtures import CHECK_LOGITS_ATOL, NEW_TOKENS, transformers_outputs
 
@@ -37,26 +38,6 @@ pytestmark = pytest.mark.skipif(
 
 # transformers' float32 logits against blox's (as in test_models_families.py).
 LOGITS_ATOL = 1e-4
-
-
-def greedy(model: bm.CausalLM, params: Params, prompts: np.ndarray, steps: int) -> np.ndarray:
-  """`steps` greedy tokens after `prompts [batch, length]`: one prefill, then `decode_step`s."""
-  cache = model.init_cache(prompts.shape[0], prompts.shape[1] + steps)
-
-  @jax.jit
-  def run(params: Params, prompts: jax.Array, cache: KVCache) -> jax.Array:
-    (logits, cache), _ = model.prefill(params, prompts, cache)
-    first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
-
-    def step(carry: tuple[jax.Array, KVCache], _: None) -> tuple[tuple[jax.Array, KVCache], jax.Array]:
-      token, cache = carry
-      (logits, cache), _params = model.decode_step(params, token, cache)
-      return (jnp.argmax(logits, -1).astype(jnp.int32), cache), token
-
-    _, tokens = jax.lax.scan(step, (first, cache), None, length=steps)
-    return tokens.T
-
-  return np.asarray(run(params, jnp.asarray(prompts), cache))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -74,7 +55,7 @@ def test_transformers_computes_blox_outputs_from_the_folder_blox_saved(
   real = reference.attention_mask.astype(bool)  # padded positions' logits mean nothing
   difference = np.abs(np.asarray(logits) - theirs["logits"])[real]
   assert difference.max() < LOGITS_ATOL, (family, float(difference.max()))
-  tokens = greedy(model, params, reference.prompt_ids, NEW_TOKENS)
+  tokens = greedy_tokens(model, params, reference.prompt_ids, NEW_TOKENS)
   np.testing.assert_array_equal(tokens, theirs["greedy_tokens"])
 
 
