@@ -96,11 +96,9 @@ def test_adapters_are_stacked_beside_their_kernels() -> None:
   assert both[(*LAYER, "attention", "out", "lora_b")].value.shape == (3, 4, 16)
 
 
-def test_only_adapters_are_trainable_and_get_gradients() -> None:
-  model, base, params = adapted(targets=r".*(query|value)|.*mlp/down")
-  trainable, rest = params.split()
-  assert all(path[-1] in ("lora_a", "lora_b") for path in trainable)
-  assert len(trainable) == 6 and set(rest) == set(base)
+def sgd(model: Any, params: Params, steps: int = 3) -> tuple[Params, list[float], Params]:
+  """`steps` steps of plain SGD on the trainable params (blox-models' own
+  tests do without optax): the params, the losses, the first step's grads."""
 
   def loss(params: Params, ids: jax.Array) -> tuple[jax.Array, Params]:
     logits, params = model(params, ids)
@@ -109,27 +107,62 @@ def test_only_adapters_are_trainable_and_get_gradients() -> None:
     return -picked.mean(), params
 
   step_grads = value_and_grad(loss)
-  state = None  # plain SGD: blox-models' own tests do without optax
 
   @jax.jit
-  def step(params: Params, state: Any) -> tuple[Params, Any, jax.Array, Params]:
+  def step(params: Params) -> tuple[Params, jax.Array, Params]:
     value, params, grads = step_grads(params, IDS)
     trainable, rest = params.split()
     moved = jax.tree.map(lambda w, g: w - 0.5 * g, trainable, grads)
-    return moved.merge(rest), state, value, grads
+    return moved.merge(rest), value, grads
 
-  start = params
-  losses = []
-  for index in range(3):
-    params, state, value, grads = step(params, state)
+  losses, first = [], None
+  for _ in range(steps):
+    params, value, grads = step(params)
     losses.append(float(value))
-    if index == 0:
-      assert set(grads) == set(trainable)
-      assert float(jnp.abs(grads[(*LAYER, "mlp", "down", "lora_b")].value).max()) > 0
+    first = grads if first is None else first
+  assert first is not None
+  return params, losses, first
+
+
+def test_only_adapters_are_trainable_and_get_gradients() -> None:
+  model, base, params = adapted(targets=r".*(query|value)|.*mlp/down")
+  trainable, rest = params.split()
+  assert all(path[-1] in ("lora_a", "lora_b") for path in trainable)
+  assert len(trainable) == 6 and set(rest) == set(base)
+  start = params
+  params, losses, grads = sgd(model, params)
+  assert set(grads) == set(trainable)
+  assert float(jnp.abs(grads[(*LAYER, "mlp", "down", "lora_b")].value).max()) > 0
   assert losses[-1] < losses[0]
   for path in base:
     assert bool((params[path].value == start[path].value).all()), path
   assert not bool((params[(*LAYER, "attention", "query", "lora_b")].value == 0).all())
+
+
+def test_qlora_over_int4_kernels() -> None:
+  model, base = fresh()
+  _, quantized = bm.quantize(model, base, bits=4, group_size=16)  # hooks `model` in place
+  expected = run(model, quantized)
+  model, params = bm.add_lora(model, quantized, targets=r".*(query|value)", rank=4, alpha=8)
+  # B starts at zero: the adapted model computes the quantized one exactly.
+  assert bool((run(model, params) == expected).all())
+  # The adapters have the float kernel's shape, not the packed one's (4 -> 2).
+  query = (*LAYER, "attention", "query")
+  assert params[(*query, "kernel")].value.shape == (3, 16, 4, 2)
+  assert params[(*query, "lora_b")].value.shape == (3, 4, 4, 4)
+  assert params[(*query, "lora_a")].value.dtype == jnp.float32
+  trainable, rest = params.split()
+  assert sorted(path[-2:] for path in trainable) == sorted(
+      (name, which) for name in ("query", "value") for which in ("lora_a", "lora_b"))
+  assert set(rest) == set(quantized)
+  params, losses, grads = sgd(model, params)
+  assert set(grads) == set(trainable)
+  assert float(jnp.abs(grads[(*LAYER, "attention", "value", "lora_b")].value).max()) > 0
+  assert losses[-1] < losses[0], losses
+  for path, param in quantized.items():  # integers and scales untouched
+    assert params[path].value.dtype == param.value.dtype, path
+    assert bool((params[path].value == param.value).all()), path
+  assert not bool((params[(*query, "lora_b")].value == 0).all())
 
 
 def test_merge_equals_the_adapted_model_and_restores_the_base(tmp_path: pathlib.Path) -> None:

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 
 from blox.graph import Module
 from blox.models._hooks import add_hook, hooks_of, remove_hooks
+from blox.models._quantize_format import float_shape
 from blox.nn import Contraction, Conv, Linear, MultiHeadAttention
 from blox.params import SHARDING, STACKED, Param, Params, Path, path_text
 
@@ -192,7 +193,8 @@ def _split_shape(site: LoraSite, kernel: Param) -> tuple[tuple[int, ...], tuple[
   """The kernel's (stacked, in, out) axes."""
   sizes: Any = kernel.metadata.get(STACKED, ())
   stacked = tuple(int(size) for size in sizes)
-  shape = tuple(kernel.value.shape[len(stacked):])
+  # A quantized int4 kernel packs its last axis: the adapters follow the float one.
+  shape = float_shape(kernel)[len(stacked):]
   cut = len(shape) - 1 if site.in_axes < 0 else site.in_axes
   return stacked, shape[:cut], shape[cut:]
 

@@ -194,6 +194,11 @@ def _targets(model: Module, targets: str | None) -> list[Module]:
   return found
 
 
+# One compiled program per weight shape: run op by op, the dozen small ops
+# of each weight would compile one by one (seconds for a small model).
+_quantize_array = jax.jit(quantize_array, static_argnames=("bits", "input_axes", "group_size", "stacked"))
+
+
 def _check_options(bits: int, group_size: int | None) -> None:
   if bits not in (8, 4):
     raise ValueError(f"quantize: bits must be 8 or 4, got {bits!r}.")
@@ -232,7 +237,7 @@ def _quantized_entries(
         f"quantize: bits=4 packs two values per byte along the last axis of"
         f" {path_text(path)}, whose size {value.shape[-1]} is odd; quantize it with"
         " bits=8 (leave it out of targets here).")
-  integers, scales = quantize_array(
+  integers, scales = _quantize_array(
       value, bits=bits, input_axes=input_axes, group_size=group_size, stacked=stacked)
   metadata = dict(param.metadata)
   sharding = metadata.get(SHARDING)

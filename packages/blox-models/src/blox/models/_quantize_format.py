@@ -46,11 +46,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from blox.params import Params, path_text
+from blox.params import Param, Params, path_text
 
 __all__ = [
-    "QMAX", "QUANTIZED", "dequantize", "pack_int4", "quantize_array", "read_scales",
-    "scale_path", "stored_format", "unpack_int4",
+    "QMAX", "QUANTIZED", "dequantize", "float_shape", "pack_int4", "quantize_array",
+    "read_scales", "scale_path", "stored_format", "unpack_int4",
 ]
 
 QMAX = {8: 127, 4: 7}
@@ -79,6 +79,22 @@ def stored_format(params: Params, path: tuple[str, ...]) -> tuple[str, int] | No
     return None
   fmt = params[path].metadata.get(QUANTIZED)
   return fmt if isinstance(fmt, tuple) else None
+
+
+def float_shape(param: Param) -> tuple[int, ...]:
+  """The shape of the float weight that `param` stores: its own, but for a
+  packed int4 weight, whose last axis holds two values per byte.
+
+  Example:
+    >>> import numpy as np
+    >>> float_shape(Param(np.zeros((4, 3), np.uint8), False, {QUANTIZED: ('int4', 1)}))
+    (4, 6)
+  """
+  shape = tuple(int(size) for size in param.value.shape)
+  fmt = param.metadata.get(QUANTIZED)
+  if isinstance(fmt, tuple) and fmt[0] == "int4":
+    return (*shape[:-1], 2 * shape[-1])
+  return shape
 
 
 def read_scales(params: Params, path: tuple[str, ...], fmt: tuple[str, int]) -> tuple[jax.Array, Params]:
