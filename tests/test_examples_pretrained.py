@@ -3,11 +3,15 @@
 `--fast` makes a tiny Llama checkpoint, loads it, fine-tunes it for a few
 steps, saves it as a Hugging Face folder and reloads it; with the interop
 group installed it also compares `transformers`' logits for that folder.
+It then reports int8 and int4 copies of the fine-tuned model and samples
+from it. `--lora` and `--qlora` train adapters instead (over int4 kernels
+for `--qlora`), save them in PEFT's layout and merge them.
 `--model` and `--out` fine-tune a folder of another family made here.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import subprocess
@@ -36,6 +40,11 @@ def numbers(line: str) -> list[float]:
   return [float(value) for value in re.findall(r"\d+\.\d+(?:e[-+]\d+)?", line)]
 
 
+def check_sample_line(lines: list[str]) -> None:
+  """`generate` continued the byte prompt 'def ' (printed as a Python string)."""
+  assert re.fullmatch(r"sample: (['\"])def .*\1", only(lines, "sample: ")), lines
+
+
 def check_transformers_line(lines: list[str]) -> None:
   """The comparison ran within its tolerance, or was skipped naming the install command."""
   line = only(lines, "transformers: ")
@@ -59,6 +68,51 @@ def test_fast_run_fine_tunes_saves_and_reloads_bit_for_bit() -> None:
   assert "config.json" in only(lines, "saved: ")
   assert only(lines, "reloaded: ").endswith("bit-identical: True")
   check_transformers_line(lines)
+  # int8 per channel, int4 in groups of 32 (the tiny model's widths are 32 and 64).
+  for bits, header, most in (("int8", "per channel", 0.3), ("int4", "in groups of 32", 0.2)):
+    line = only(lines, f"quantized {bits} {header}: ")
+    agreement = re.search(r"top-1 agreement (\d+\.\d+)%", line)
+    ratio = re.search(r"weights (\d+\.\d+)x their float32 bytes", line)
+    assert agreement and ratio, line
+    assert 0 <= float(agreement.group(1)) <= 100 and 0 < float(ratio.group(1)) < most, line
+  check_sample_line(lines)
+  assert not any(line.startswith("ERROR") for line in lines), lines
+
+
+@pytest.mark.parametrize("mode", ["--lora", "--qlora"])
+def test_fast_adapters_train_merge_and_save_in_peft_layout(mode: str, tmp_path: pathlib.Path) -> None:
+  out = tmp_path / "tuned"
+  lines = run_script(SCRIPT, "--fast", mode, "--out", str(out))
+  if mode == "--qlora":
+    assert only(lines, "quantized: ").startswith("quantized: int4 in groups of 32"), lines
+  adapters = re.fullmatch(r"adapters: rank 8 on (.*); trainable ([\d,]+) values \((\d+\.\d)%.*",
+                          only(lines, "adapters: "))
+  assert adapters, lines
+  assert adapters.group(1) == "down, gate, key, out, query, up, value"
+  trainable = int(adapters.group(2).replace(",", ""))
+  assert 0 < float(adapters.group(3)) < 50, lines
+  # The optimizer's moments cover the adapters only (plus its step counts).
+  state = re.fullmatch(r"optimizer state: ([\d,]+) values.*", only(lines, "optimizer state: "))
+  assert state and 2 * trainable <= int(state.group(1).replace(",", "")) < 2 * trainable + 8, lines
+  first, last = numbers(only(lines, "loss "))[:2]
+  assert last < first - 1.0, lines
+  before, after = numbers(only(lines, "held-out loss "))[:2]
+  assert after < before, lines
+  difference, tolerance = numbers(only(lines, "merged: "))[:2]
+  assert difference <= tolerance, lines
+  folder = tmp_path / "tuned-adapter"
+  assert str(folder) in only(lines, "saved adapters: "), lines
+  config = json.loads((folder / "adapter_config.json").read_text())
+  assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 8, 16)
+  assert (folder / "adapter_model.safetensors").is_file()
+  if mode == "--qlora":
+    assert only(lines, "float base + adapters: held-out loss "), lines
+  assert only(lines, "reloaded: ").endswith("bit-identical: True")
+  # The merged model saved is the base architecture: no adapters left in it.
+  _, merged = bm.load_pretrained(out)
+  assert not any(path[-1].startswith("lora") for path in merged)
+  check_transformers_line(lines)
+  check_sample_line(lines)
   assert not any(line.startswith("ERROR") for line in lines), lines
 
 
