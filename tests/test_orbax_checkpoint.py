@@ -4,8 +4,9 @@ No adapter: `Params` is a pytree whose leaves are its values (typed PRNG
 keys included), so an orbax `CheckpointManager` with `StandardSave` /
 `StandardRestore` stores the arrays, and the restore target (concrete params
 or `blox.parallel.abstract_params`) gives back the paths, trainable flags,
-metadata and locked flag. One process here; tests/test_orbax_multihost.py
-runs several.
+metadata and locked flag. Quantized params (`blox.models.quantize`: int8,
+packed uint8, float32 scales, their metadata) are params like any other.
+One process here; tests/test_orbax_multihost.py runs several.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import blox as bx
+import blox.models as bm
 from blox.params import SHARDING, is_prng_key
 
 RULES = (("embed", "data"), ("mlp", "model"))
@@ -235,3 +237,38 @@ def test_params_saved_on_one_kind_of_mesh_restore_onto_the_other(
   assert tuple(kernel.sharding.spec) == ("data", "model")
   if restored_on == "explicit":
     assert str(jax.typeof(kernel)) == "float32[4@data,8@model]"
+
+
+TINY_LLAMA = {
+    "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+}
+
+
+@pytest.mark.slow  # with blox.models' quantization tests (compiles two models)
+def test_quantized_params_round_trip_and_run(manager: Any) -> None:
+  model, params = bm.create(TINY_LLAMA)
+  _, int8 = bm.quantize(model, params, bits=8)  # hooks `model` in place
+  _, int4 = bm.quantize(model, params, bits=4, group_size=8)
+  saved = {"int8": int8, "int4": int4}
+  up = ("model", "lm", "layers", "layer", "mlp", "up", "kernel")
+  assert int8[up].value.dtype == jnp.int8 and int4[up].value.dtype == jnp.uint8
+  manager.save(0, args=ocp.args.StandardSave(saved))
+  manager.wait_until_finished()
+  # A new process has no quantized params to copy: it quantizes a new model
+  # object abstractly (shapes, dtypes, flags, metadata), which also lets
+  # that object run them.
+  fresh = bm.CausalLM(bx.Graph("model").child("lm"), model.architecture)
+  target = jax.eval_shape(lambda p: {
+      "int8": bm.quantize(fresh, p, bits=8)[1],
+      "int4": bm.quantize(fresh, p, bits=4, group_size=8)[1]}, params)
+  restored = manager.restore(0, args=ocp.args.StandardRestore(target))
+  for name, quantized in saved.items():
+    _assert_same_params(restored[name], quantized)
+    _assert_identical(restored[name], quantized)
+  assert restored["int4"][up].metadata["quantized"] == ("int4", 1)
+  ids = jnp.array([[1, 5, 7, 2], [3, 3, 4, 8]])
+  forward = jax.jit(lambda p: fresh(p, ids)[0])
+  for name, quantized in saved.items():
+    np.testing.assert_array_equal(np.asarray(forward(restored[name])), np.asarray(forward(quantized)))
+  assert not np.isnan(np.asarray(forward(restored["int4"]))).any()
