@@ -1,4 +1,4 @@
-"""`quantize`: weight-only int8 / int4 kernels, dequantized on the fly.
+"""`quantize`: weight-only int8 / int4 kernels and embedding tables, dequantized on the fly.
 
 `model, params = quantize(model, params, bits=8 | 4, group_size=None,
 targets=None)` replaces the kernels of the model's `Linear` layers and
