@@ -282,7 +282,7 @@ def quantization_figures(
     model: bm.CausalLM, params: bx.Params, ids: jax.Array, run: Run, *, enforce: bool
 ) -> list[str]:
   """Prints how int8 and int4 copies of `params` follow them on `ids`; returns
-  the targets missed when `enforce` (the full run), but those REPORTED_ONLY."""
+  the targets missed when `enforce` (the full run), except those REPORTED_ONLY."""
   missed = []
   for bits, group_size, how in ((8, None, "per channel"),
                                 (4, run.group_size, f"in groups of {run.group_size}")):
@@ -299,7 +299,8 @@ def quantization_figures(
     below = {"agreement": report.agreement < least, "loss": abs(report.loss_change) > largest}
     for figure in (name for name, miss in below.items() if miss and enforce):
       if (bits, figure) in REPORTED_ONLY:
-        print(f"note: int{bits}'s {figure} misses its target: reported, not enforced (see the example's docstring)")
+        print(f"note: int{bits}'s {figure} misses its target: reported, not enforced"
+              " (the example's docstring says why)")
       else:
         missed.append(f"int{bits}'s {figure} misses its target")
   return missed

@@ -80,7 +80,9 @@ def test_fast_run_fine_tunes_saves_and_reloads_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("mode", ["--lora", "--qlora"])
-def test_fast_adapters_train_merge_and_save_in_peft_layout(mode: str, tmp_path: pathlib.Path) -> None:
+def test_fast_adapters_train_merge_and_save_in_peft_layout(
+    mode: str, tmp_path: pathlib.Path
+) -> None:
   out = tmp_path / "tuned"
   lines = run_script(SCRIPT, "--fast", mode, "--out", str(out))
   if mode == "--qlora":
