@@ -386,12 +386,8 @@ def run(smoke: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-  from benchmarks.timing import format_table, machine
+  from benchmarks.timing import print_table
 
   # uv run benchmarks/models.py [--smoke]; benchmarks/run.py runs these rows too.
   smoke = "--smoke" in sys.argv[1:]
-  table = format_table(run(smoke))
-  print(f"machine: {machine()}")
-  print(f"mode: {'smoke (tiny sizes, numbers mean nothing)' if smoke else 'full'}")
-  print()
-  print(table)
+  print_table(run(smoke), smoke)

@@ -10,7 +10,8 @@ other; the sharded rows are measured in a child process that sees 8 simulated
 devices (benchmarks/sharded.py), and each checkpoint load of the blox.models
 rows in a fresh process (benchmarks/models.py). A ratio is blox time /
 hand-written JAX time (or the baseline a row's note names): 1.00x means no
-overhead.
+overhead. A row whose baseline is not installed (the generation rows against
+`transformers`) shows no ratio, and its note says what to install.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from benchmarks import container, lstm, models, sharded, train_step, transformer  # noqa: E402
+from benchmarks import (  # noqa: E402
+    container, generation, lstm, models, sharded, train_step, transformer,
+)
 from benchmarks.timing import Row, format_seconds, format_table, machine  # noqa: E402
 
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
       ("transformer", transformer.run),
       ("sharded", sharded.run),
       ("models", models.run),
+      ("generation", generation.run),
   ):
     print(f"running: {name} ...", file=sys.stderr, flush=True)
     rows.extend(benchmark(args.smoke))

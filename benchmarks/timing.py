@@ -39,6 +39,7 @@ __all__ = [
     "interleave",
     "interleaved_times",
     "machine",
+    "print_table",
     "run_steps",
     "wait",
 ]
@@ -214,6 +215,14 @@ def format_table(rows: Sequence[Row]) -> str:
 
   separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
   return "\n".join([join(header), separator, *(join(line) for line in lines)])
+
+
+def print_table(rows: Sequence[Row], smoke: bool) -> None:
+  """Prints the machine, the mode and the table of `rows`: a benchmark module run as a script."""
+  print(f"machine: {machine()}")
+  print(f"mode: {'smoke (tiny sizes, numbers mean nothing)' if smoke else 'full'}")
+  print()
+  print(format_table(rows))
 
 
 def machine() -> str:
