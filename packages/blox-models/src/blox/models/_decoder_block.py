@@ -61,24 +61,35 @@ def axes(*names: str | None) -> dict[str, tuple[str | None, ...]]:
 
 class LayerInputs(NamedTuple):
   """What one layer of the stack gets besides the activations (stacked
-  over layers, each leaf with a leading `num_layers` axis)."""
+  over layers, each leaf with a leading `num_layers` axis).
 
-  window: jax.Array
-  """int32: the sliding window, `NO_WINDOW` for global attention."""
+  A field every layer would get alike is None instead, and the attention
+  uses its own settings: no window mask, rotary frequencies as constants.
+  Fed as data, each would cost every layer of every decoded token a slice
+  and a mask computed at run time.
+  """
+
+  window: jax.Array | None
+  """int32: the sliding window, `NO_WINDOW` for a global layer; None when no
+  layer has one."""
   frequencies: jax.Array | None
-  """float32 `[head_dim // 2]`: the rotary frequencies; None without rotary positions."""
+  """float32 `[head_dim // 2]`: the rotary frequencies; None without rotary
+  positions, or when every layer has the same ones (the attention's own)."""
 
   def slice(self, index: int) -> LayerInputs:
     """Layer `index`'s inputs."""
-    return LayerInputs(self.window[index],
-                       None if self.frequencies is None else self.frequencies[index])
+    return LayerInputs(*(None if leaf is None else leaf[index] for leaf in self))
 
 
 def layer_inputs(config: ModelConfig) -> LayerInputs:
-  """Every layer's window and rotary frequencies, stacked over layers."""
-  windows = jnp.asarray([NO_WINDOW if w is None else w for w in config.sliding_windows], jnp.int32)
+  """Every layer's window and rotary frequencies, stacked over layers (None
+  for what every layer shares: see `LayerInputs`)."""
+  windows = None
+  if any(w is not None for w in config.sliding_windows):
+    windows = jnp.asarray(
+        [NO_WINDOW if w is None else w for w in config.sliding_windows], jnp.int32)
   frequencies = None
-  if config.rope is not None:
+  if config.rope is not None and len(set(config.rope)) > 1:
     frequencies = jnp.stack([
         rope_frequencies(config.head_dim, layer.base, layer.scaling) for layer in config.rope])
   return LayerInputs(windows, frequencies)
@@ -122,6 +133,8 @@ class DecoderBlock(Module):
         qk_norm_scale_init=jax.nn.initializers.zeros if gemma_scale else jax.nn.initializers.ones,
         qk_norm_metadata={"query_norm": axes("head_dim"), "key_norm": axes("head_dim")},
         rope_base=None if config.rope is None else config.rope[0].base,
+        # Used when every layer has the same rotary positions (see LayerInputs).
+        rope_scaling=None if config.rope is None else config.rope[0].scaling,
         query_scale=config.query_scale, logit_soft_cap=config.attention_soft_cap,
         projection_kernel_metadata=head_axes, projection_bias_metadata=bias_axes,
         param_dtype=self.param_dtype,
