@@ -142,36 +142,45 @@ def write_cache(cache: jax.Array, update: jax.Array, position: jax.Array) -> jax
   """Writes `update [*batch, length, ...]` into `cache [*batch, max_length, ...]`
   from `position[b]` on, for every batch element `b`.
 
-  One scatter for every length, with its slots past `max_length` dropped: the
-  tokens that fit land at their own positions and the others change nothing
-  (`dynamic_update_slice` would clamp its start so that the whole block fits,
-  shifting a block that runs past the end backwards over earlier tokens).
-  The indices are unique and sorted, so XLA writes in place.
+  A block of several tokens is a scatter, not `dynamic_update_slice`: the
+  latter clamps its start so that the whole block fits, which would shift a
+  block that runs past the end backwards over earlier tokens. Here the slots
+  past `max_length` are dropped and the tokens that fit land at their own
+  positions. One token (decoding) is a `dynamic_update_slice` per row, which
+  XLA does in place (the scatter made cached decoding 1.17x slower than a
+  hand-written decoder, see BENCHMARKS.md); a token past the end rewrites the
+  last slot with its own old value, so nothing changes there either.
 
-  The scatter moves the values' bits (unsigned integers of the same width):
-  XLA's CPU backend computes a bfloat16 or float16 scatter in float32, which
-  converted the whole cache of every layer there and back at each decoded
-  token (cached decoding was 1.1x-1.3x a hand-written decoder's
-  `dynamic_update_slice`; see BENCHMARKS.md). A copy of bits is exact for any
-  dtype.
+  Measured alternatives for the one-token write, each in both decoding
+  benchmarks (a bfloat16 and a float32 cache) against this write: a scatter
+  with `unique_indices` (1.3x the bfloat16 decoder's time: XLA's CPU backend
+  scatters 16-bit floats in float32, converting the cache there and back);
+  the same scatter on the values' bits as unsigned integers (1.3x; a 32-bit
+  integer scatter is not done in place); a one-hot `where` over the cache
+  (1.1x, and a pass over the whole cache on any backend).
   """
   tail = cache.shape[-3:]
-  flat_cache = _as_bits(jnp.reshape(cache, (-1, *tail)))
-  flat_update = _as_bits(jnp.reshape(update.astype(cache.dtype), (-1, *update.shape[-3:])))
+  flat_cache = jnp.reshape(cache, (-1, *tail))
+  flat_update = jnp.reshape(update.astype(cache.dtype), (-1, *update.shape[-3:]))
+  if flat_update.shape[1] == 1:
+    return jnp.reshape(
+        jax.vmap(_write_token)(flat_cache, flat_update, jnp.reshape(position, (-1,))),
+        cache.shape,
+    )
   rows = jnp.arange(flat_cache.shape[0])[:, None]
   cols = jnp.reshape(position, (-1, 1)) + jnp.arange(flat_update.shape[1], dtype=position.dtype)
   # On Explicit mesh axes the scatter keeps the cache's layout, said out loud.
   written = flat_cache.at[rows, cols].set(
-      flat_update, mode="drop", indices_are_sorted=True, unique_indices=True,
-      out_sharding=sharding_of(flat_cache))
-  return jnp.reshape(jax.lax.bitcast_convert_type(written, cache.dtype), cache.shape)
+      flat_update, mode="drop", out_sharding=sharding_of(flat_cache))
+  return jnp.reshape(written, cache.shape)
 
 
-def _as_bits(values: jax.Array) -> jax.Array:
-  """`values` as unsigned integers of the same width (a bitcast: no copy, exact)."""
-  if not jnp.issubdtype(values.dtype, jnp.floating):
-    return values
-  return jax.lax.bitcast_convert_type(values, jnp.dtype(f"uint{8 * values.dtype.itemsize}"))
+def _write_token(cache: jax.Array, token: jax.Array, position: jax.Array) -> jax.Array:
+  """One row: `token [1, heads, d]` into `cache [max_length, heads, d]` at `position`."""
+  start = jnp.minimum(position, cache.shape[0] - 1)
+  kept = jax.lax.dynamic_slice(cache, (start, 0, 0), token.shape)
+  token = jnp.where(position < cache.shape[0], token, kept)
+  return jax.lax.dynamic_update_slice(cache, token, (start, 0, 0))
 
 
 def query_positions(position: jax.Array, length: int) -> jax.Array:
