@@ -54,6 +54,7 @@ from blox.models._layout import Split, TensorMap, Transpose, tensor_maps
 from blox.models._lora import LORA_A, LORA_ALPHA, LORA_B, LORA_RANK, LoraSite, add_lora, lora_sites
 from blox.models._safetensors_format import DTYPES, SINGLE_FILE, SafetensorsError, read_header
 from blox.models._safetensors_write import PendingTensor, write_checkpoint
+from blox.models._save import write_json
 from blox.params import Param, Params, Path, path_text
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_lora", "save_lora"]
@@ -146,23 +147,7 @@ def save_lora(
       "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
       "use_rslora": False, "use_dora": False, "modules_to_save": None,
   }
-  text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-  return [folder / ADAPTER_WEIGHTS, _write_atomic(folder / ADAPTER_CONFIG, text)]
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> pathlib.Path:
-  """`text` at `path`: a temporary file, fsynced, renamed into place."""
-  fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as file:
-      file.write(text)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    pathlib.Path(temporary).unlink(missing_ok=True)
-    raise
-  return path
+  return [folder / ADAPTER_WEIGHTS, write_json(folder / ADAPTER_CONFIG, config)]
 
 
 def _producer(value: Any, layer: int | None, which: str) -> Callable[[], np.ndarray]:

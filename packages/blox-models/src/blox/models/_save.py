@@ -38,7 +38,7 @@ from blox.models._layout import Take, TensorMap, backward, source_shape, tensor_
 from blox.models._safetensors_write import PendingTensor, write_checkpoint
 from blox.params import Params
 
-__all__ = ["save_pretrained"]
+__all__ = ["save_pretrained", "write_json"]
 
 
 def save_pretrained(
@@ -95,7 +95,7 @@ def save_pretrained(
   if len(dtypes) == 1:
     hf["dtype"] = next(iter(dtypes)).name
     hf.pop("torch_dtype", None)
-  written.append(_write_json(folder / "config.json", hf))
+  written.append(write_json(folder / "config.json", hf))
   return written
 
 
@@ -122,7 +122,7 @@ def _take_start(entry: TensorMap) -> int:
   return next((op.start for op in entry.ops if isinstance(op, Take)), 0)
 
 
-def _write_json(path: pathlib.Path, content: dict[str, object]) -> pathlib.Path:
+def write_json(path: pathlib.Path, content: dict[str, object]) -> pathlib.Path:
   """`content` as JSON at `path`, atomically (a temporary file, fsync, rename)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
