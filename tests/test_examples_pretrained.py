@@ -68,9 +68,11 @@ def test_fast_run_fine_tunes_saves_and_reloads_bit_for_bit() -> None:
   assert "config.json" in only(lines, "saved: ")
   assert only(lines, "reloaded: ").endswith("bit-identical: True")
   check_transformers_line(lines)
-  # int8 per channel, int4 in groups of 32 (the tiny model's widths are 32 and 64).
-  for bits, header, most in (("int8", "per channel", 0.3), ("int4", "in groups of 32", 0.2)):
-    line = only(lines, f"quantized {bits} {header}: ")
+  # int8 per channel, int4 in groups of 32 (the tiny model's widths are 32
+  # and 64), rounded to nearest and calibrated (GPTQ).
+  for bits, header, most in (("int8", "per channel: ", 0.3), ("int4", "in groups of 32: ", 0.2),
+                             ("int4 calibrated", "in groups of 32, GPTQ on 512 training windows: ", 0.2)):
+    line = only(lines, f"quantized {bits} {header}")
     agreement = re.search(r"top-1 agreement (\d+\.\d+)%", line)
     ratio = re.search(r"weights (\d+\.\d+)x their float32 bytes", line)
     assert agreement and ratio, line

@@ -13,9 +13,10 @@
   model with that interface.
 - `add_lora` / `merge_lora`, and `save_lora` / `load_lora` in PEFT's layout:
   low-rank adapters beside the kernels a regular expression names.
-- `quantize(model, params, *, bits=8 | 4, group_size=None)`: weight-only
-  int8 / int4 kernels and embedding tables, dequantized in each product
-  (and in each lookup, only the rows looked up).
+- `quantize(model, params, *, bits=8 | 4, group_size=None, calibration=None)`:
+  weight-only int8 / int4 kernels and embedding tables, dequantized in each
+  product (and in each lookup, only the rows looked up); kernels rounded to
+  nearest, or by GPTQ on calibration batches.
 
 Families: Llama 2/3 (with Llama 3 RoPE scaling), Mistral, Qwen2, Qwen3,
 Gemma 2, Gemma 3 (text) and GPT-2. Reads and writes safetensors through

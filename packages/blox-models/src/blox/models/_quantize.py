@@ -84,8 +84,10 @@ from blox.graph import Module
 from blox.models._hooks import add_hook
 from blox.models._quantize_embed import quantized_rows
 from blox.models._quantize_format import (
-    QUANTIZED, dequantize, quantize_array, read_scales, scale_path, stored_format, unpack_int4,
+    QUANTIZED, dequantize, pack_int4, quantize_array, read_scales, scale_path, stored_format,
+    unpack_int4,
 )
+from blox.models._quantize_gptq import gptq_array, input_hessians
 from blox.nn import Contraction, Embed, Linear, MultiHeadAttention
 from blox.params import SHARDING, STACKED, Param, Params, path_text
 
@@ -210,10 +212,10 @@ def _check_options(bits: int, group_size: int | None) -> None:
         " output channel loses too much accuracy.")
 
 
-def _quantized_entries(
+def _checked(
     path: tuple[str, ...], param: Param, *, bits: int, group_size: int | None, input_axes: int,
-) -> tuple[Param, Param]:
-  """The quantized weight and its scales, checked, from one float kernel."""
+) -> int:
+  """Checks that `param` can be quantized so; returns its number of stacked dims."""
   if QUANTIZED in param.metadata:
     raise ValueError(
         f"quantize: {path_text(path)} is already quantized ({param.metadata[QUANTIZED]!r});"
@@ -237,8 +239,25 @@ def _quantized_entries(
         f"quantize: bits=4 packs two values per byte along the last axis of"
         f" {path_text(path)}, whose size {value.shape[-1]} is odd; quantize it with"
         " bits=8 (leave it out of targets here).")
-  integers, scales = _quantize_array(
-      value, bits=bits, input_axes=input_axes, group_size=group_size, stacked=stacked)
+  return stacked
+
+
+def _quantized_entries(
+    path: tuple[str, ...], param: Param, *, bits: int, group_size: int | None, input_axes: int,
+    hessian: Any = None,
+) -> tuple[Param, Param]:
+  """The quantized weight and its scales, checked, from one float kernel
+  (rounded by GPTQ with its inputs' `hessian` if given, else to nearest)."""
+  stacked = _checked(path, param, bits=bits, group_size=group_size, input_axes=input_axes)
+  value = param.value
+  if hessian is None:
+    integers, scales = _quantize_array(
+        value, bits=bits, input_axes=input_axes, group_size=group_size, stacked=stacked)
+  else:
+    rounded, found = gptq_array(
+        value, hessian, bits=bits, input_axes=input_axes, group_size=group_size, stacked=stacked)
+    integers = pack_int4(jnp.asarray(rounded)) if bits == 4 else jnp.asarray(rounded)
+    scales = jnp.asarray(found)
   metadata = dict(param.metadata)
   sharding = metadata.get(SHARDING)
   scale_metadata = {key: item for key, item in metadata.items() if key != SHARDING}
@@ -258,7 +277,7 @@ def _quantized_entries(
 
 def quantize(
     model: Module, params: Params, *, bits: int = 8, group_size: int | None = None,
-    targets: str | None = None,
+    targets: str | None = None, calibration: Any = None,
 ) -> tuple[Module, Params]:
   """Weight-only quantization of `model`'s `Linear` and attention kernels
   and `Embed` tables.
@@ -275,6 +294,14 @@ def quantize(
     targets: a regular expression searched in the slash-joined module paths
       (e.g. `'layers/layer/mlp'`, `'lm/embed'`); None: every Linear,
       attention and Embed module.
+    calibration: None to round every weight to its nearest level; or model
+      inputs, one batch (e.g. token ids `[batch, length]`) or an iterable of
+      batches, that the model runs on (`model(params, batch)`) to measure
+      the inputs each kernel sees: the kernels are then rounded by GPTQ
+      (`_quantize_gptq`), which keeps their products on such inputs closer
+      to the float ones. Same stored format; embedding tables are rounded
+      to nearest either way. Give text like what the model will read (a
+      few hundred sequences of training data).
 
   Returns:
     `(model, params)`: the same model, and params whose target kernels and
@@ -284,7 +311,8 @@ def quantize(
   Raises:
     ValueError: bits other than 8 and 4, a group_size that does not divide a
       kernel's input rows, targets matching no module, a kernel already
-      quantized, or a kernel missing from params.
+      quantized, a kernel missing from params, or a targeted kernel that
+      the calibration batches never reach.
 
   Example:
     >>> from blox.models import create
@@ -296,7 +324,7 @@ def quantize(
     ((1, 16, 4), (1, 2, 8))
   """
   _check_options(bits, group_size)
-  replaced: dict[tuple[str, ...], tuple[Param, Param]] = {}
+  weights: list[tuple[Module, tuple[str, ...], tuple[str, ...], int]] = []
   for module in _targets(model, targets):
     for name, input_axes in weights_of(module):
       path = module.param_path(name)
@@ -304,8 +332,17 @@ def quantize(
         raise ValueError(
             f"quantize: {module.where()} has no param {path_text(path)}; run the model once"
             " (or load its checkpoint) so that its params exist, then quantize them.")
-      replaced[path] = _quantized_entries(
-          path, params[path], bits=bits, group_size=group_size, input_axes=input_axes)
+      _checked(path, params[path], bits=bits, group_size=group_size, input_axes=input_axes)
+      weights.append((module, name, path, input_axes))
+  hessians: dict[tuple[str, ...], Any] = {}
+  if calibration is not None:
+    hessians = input_hessians(model, params, calibration, [
+        (module, name, path) for module, name, path, input_axes in weights if input_axes > 0])
+  replaced: dict[tuple[str, ...], tuple[Param, Param]] = {}
+  for _, _, path, input_axes in weights:
+    replaced[path] = _quantized_entries(
+        path, params[path], bits=bits, group_size=group_size, input_axes=input_axes,
+        hessian=hessians.get(path))
   entries: dict[tuple[str, ...], Param] = {}
   for path, param in params.items():
     if path in replaced:
