@@ -459,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     before = float(evaluate(params, held_ids, held_targets)[0])
 
     optimizer = make_optimizer(run, learning_rate)
-    opt_state = optimizer.init(params.split()[0])
+    # Committed to the device the steps run on: optax makes its step count
+    # with jnp.zeros, uncommitted, and the steps return it committed, which
+    # jit would otherwise see as a new signature and compile the step twice.
+    opt_state = jax.device_put(optimizer.init(params.split()[0]), jax.devices()[0])
     if lora:
       print(f"optimizer state: {values_in(opt_state):,} values (two moments per adapter value)")
     # Donated: the step's outputs reuse the buffers of the params and moments
