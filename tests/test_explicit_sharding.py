@@ -12,6 +12,7 @@ bit; dropout masks and parameter values at init are bit-identical.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,14 @@ def init() -> bx.Params:
   return RNG.init(lm, IDS[:1, :4], seed=0)
 
 
+@functools.cache
+def reference_params() -> bx.Params:
+  """The params initialised on one device, the reference of every test here
+  (jitted: eager, op by op, it took seconds; params are immutable, so one
+  copy serves every test)."""
+  return jax.jit(init)()
+
+
 @jax.jit
 def train_step(params: bx.Params, ids: jax.Array) -> tuple[jax.Array, bx.Params, bx.Params]:
   loss, params, grads = bx.value_and_grad(loss_fn)(params, ids)
@@ -130,7 +139,7 @@ def _assert_close(got: bx.Params, want: bx.Params, rtol: float, atol: float) -> 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_params_are_born_sharded_by_the_rules_with_the_values_of_one_device(kind: str) -> None:
-  reference = init()
+  reference = reference_params()
   mesh, params, _ = _on(kind)
   shardings = parallel.param_shardings(params, mesh, RULES)
   for path, param in params.items():
@@ -164,7 +173,7 @@ def test_no_param_is_materialised_whole_at_init(kind: str) -> None:
 @pytest.mark.slow  # compiles the model on three meshes: `pytest -m slow`
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_train_step_with_dropout_equals_one_device(kind: str) -> None:
-  want_loss, want_params, want_grads = train_step(init(), IDS)
+  want_loss, want_params, want_grads = train_step(reference_params(), IDS)
   mesh, params, ids = _on(kind)
   with jax.set_mesh(mesh):
     loss, new_params, grads = train_step(params, ids)
@@ -180,7 +189,7 @@ def test_a_train_step_with_dropout_equals_one_device(kind: str) -> None:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_forward_pass_with_dropout_draws_the_same_masks(kind: str) -> None:
   forward = jax.jit(lambda p, ids: lm(p, ids)[0])
-  want = forward(init(), IDS)
+  want = forward(reference_params(), IDS)
   mesh, params, ids = _on(kind)
   with jax.set_mesh(mesh):
     got = forward(params, ids)
@@ -205,7 +214,7 @@ def _decode(params: bx.Params, x: jax.Array) -> jax.Array:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_cached_decoding_equals_one_device(kind: str) -> None:
   x = jnp.linspace(-1.0, 1.0, 8 * 6 * 32).reshape(8, 6, 32)
-  want = jax.jit(_decode)(init(), x)
+  want = jax.jit(_decode)(reference_params(), x)
   mesh, params, _ = _on(kind)
   with jax.set_mesh(mesh):
     xs = jax.device_put(x, NamedSharding(mesh, P("data", None, None)))
