@@ -107,7 +107,8 @@ def reference_params() -> bx.Params:
   """The params initialised on one device, the reference of every test here
   (jitted: eager, op by op, it took seconds; params are immutable, so one
   copy serves every test)."""
-  return jax.jit(init)()
+  params: bx.Params = jax.jit(init)()
+  return params
 
 
 @jax.jit
