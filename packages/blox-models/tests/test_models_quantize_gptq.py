@@ -98,6 +98,18 @@ class _Tanh(Module):
     return jnp.tanh(y), params
 
 
+class _PerExample(Module):
+  """A model that runs a stack on each example of the batch, under `vmap`."""
+
+  def __init__(self, graph: Graph, stack: Repeat) -> None:
+    super().__init__(graph)
+    self.stack = stack
+
+  def __call__(self, params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
+    y: jax.Array = jax.vmap(lambda row: self.stack(params, row)[0])(x)
+    return y, params
+
+
 def test_each_layer_of_a_repeat_gets_the_second_moment_of_its_own_inputs() -> None:
   graph = Graph("net")
   rng = Rng(graph.child("rng"))
@@ -110,6 +122,10 @@ def test_each_layer_of_a_repeat_gets_the_second_moment_of_its_own_inputs() -> No
   batches = [x[:1], x[1:]]  # two batches: the moments add up
   hessians = input_hessians(stack, params, batches, [(layer.dense, ("kernel",), path)])
   assert hessians[path].shape == (3, 8, 8)
+  per_example = _PerExample(graph.child("per_example"), stack)  # under vmap: one callback per example and layer
+  np.testing.assert_allclose(
+      input_hessians(per_example, params, batches, [(layer.dense, ("kernel",), path)])[path],
+      hessians[path], rtol=1e-6)
   inputs = np.asarray(x, np.float64).reshape(-1, 8)
   for index in range(3):
     np.testing.assert_allclose(hessians[path][index], inputs.T @ inputs, rtol=1e-5, atol=1e-5)

@@ -13,9 +13,11 @@ This module measures `H` and rounds:
 - `input_hessians` runs the model on calibration batches with a contraction
   hook (`add_hook`, outermost) that sends each target kernel's inputs to the
   host (`jax.debug.callback`, ordered) and adds `x^T x` there, in float64.
-  A `Repeat` stack traces its layer once and runs it once per layer, in
-  order, so the k-th call of a stacked kernel belongs to layer `k % layers`
-  (the stacked sizes flattened row-major, as the scan runs them).
+  A `Repeat` stack traces its layer once and runs it once per layer, so the
+  callback also sends the first values of the kernel it met, and the host
+  gives the inputs to the stored layer that starts with them (by call order
+  among layers that start alike). Counting calls alone would not do: under
+  `vmap` the callback runs once per example.
 - `gptq_array` rounds a weight, stacked or not, into the stored format of
   `_quantize_format` (the same integers and scales `quantize_array` gives),
   so nothing downstream knows which rounding made them. Two choices that
@@ -103,23 +105,58 @@ def _contracted_axes(contraction: Contraction, ndim: int) -> tuple[int, ...]:
                if letter in explicit and letter not in result)
 
 
+_PROBE = 16  # values of a layer's kernel sent with its inputs, to tell the layers apart
+
+
+def _probe(weight: Any) -> Any:
+  """The first `_PROBE` values of a weight's first row (of its last axis)."""
+  return weight[(0,) * (weight.ndim - 1)][:_PROBE]
+
+
 class _Accumulator:
-  """`x^T x` per kernel and layer, added on the host as the callbacks arrive."""
+  """`x^T x` per kernel and layer, added on the host as the callbacks arrive.
 
-  def __init__(self, layers: dict[tuple[str, ...], int]) -> None:
-    self.layers = layers
+  Each callback brings the inputs and a probe of the kernel they met: the
+  layer is the one whose stored kernel starts with those values. Counting
+  calls would not do: under `vmap` the callback runs once per example.
+  """
+
+  def __init__(self, params: Params, paths: Iterable[tuple[str, ...]]) -> None:
+    self.probes: dict[tuple[str, ...], Any] = {}
+    for path in paths:
+      value = np.asarray(params[path].value)
+      sizes = _sizes(params[path].metadata.get(STACKED))
+      per_layer = value.reshape(math.prod(sizes), *value.shape[len(sizes):])
+      self.probes[path] = np.stack([_probe(layer) for layer in per_layer])
     self.hessians: dict[tuple[str, ...], Float64] = {}
-    self.calls: dict[tuple[str, ...], int] = dict.fromkeys(layers, 0)
+    self.calls: dict[tuple[str, ...], int] = dict.fromkeys(self.probes, 0)
+    self.layer_calls = {path: np.zeros(len(probes), np.int64) for path, probes in self.probes.items()}
+    self.unmatched: set[tuple[str, ...]] = set()
 
-  def add(self, path: tuple[str, ...], axes: tuple[int, ...], inputs: Any) -> None:
+  def _layer(self, path: tuple[str, ...], probe: Any) -> int | None:
+    stored = self.probes[path]
+    seen = np.asarray(probe)
+    # The layer may have cast its kernel to its compute dtype: compare so.
+    matches = np.flatnonzero(np.all(stored.astype(seen.dtype) == seen, axis=-1))
+    if len(matches) == 1:
+      return int(matches[0])
+    counted: int = self.calls[path] % len(stored)  # layers starting alike: by their order
+    return counted if counted in matches else None
+
+  def add(self, path: tuple[str, ...], axes: tuple[int, ...], inputs: Any, probe: Any) -> None:
+    layer = self._layer(path, probe)
+    self.calls[path] += 1
+    if layer is None:
+      self.unmatched.add(path)
+      return
     x = np.asarray(inputs, np.float64)
     rest = [axis for axis in range(x.ndim) if axis not in axes]
     rows = math.prod(x.shape[axis] for axis in axes)
     flat = np.transpose(x, (*rest, *axes)).reshape(-1, rows)
     if path not in self.hessians:
-      self.hessians[path] = np.zeros((self.layers[path], rows, rows))
-    self.hessians[path][self.calls[path] % self.layers[path]] += flat.T @ flat
-    self.calls[path] += 1
+      self.hessians[path] = np.zeros((len(self.probes[path]), rows, rows))
+    self.hessians[path][layer] += flat.T @ flat
+    self.layer_calls[path][layer] += 1
 
 
 def input_hessians(
@@ -138,16 +175,14 @@ def input_hessians(
     `{param path: H}`, `H` float64 `[*stacked sizes, in, in]` (`in` the
     product of the weight's input dims).
   """
-  layers: dict[tuple[str, ...], int] = {}
-  for _, _, path in targets:
-    layers[path] = math.prod(_sizes(params[path].metadata.get(STACKED)))
-  accumulator = _Accumulator(layers)
+  accumulator = _Accumulator(params, [path for _, _, path in targets])
 
   def capture(contraction: Contraction, inputs: jax.Array, weight: jax.Array) -> jax.Array:
     path = contraction.weight_path()
-    if path in layers:
+    if path in accumulator.probes:
       axes = _contracted_axes(contraction, inputs.ndim)
-      jax.debug.callback(functools.partial(accumulator.add, path, axes), inputs, ordered=True)
+      jax.debug.callback(functools.partial(accumulator.add, path, axes), inputs, _probe(weight),
+                         ordered=True)
     return contraction.compute(inputs, weight)
 
   batches: Iterable[Any] = [calibration] if hasattr(calibration, "shape") else calibration
@@ -164,13 +199,19 @@ def input_hessians(
     for module in modules.values():
       remove_hooks(module, order=_CAPTURE_ORDER)
   for _, _, path in targets:
-    calls = accumulator.calls[path]
-    if calls == 0 or calls % layers[path]:
-      seen = "never" if calls == 0 else f"{calls} times, not a multiple of its {layers[path]} layers,"
+    if path in accumulator.unmatched:
+      raise ValueError(
+          f"quantize(calibration=...): a product of {path_text(path)} ran with a kernel"
+          " that is none of its stored layers' (changed inside the model?), so its inputs"
+          " cannot be given to a layer; calibrate a model that multiplies by its params"
+          " as stored.")
+    missed = np.flatnonzero(accumulator.layer_calls[path] == 0)
+    if len(missed):
+      which = "" if len(accumulator.layer_calls[path]) == 1 else f" (layers {missed.tolist()})"
       raise ValueError(
           f"quantize(calibration=...): running the model on the calibration batches"
-          f" contracted {path_text(path)} {seen}; give batches the model's forward pass"
-          " runs every targeted kernel on, or leave that module out of targets.")
+          f" contracted {path_text(path)}{which} never; give batches the model's forward"
+          " pass runs every targeted kernel on, or leave that module out of targets.")
   shapes = {path: params[path].metadata.get(STACKED) for _, _, path in targets}
   return {
       path: hessian.reshape(*_sizes(shapes[path]), *hessian.shape[1:])
