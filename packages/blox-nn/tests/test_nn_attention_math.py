@@ -15,11 +15,17 @@ from blox.nn import causal_mask, combine_masks, dot_product_attention, padding_m
 
 
 def _heads(*shape: int, seed: int) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), shape)
+  return _inputs(*shape, seed=seed)
 
 
 def _inputs(*shape: int, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), shape)
+  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
+  # shape (over a second each on a CPU); any normal draw serves these tests.
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _bernoulli(p: float, shape: tuple[int, ...], seed: int) -> jax.Array:
+  return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
 
 
 def _reference(q: Any, k: Any, v: Any, mask: Any = None, scale: float | None = None) -> np.ndarray:
@@ -37,22 +43,25 @@ def _reference(q: Any, k: Any, v: Any, mask: Any = None, scale: float | None = N
 
 def test_nn_dot_product_attention_matches_reference() -> None:
   q, k, v = _heads(2, 5, 3, 4, seed=1), _heads(2, 7, 3, 4, seed=2), _heads(2, 7, 3, 4, seed=3)
-  out = dot_product_attention(q, k, v)
+  mask = _bernoulli(0.6, (2, 1, 5, 7), seed=4).at[..., 0].set(True)
+
+  # Every call under one jit: eagerly, each primitive of each call compiles
+  # on its own (seconds); the math is the same.
+  @jax.jit
+  def run(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+    return (
+        dot_product_attention(q, k, v), dot_product_attention(q, k, v, mask=mask),
+        dot_product_attention(q, k, v, scale=0.3),
+        # Extra and no batch axes.
+        dot_product_attention(q[None], k[None], v[None]), dot_product_attention(q[0], k[0], v[0]),
+    )
+
+  out, masked, scaled, stacked, single = run(q, k, v, mask)
   assert out.shape == (2, 5, 3, 4)
   np.testing.assert_allclose(out, _reference(q, k, v), rtol=1e-5, atol=1e-5)
-  mask = jax.random.bernoulli(jax.random.key(4), 0.6, (2, 1, 5, 7)).at[..., 0].set(True)
-  np.testing.assert_allclose(
-      dot_product_attention(q, k, v, mask=mask), _reference(q, k, v, mask),
-      rtol=1e-5, atol=1e-5,
-  )
-  np.testing.assert_allclose(
-      dot_product_attention(q, k, v, scale=0.3), _reference(q, k, v, scale=0.3),
-      rtol=1e-5, atol=1e-5,
-  )
-  # Extra and no batch axes.
-  stacked = dot_product_attention(q[None], k[None], v[None])
+  np.testing.assert_allclose(masked, _reference(q, k, v, mask), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(scaled, _reference(q, k, v, scale=0.3), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(stacked[0], out, rtol=1e-6, atol=1e-6)
-  single = dot_product_attention(q[0], k[0], v[0])
   np.testing.assert_allclose(single, out[0], rtol=1e-6, atol=1e-6)
 
 
@@ -129,10 +138,18 @@ def test_nn_dot_product_attention_under_jit_and_grad() -> None:
 
 def test_nn_dot_product_attention_grouped_query_heads() -> None:
   q, k, v = _inputs(2, 5, 6, 4), _inputs(2, 7, 2, 4, seed=2), _inputs(2, 7, 2, 4, seed=3)
-  mask = jax.random.bernoulli(jax.random.key(4), 0.6, (2, 6, 5, 7)).at[..., 0].set(True)
-  expected = dot_product_attention(q, jnp.repeat(k, 3, axis=-2), jnp.repeat(v, 3, axis=-2), mask=mask)
-  np.testing.assert_allclose(dot_product_attention(q, k, v, mask=mask), expected, rtol=1e-6, atol=1e-6)
-  own = dot_product_attention(q, k, v, mask=mask, precision=jax.lax.Precision.HIGHEST)
+  mask = _bernoulli(0.6, (2, 6, 5, 7), seed=4).at[..., 0].set(True)
+
+  # The three attentions under one jit (eagerly, each primitive compiles on
+  # its own: seconds); the paths compared are the same.
+  @jax.jit
+  def run(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+    expected = dot_product_attention(q, jnp.repeat(k, 3, axis=-2), jnp.repeat(v, 3, axis=-2), mask=mask)
+    own = dot_product_attention(q, k, v, mask=mask, precision=jax.lax.Precision.HIGHEST)
+    return expected, dot_product_attention(q, k, v, mask=mask), own
+
+  expected, grouped, own = run(q, k, v, mask)
+  np.testing.assert_allclose(grouped, expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(own, expected, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match=r"dot_product_attention: the query's 6 heads are not a multiple of the key's 4; grouped-query"):
     dot_product_attention(q, _inputs(2, 7, 4, 4), _inputs(2, 7, 4, 4))
@@ -142,21 +159,28 @@ def test_nn_dot_product_attention_jax_kernel_equals_own_formula() -> None:
   q, k, v = _inputs(3, 2, 5, 2, 8), _inputs(3, 2, 6, 2, 8, seed=2), _inputs(3, 2, 6, 2, 8, seed=3)
   # Row 1 of query 0 of every head fully masked.
   mask = jnp.ones((3, 2, 1, 5, 6), bool).at[:, :, :, 1].set(False)
-  own = dot_product_attention(q, k, v, mask=mask, precision=jax.lax.Precision.HIGHEST)
-  for implementation in (None, "xla"):
-    fused = dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-    np.testing.assert_allclose(fused, own, rtol=1e-6, atol=1e-6)
   # A mask shared by the batch axes but not by the heads.
-  per_head = jax.random.bernoulli(jax.random.key(5), 0.6, (2, 5, 6)).at[..., 0].set(True)
-  np.testing.assert_allclose(
-      dot_product_attention(q, k, v, mask=per_head),
-      dot_product_attention(q, k, v, mask=per_head, precision=jax.lax.Precision.HIGHEST),
-      rtol=1e-6, atol=1e-6,
-  )
+  per_head = _bernoulli(0.6, (2, 5, 6), seed=5).at[..., 0].set(True)
+
+  # Every attention under one jit (eagerly, each primitive of each call
+  # compiles on its own: seconds); jax's kernel and blox's formula are still
+  # the two paths compared.
+  @jax.jit
+  def run(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, per_head: jax.Array) -> tuple[jax.Array, ...]:
+    own = dot_product_attention(q, k, v, mask=mask, precision=jax.lax.Precision.HIGHEST)
+    fused = [dot_product_attention(q, k, v, mask=mask, implementation=i) for i in (None, "xla")]
+    shared = dot_product_attention(q, k, v, mask=per_head)
+    shared_own = dot_product_attention(q, k, v, mask=per_head, precision=jax.lax.Precision.HIGHEST)
+    flat = jax.nn.dot_product_attention(q[0], k[0], v[0], mask=mask[0])
+    return own, *fused, shared, shared_own, flat
+
+  own, fused_none, fused_xla, shared, shared_own, flat = run(q, k, v, mask, per_head)
+  for fused in (fused_none, fused_xla):
+    np.testing.assert_allclose(fused, own, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(shared, shared_own, rtol=1e-6, atol=1e-6)
   # Both attend uniformly from the fully masked row, as jax's XLA path does too.
-  np.testing.assert_allclose(own[:, :, 1], jnp.mean(v, axis=-3), rtol=1e-6, atol=1e-6)
-  flat = jax.nn.dot_product_attention(q[0], k[0], v[0], mask=mask[0])
-  np.testing.assert_allclose(flat[:, 1], jnp.mean(v[0], axis=-3), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(own[:, :, 1], np.mean(v, axis=-3), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(flat[:, 1], np.mean(v[0], axis=-3), rtol=1e-6, atol=1e-6)
 
 
 def test_nn_causal_mask() -> None:
@@ -185,12 +209,17 @@ def test_nn_padding_mask_from_lengths_or_validity() -> None:
 def test_nn_padding_mask_in_attention_hides_the_padding() -> None:
   q, kv = _heads(2, 3, 2, 4, seed=1), _heads(2, 4, 2, 4, seed=2)
   lengths = jnp.array([2, 4])
-  out = dot_product_attention(q, kv, kv, mask=padding_mask(lengths, kv_length=4))
+
+  # Under one jit: eagerly, each primitive compiles on its own (seconds).
+  @jax.jit
+  def run(q: jax.Array, kv: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
+    out = dot_product_attention(q, kv, kv, mask=padding_mask(lengths, kv_length=4))
+    return out, dot_product_attention(q[:1], kv[:1, :2], kv[:1, :2]), dot_product_attention(q[1:], kv[1:], kv[1:])
+
+  out, first, second = run(q, kv, lengths)
   # Batch element 0 only sees its first two keys.
-  np.testing.assert_allclose(
-      out[:1], dot_product_attention(q[:1], kv[:1, :2], kv[:1, :2]), rtol=1e-5, atol=1e-6
-  )
-  np.testing.assert_allclose(out[1:], dot_product_attention(q[1:], kv[1:], kv[1:]), rtol=1e-6)
+  np.testing.assert_allclose(out[:1], first, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out[1:], second, rtol=1e-6)
 
 
 def test_nn_combine_masks() -> None:
