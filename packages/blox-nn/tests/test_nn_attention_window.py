@@ -37,7 +37,13 @@ def _build(**kwargs: Any) -> tuple[MultiHeadAttention, Params]:
 
 
 def _inputs(batch: int = 2, length: int = LENGTH, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), (batch, length, FEATURES))
+  return _normal((batch, length, FEATURES), seed)
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
+  # shape (over a second each on a CPU); any normal draw serves these tests.
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _causal_window(length: int, size: int) -> np.ndarray:
@@ -49,7 +55,8 @@ def _causal_window(length: int, size: int) -> np.ndarray:
 def test_apply_attends_to_itself_and_the_window_minus_one_keys_before() -> None:
   mha, params = _build(sliding_window=3, num_kv_heads=2, rope_base=10000.0)
   x = _inputs()
-  (y, _), _ = mha.apply(params, x)
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  y = jax.jit(lambda p, x: mha.apply(p, x)[0][0])(params, x)
   mask = _causal_window(LENGTH, 3)
   assert mask[0, 4].astype(int).tolist() == [0, 0, 1, 1, 1, 0, 0]
   frequencies = np_frequencies(HEAD_DIM, 10000.0)
@@ -84,11 +91,14 @@ def test_a_window_at_least_as_long_as_the_keys_is_no_window() -> None:
 def _prefilled(mha: MultiHeadAttention, params: Params, x: jax.Array, lengths: list[int]) -> KVCache:
   """A cache with batch element `b` prefilled with `x[b, :lengths[b]]`: the
   elements then decode at different positions."""
-  rows = []
-  for b, length in enumerate(lengths):
-    cache, _ = mha.initial_state(params, x[b:b + 1, 0], max_length=LENGTH + 4)
-    (_, cache), _ = mha.apply(params, x[b:b + 1, :length], cache)
-    rows.append(cache)
+  # Jitted: eagerly, each primitive of the prefill compiles on its own.
+  @jax.jit
+  def prefill(p: Params, prompt: jax.Array) -> KVCache:
+    cache, _ = mha.initial_state(p, prompt[:, 0], max_length=LENGTH + 4)
+    (_, cache), _ = mha.apply(p, prompt, cache)
+    return cache
+
+  rows = [prefill(params, x[b:b + 1, :length]) for b, length in enumerate(lengths)]
   return KVCache(*(jnp.concatenate(leaves, axis=0) for leaves in zip(*rows)))
 
 
@@ -102,12 +112,17 @@ def test_decoding_masks_by_each_elements_own_position(traced: bool) -> None:
   if traced:
     mha.sliding_window = None  # the window comes from the call instead, traced
   step = jax.jit(lambda p, token, c, w: mha.decode_step(p, token, c, sliding_window=w)[0])
+  # Jitted too (eagerly, each primitive compiles on its own: seconds); the
+  # window stays the layer's setting, a Python int at trace time.
+  by_setting = jax.jit(lambda p, token, c: mha.decode_step(p, token, c)[0])
 
   def decode(token: jax.Array, c: KVCache) -> tuple[jax.Array, KVCache]:
+    result: tuple[jax.Array, KVCache]
     if traced:
-      result: tuple[jax.Array, KVCache] = step(params, token, c, jnp.int32(3))
-      return result
-    return mha.decode_step(params, token, c)[0]
+      result = step(params, token, c, jnp.int32(3))
+    else:
+      result = by_setting(params, token, c)
+    return result
   steps = []
   for t in range(3):
     token = jnp.stack([x[b, lengths[b] + t] for b in range(2)])
@@ -227,7 +242,8 @@ def test_windowed_decoding_on_explicit_mesh_axes_equals_one_device() -> None:
     return jnp.concatenate(outputs, axis=1)
 
   want = jax.jit(decode)(params, x, jnp.int32(3))
-  (full, _), _ = mha.apply(params, x)
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  full = jax.jit(lambda p, x: mha.apply(p, x)[0][0])(params, x)
   np.testing.assert_allclose(want, full, rtol=1e-5, atol=1e-5)
   mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
   placed = Params()
@@ -245,16 +261,17 @@ def test_positions_place_a_left_padded_sequence_as_if_unpadded() -> None:
   rng = Rng(graph.child("rng"))
   attention = MultiHeadAttention(graph.child("attention"), 2, rng=rng, rope_base=100.0,
                                  sliding_window=3)
-  x = jax.random.normal(jax.random.key(1), (2, 4, 8))
+  x = _normal((2, 4, 8), seed=1)
   params = rng.init(lambda p, v: attention.apply(p, v, is_training=False), x)
-  (alone, _), _ = attention.apply(params, x, is_training=False)
+  # Both forward passes jitted: eagerly, each primitive compiles on its own.
+  alone = jax.jit(lambda p, x: attention.apply(p, x, is_training=False)[0][0])(params, x)
   # Two pad tokens in front; the real tokens keep positions 0..3 and hide the pads.
   padded = jnp.concatenate([jnp.full((2, 2, 8), 7.0), x], axis=1)
   valid = jnp.arange(6) >= 2
   positions = jnp.maximum(jnp.cumsum(valid) - 1, 0)
-  (out, _), _ = attention.apply(params, padded, is_training=False,
-                                mask=padding_mask(jnp.broadcast_to(valid, (2, 6))),
-                                positions=positions)
+  out = jax.jit(lambda p, padded, mask, positions: attention.apply(
+      p, padded, is_training=False, mask=mask, positions=positions)[0][0])(
+          params, padded, padding_mask(jnp.broadcast_to(valid, (2, 6))), positions)
   np.testing.assert_allclose(out[:, 2:], alone, atol=1e-6)
   with pytest.raises(ValueError, match=r"'net/attention': positions must be integers"):
     attention.apply(params, padded, is_training=False, positions=jnp.zeros(5, jnp.int32))
