@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from blox.graph import Graph
@@ -33,7 +34,9 @@ def build(
 
 
 def random_inputs(*shape: int, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), shape)
+  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
+  # shape (over a second each on a CPU); any normal draw serves these tests.
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def init_params(

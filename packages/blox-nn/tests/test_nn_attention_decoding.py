@@ -80,12 +80,14 @@ def test_nn_attention_prefill_then_decode() -> None:
   mha, rng = build()
   x = random_inputs(2, 5, FEATURES)
   _, params = init_params(mha, rng, x)
-  (expected, _), _ = mha.apply(params, x)
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  apply = jax.jit(lambda p, xs, c: mha.apply(p, xs, prev_state=c))
+  expected = jax.jit(lambda p, xs: mha.apply(p, xs)[0][0])(params, x)
   cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
-  (head, cache), params = mha.apply(params, x[:, :3], prev_state=cache)
+  (head, cache), params = apply(params, x[:, :3], cache)
   assert cache is not None
   assert cache.position.tolist() == [3, 3]
-  (tail, cache), params = mha.apply(params, x[:, 3:], prev_state=cache)
+  (tail, cache), params = apply(params, x[:, 3:], cache)
   np.testing.assert_allclose(
       jnp.concatenate([head, tail], 1), expected, rtol=1e-5, atol=1e-5
   )
@@ -95,16 +97,19 @@ def test_nn_attention_cache_positions_per_batch_element() -> None:
   mha, rng = build()
   x = random_inputs(2, 5, FEATURES)
   _, params = init_params(mha, rng, x)
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  decode = jax.jit(lambda p, x_t, c: mha.decode_step(p, x_t, c))
+  apply = jax.jit(lambda p, xs: mha.apply(p, xs)[0][0])
   cache, _ = mha.initial_state(params, x[:, 0], max_length=7)
-  (_, cache), params = mha.decode_step(params, x[:, 0], cache)
+  (_, cache), params = decode(params, x[:, 0], cache)
   # Reset batch element 1 alone: every cache leaf has the batch axis first.
   empty, _ = mha.initial_state(params, x[:, 0], max_length=7)
   cache = maybe_reset_state(cache, empty, jnp.array([False, True]))
   assert cache.position.tolist() == [1, 0]
-  (y, cache), _ = mha.decode_step(params, x[:, 1], cache)
-  (fresh, _), _ = mha.apply(params, x[1:, 1:2])
+  (y, cache), _ = decode(params, x[:, 1], cache)
+  fresh = apply(params, x[1:, 1:2])
   np.testing.assert_allclose(y[1], fresh[0, 0], rtol=1e-5, atol=1e-5)
-  (continued, _), _ = mha.apply(params, x[:1, :2])
+  continued = apply(params, x[:1, :2])
   np.testing.assert_allclose(y[0], continued[0, 1], rtol=1e-5, atol=1e-5)
   assert cache.position.tolist() == [2, 1]
 
@@ -225,12 +230,18 @@ def test_nn_attention_decode_step_applies_no_dropout_by_default() -> None:
   mha, rng = build(dropout_rate=0.5, num_kv_heads=1, rope_base=10000.0)
   x = random_inputs(2, 4, FEATURES)
   _, params = init_params(mha, rng, x)
-  (expected, _), _ = mha.apply(params, x, is_training=False)
-  (trained, _), _ = mha.apply(params, x, is_training=True)
+  # Jitted, with is_training static (a Python bool) as the layer requires and
+  # decode_step left to its default: eagerly, each primitive compiles on its
+  # own (seconds).
+  apply = jax.jit(lambda p, xs, training: mha.apply(p, xs, is_training=training)[0][0],
+                  static_argnums=2)
+  expected = apply(params, x, False)
+  trained = apply(params, x, True)
   assert not np.allclose(trained, expected, atol=1e-3)
+  decode = jax.jit(lambda p, x_t, c: mha.decode_step(p, x_t, c))
   cache, _ = mha.initial_state(params, x[:, 0], max_length=4)
   for t in range(4):
-    (y_t, cache), params = mha.decode_step(params, x[:, t], cache)
+    (y_t, cache), params = decode(params, x[:, t], cache)
     np.testing.assert_allclose(y_t, expected[:, t], rtol=1e-5, atol=1e-5)
 
 
