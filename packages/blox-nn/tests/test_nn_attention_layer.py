@@ -16,6 +16,12 @@ from blox.nn import MultiHeadAttention, Rng
 from blox.params import SHARDING, Params
 from nn_attention_helpers import FEATURES, HEADS, build, init_params, random_inputs, reference
 
+
+def _bernoulli(p: float, shape: tuple[int, ...], seed: int) -> jax.Array:
+  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
+  # shape (over a second each on a CPU); any draw serves these tests.
+  return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
+
 def test_nn_attention_param_layout_and_defaults() -> None:
   mha, rng = build()
   x = random_inputs(2, 5, FEATURES)
@@ -49,7 +55,7 @@ def test_nn_attention_cross_attention_matches_reference() -> None:
       qkv_size=6, output_size=5, num_heads=3, kernel_init=recording
   )
   query, kv = random_inputs(2, 5, FEATURES, seed=1), random_inputs(2, 7, 3, seed=2)
-  mask = jax.random.bernoulli(jax.random.key(3), 0.7, (2, 1, 5, 7))
+  mask = _bernoulli(0.7, (2, 1, 5, 7), seed=3)
   y, params = init_params(mha, rng, query, kv, mask=mask)
   assert y.shape == (2, 5, 5)
   # Initializers see the flat (fan_in, fan_out) shape of each projection.
@@ -59,8 +65,8 @@ def test_nn_attention_cross_attention_matches_reference() -> None:
   np.testing.assert_allclose(
       y, reference(params, query, kv, mask, num_heads=3), rtol=1e-5, atol=1e-5
   )
-  # value defaults to key.
-  y_kv, _ = mha(params, query, kv, kv, mask=mask)
+  # value defaults to key. (Jitted: eagerly, each primitive compiles on its own.)
+  y_kv = jax.jit(lambda p, q, kv, m: mha(p, q, kv, kv, mask=m)[0])(params, query, kv, mask)
   np.testing.assert_allclose(y_kv, y, rtol=1e-6, atol=1e-6)
 
 
@@ -75,15 +81,17 @@ def test_nn_attention_mask_broadcasting() -> None:
   mha, rng = build()
   query, kv = random_inputs(2, 5, FEATURES, seed=1), random_inputs(2, 7, FEATURES, seed=2)
   _, params = init_params(mha, rng, query, kv)
-  full = jax.random.bernoulli(jax.random.key(5), 0.6, (2, HEADS, 5, 7))
+  full = _bernoulli(0.6, (2, HEADS, 5, 7), seed=5)
   full = full.at[..., 0].set(True)  # no fully masked rows
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  call = jax.jit(lambda p, q, kv, m: mha(p, q, kv, mask=m)[0])
   for mask in (full, full[0, 0], full[:1], full[:, :1, :1]):
-    y, _ = mha(params, query, kv, mask=mask)
+    y = call(params, query, kv, mask)
     np.testing.assert_allclose(
         y, reference(params, query, kv, mask), rtol=1e-5, atol=1e-5
     )
   # A mask changes the result (so the checks above are not vacuous).
-  unmasked, _ = mha(params, query, kv)
+  unmasked = jax.jit(lambda p, q, kv: mha(p, q, kv)[0])(params, query, kv)
   assert not np.allclose(unmasked, reference(params, query, kv, full), atol=1e-3)
 
 
@@ -167,7 +175,9 @@ def test_nn_attention_jit_grad_vmap() -> None:
     y, _ = mha(trainable.merge(rest), x, is_training=False)
     return jnp.sum(y**2)
 
-  grads = jax.grad(loss)(trainable)
+  # grad and vmap under jit: eagerly, their primitives compile one by one
+  # (seconds); the eager path is the one compared with jit above.
+  grads = jax.jit(jax.grad(loss))(trainable)
   for path, grad in grads.items():
     assert np.all(np.isfinite(grad.value)), path
     if path[-1] == "kernel":
@@ -175,10 +185,10 @@ def test_nn_attention_jit_grad_vmap() -> None:
 
   # Each lane is one sequence with a batch axis of 1 (a rank-2 lane would be
   # refused as ambiguous).
-  lanes = jax.vmap(
+  lanes = jax.jit(jax.vmap(
       lambda x: mha(params, x, is_training=False)[0]
-  )(x[:, None])
-  batched, _ = mha(params, x, is_training=False)
+  ))(x[:, None])
+  batched = jax.jit(lambda p, x: mha(p, x, is_training=False)[0])(params, x)
   np.testing.assert_allclose(lanes[:, 0], batched, rtol=1e-5, atol=1e-5)
 
 
