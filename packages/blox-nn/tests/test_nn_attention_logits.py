@@ -33,7 +33,9 @@ def _build(**kwargs: Any) -> tuple[MultiHeadAttention, Params]:
 
 
 def _inputs(seed: int = 1, scale: float = 1.0) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), (2, 5, FEATURES)) * scale
+  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
+  # shape (over a second each on a CPU); any normal draw serves these tests.
+  return jnp.asarray(np.random.default_rng(seed).standard_normal((2, 5, FEATURES)) * scale, jnp.float32)
 
 
 def test_query_scale_replaces_one_over_sqrt_head_dim() -> None:
@@ -104,13 +106,15 @@ def test_rope_scaling_rotates_with_the_rescaled_frequencies(scaling: RopeScaling
   x = _inputs()
   frequencies = np.asarray(rope_frequencies(HEAD_DIM, 10000.0, scaling), np.float64)
   assert not np.allclose(frequencies, np_frequencies(HEAD_DIM, 10000.0))
-  (y, _), _ = mha.apply(params, x)
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  apply = jax.jit(lambda p, xs, c: mha.apply(p, xs, c)[0])
+  y, _ = apply(params, x, None)
   expected = reference(params, x, x, num_heads=HEADS, mask=causal_mask(5), frequencies=frequencies)
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
   # Cached decoding rotates at the cache positions with the same frequencies.
   cache, _ = mha.initial_state(params, x[:, 0], max_length=5)
-  (prefill, cache), _ = mha.apply(params, x[:, :2], cache)
-  (last, _), _ = mha.apply(params, x[:, 2:], cache)
+  prefill, cache = apply(params, x[:, :2], cache)
+  last, _ = apply(params, x[:, 2:], cache)
   np.testing.assert_allclose(jnp.concatenate([prefill, last], 1), expected, rtol=1e-5, atol=1e-5)
 
 

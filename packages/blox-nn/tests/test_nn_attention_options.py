@@ -22,7 +22,9 @@ HEAD_DIM = FEATURES // HEADS
 
 
 def _inputs(*shape: int, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), shape)
+  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
+  # shape (over a second each on a CPU); any normal draw serves these tests.
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _build(**kwargs: Any) -> tuple[MultiHeadAttention, Rng]:
@@ -101,20 +103,22 @@ def test_nn_attention_grouped_query_matches_repeated_kv_heads(num_kv_heads: int)
   assert shapes[("key", "kernel")] == (FEATURES, num_kv_heads, HEAD_DIM)
   assert shapes[("value", "bias")] == (num_kv_heads, HEAD_DIM)
   assert shapes[("out", "kernel")] == (HEADS, HEAD_DIM, FEATURES)
-  y, _ = mha(params, x, context)
+  # Jitted: eagerly, each primitive compiles on its own (seconds).
+  y = jax.jit(lambda p, x, context: mha(p, x, context)[0])(params, x, context)
   np.testing.assert_allclose(
       y, _reference(params, x, context, num_kv_heads=num_kv_heads), rtol=1e-5, atol=1e-5
   )
-  (causal, _), _ = mha.apply(params, x)
+  causal = jax.jit(lambda p, x: mha.apply(p, x)[0][0])(params, x)
   np.testing.assert_allclose(
       causal, _reference(params, x, x, causal_mask(5), num_kv_heads=num_kv_heads),
       rtol=1e-5, atol=1e-5,
   )
   cache, _ = mha.initial_state(params, x[:, 0], max_length=6)
   assert cache.key.shape == (2, 6, num_kv_heads, HEAD_DIM)
+  step = jax.jit(lambda p, x_t, c: mha.decode_step(p, x_t, c))
   steps = []
   for t in range(5):
-    (y_t, cache), params = mha.decode_step(params, x[:, t], cache)
+    (y_t, cache), params = step(params, x[:, t], cache)
     steps.append(y_t)
   np.testing.assert_allclose(jnp.stack(steps, 1), causal, rtol=1e-5, atol=1e-5)
 
@@ -240,18 +244,23 @@ def test_nn_attention_rope_matches_reference_and_decoding() -> None:
   mha, rng = _build(rope_base=10000.0, num_kv_heads=2, qk_norm=True)
   x = _inputs(2, 6, FEATURES)
   params = _init(mha, rng, x)
-  y, _ = mha(params, x)
+  # The forward passes, the prefill and the step jitted: eagerly, each
+  # primitive compiles on its own (seconds). The Python loop of steps is
+  # still the other decoding than the scan below.
+  y = jax.jit(lambda p, x: mha(p, x)[0])(params, x)
   np.testing.assert_allclose(
       y, _reference(params, x, x, num_kv_heads=2, qk_norm=True, rope_base=10000.0),
       rtol=1e-5, atol=1e-5,
   )
-  (expected, _), _ = mha.apply(params, x)
+  apply = jax.jit(lambda p, xs, c: mha.apply(p, xs, c)[0])
+  step = jax.jit(lambda p, x_t, c: mha.decode_step(p, x_t, c)[0])
+  expected, _ = apply(params, x, None)
   # Prefill three tokens, then decode the others one at a time.
   cache, _ = mha.initial_state(params, x[:, 0], max_length=8)
-  (head, cache), _ = mha.apply(params, x[:, :3], cache)
+  head, cache = apply(params, x[:, :3], cache)
   steps = [head]
   for t in range(3, 6):
-    (y_t, cache), _ = mha.decode_step(params, x[:, t], cache)
+    y_t, cache = step(params, x[:, t], cache)
     steps.append(y_t[:, None])
   np.testing.assert_allclose(jnp.concatenate(steps, 1), expected, rtol=1e-5, atol=1e-5)
 
