@@ -232,6 +232,9 @@ def test_batch_norm_statistics_are_stacked_and_updated_per_layer() -> None:
   np.testing.assert_array_equal(unchanged[mean_path].value, after[mean_path].value)
 
 
+# Cached: every policy compares with the same run without remat, which need
+# not be built, initialised and compiled again for each.
+@functools.cache
 def _loss_and_grads(remat_policy: str | None) -> tuple[Any, Params]:
   _, rng, blocks = build(3, rate=0.25, remat_policy=remat_policy)
   _, params = init(rng, blocks, X)
@@ -259,7 +262,9 @@ def test_gradients_through_remat_equal_those_without(policy: str) -> None:
 def test_remat_policy_is_in_the_jaxpr() -> None:
   def jaxpr_text(remat_policy: str | None) -> str:
     _, rng, blocks = build(2, remat_policy=remat_policy)
-    _, params = init(rng, blocks, X)
+    # Only the shapes of the params matter to the jaxpr: no eager init (it
+    # compiles the scan of the initialisers, seconds).
+    params = jax.eval_shape(lambda: init(rng, blocks, X)[1])
 
     def loss(params: Params, x: jax.Array) -> tuple[jax.Array, Params]:
       y, params = blocks(params, x)
@@ -267,8 +272,9 @@ def test_remat_policy_is_in_the_jaxpr() -> None:
 
     return str(jax.make_jaxpr(value_and_grad(loss))(params.locked(), X))
 
-  assert "checkpoint" in jaxpr_text("full") or "remat" in jaxpr_text("full")
-  assert "checkpoint" not in jaxpr_text(None) and "remat" not in jaxpr_text(None)
+  full, plain = jaxpr_text("full"), jaxpr_text(None)
+  assert "checkpoint" in full or "remat" in full
+  assert "checkpoint" not in plain and "remat" not in plain
 
 
 def test_init_is_traced_once_whatever_the_number_of_layers() -> None:
@@ -309,19 +315,21 @@ def test_layer_calls_are_traced_once() -> None:
 
 def test_jit_vmap_and_eval_shape() -> None:
   _, rng, blocks = build(3)
-  y, params = init(rng, blocks, X)
-  params = params.locked()
+  y, initialised = init(rng, blocks, X)
+  params = initialised.locked()
   y_jit, params_jit = jax.jit(lambda p, x: blocks(p, x, is_training=False))(params, X)
   y_eager, _ = blocks(params, X, is_training=False)
   np.testing.assert_allclose(y_jit, y_eager, rtol=1e-6)
   assert same_structure(params_jit, params)
-  y_vmap, _ = jax.vmap(
+  # Under jit: eagerly, vmap's primitives compile one by one (seconds).
+  y_vmap, _ = jax.jit(jax.vmap(
       lambda x: blocks(params, x, is_training=False), out_axes=(0, None)
-  )(X)
+  ))(X)
   np.testing.assert_allclose(y_vmap, y_eager, rtol=1e-5, atol=1e-6)
   abstract = jax.eval_shape(lambda x: init(rng, blocks, x), X)
   assert abstract[1][("net", "blocks", "layer", "up", "kernel")].value.shape == (3, FEATURES, 8)
-  assert same_structure(abstract[1], init(rng, blocks, X)[1])
+  # The eager init above made these (init is deterministic: no second one).
+  assert same_structure(abstract[1], initialised)
   y_init_jit, params_init_jit = jax.jit(lambda x: init(rng, blocks, x))(X)
   np.testing.assert_allclose(y_init_jit, y, rtol=1e-6)
 
