@@ -55,10 +55,10 @@ non-zero if one is missed, but the agreement of int4 rounded to nearest,
 which is only reported: about 92%, while its loss moves by under 1%. This
 model's weights are still mostly their random init, and on a tenth of the
 positions its two likeliest bytes are within 0.2 of each other, so plain
-4-bit rounding flips those. The calibrated int4 agrees on about 95.4% (95.1
-to 95.4% over other calibration samples): most of what it still misses is
-the embedding table, which no product reads and so is rounded to nearest
-(95.3% becomes 96.3% with it left in float32). `--fast` only reports (its
+4-bit rounding flips those. The calibrated int4 agrees on 95.6% (95.1 to
+95.4% with other calibration samples): most of what it still misses is the
+embedding table, which no product reads and so is rounded to nearest (about
+one point more with it left in float32). `--fast` only reports (its
 figures, from 30 steps, say little). Every mode ends with `generate`: a
 sample of the saved model, drawn at temperature 0.8 among the 40 likeliest
 bytes after `def `.
@@ -319,7 +319,7 @@ def quantization_figures(
           f" {100 * largest:.0f}%), weights {stored_bytes_ratio(params, quantized):.3f}x their"
           f" float32 bytes")
     below = {"agreement": report.agreement < least, "loss": abs(report.loss_change) > largest}
-    for figure in (name for name, miss in below.items() if miss and enforce):
+    for figure in (figure for figure, miss in below.items() if miss and enforce):
       if (name, figure) in REPORTED_ONLY:
         print(f"note: {name}'s {figure} misses its target: reported, not enforced"
               " (the example's docstring says why)")

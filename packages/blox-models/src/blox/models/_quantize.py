@@ -243,12 +243,11 @@ def _checked(
 
 
 def _quantized_entries(
-    path: tuple[str, ...], param: Param, *, bits: int, group_size: int | None, input_axes: int,
+    param: Param, *, bits: int, group_size: int | None, input_axes: int, stacked: int,
     hessian: Any = None,
 ) -> tuple[Param, Param]:
-  """The quantized weight and its scales, checked, from one float kernel
-  (rounded by GPTQ with its inputs' `hessian` if given, else to nearest)."""
-  stacked = _checked(path, param, bits=bits, group_size=group_size, input_axes=input_axes)
+  """The quantized weight and its scales from one float kernel that `_checked`
+  passed (rounded by GPTQ with its inputs' `hessian` if given, else to nearest)."""
   value = param.value
   if hessian is None:
     integers, scales = _quantize_array(
@@ -324,7 +323,8 @@ def quantize(
     ((1, 16, 4), (1, 2, 8))
   """
   _check_options(bits, group_size)
-  weights: list[tuple[Module, tuple[str, ...], tuple[str, ...], int]] = []
+  # Every weight is checked before any work: calibration runs the model.
+  weights: list[tuple[Module, tuple[str, ...], tuple[str, ...], int, int]] = []
   for module in _targets(model, targets):
     for name, input_axes in weights_of(module):
       path = module.param_path(name)
@@ -332,17 +332,18 @@ def quantize(
         raise ValueError(
             f"quantize: {module.where()} has no param {path_text(path)}; run the model once"
             " (or load its checkpoint) so that its params exist, then quantize them.")
-      _checked(path, params[path], bits=bits, group_size=group_size, input_axes=input_axes)
-      weights.append((module, name, path, input_axes))
+      stacked = _checked(path, params[path], bits=bits, group_size=group_size,
+                         input_axes=input_axes)
+      weights.append((module, name, path, input_axes, stacked))
   hessians: dict[tuple[str, ...], Any] = {}
   if calibration is not None:
     hessians = input_hessians(model, params, calibration, [
-        (module, name, path) for module, name, path, input_axes in weights if input_axes > 0])
-  replaced: dict[tuple[str, ...], tuple[Param, Param]] = {}
-  for _, _, path, input_axes in weights:
-    replaced[path] = _quantized_entries(
-        path, params[path], bits=bits, group_size=group_size, input_axes=input_axes,
-        hessian=hessians.get(path))
+        (module, name, path) for module, name, path, input_axes, _ in weights if input_axes > 0])
+  replaced = {
+      path: _quantized_entries(
+          params[path], bits=bits, group_size=group_size, input_axes=input_axes,
+          stacked=stacked, hessian=hessians.get(path))
+      for _, _, path, input_axes, stacked in weights}
   entries: dict[tuple[str, ...], Param] = {}
   for path, param in params.items():
     if path in replaced:

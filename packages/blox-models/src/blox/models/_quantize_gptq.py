@@ -124,10 +124,11 @@ class _Accumulator:
   def __init__(self, params: Params, paths: Iterable[tuple[str, ...]]) -> None:
     self.probes: dict[tuple[str, ...], Any] = {}
     for path in paths:
-      value = np.asarray(params[path].value)
+      value = params[path].value
       sizes = _sizes(params[path].metadata.get(STACKED))
-      per_layer = value.reshape(math.prod(sizes), *value.shape[len(sizes):])
-      self.probes[path] = np.stack([_probe(layer) for layer in per_layer])
+      # Sliced where the kernel lives: only the probes come to the host.
+      first_rows = value[(*(slice(None),) * len(sizes), *(0,) * (value.ndim - len(sizes) - 1))]
+      self.probes[path] = np.asarray(first_rows[..., :_PROBE]).reshape(math.prod(sizes), -1)
     self.hessians: dict[tuple[str, ...], Float64] = {}
     self.calls: dict[tuple[str, ...], int] = dict.fromkeys(self.probes, 0)
     self.layer_calls = {path: np.zeros(len(probes), np.int64) for path, probes in self.probes.items()}
