@@ -33,10 +33,16 @@ def build(
   return mha, rng
 
 
+# Test inputs are drawn with NumPy: jax.random compiles its threefry kernel
+# anew for every shape (over a second each on a CPU); any draw serves here.
 def random_inputs(*shape: int, seed: int = 1) -> jax.Array:
-  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
-  # shape (over a second each on a CPU); any normal draw serves these tests.
+  """Standard normal float32 values of `shape`."""
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def random_mask(p: float, shape: tuple[int, ...], seed: int) -> jax.Array:
+  """A boolean mask of `shape`, each entry True with probability `p`."""
+  return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
 
 
 def init_params(

@@ -14,13 +14,10 @@ import pytest
 from blox.graph import Graph, SequenceBase, summary
 from blox.nn import MultiHeadAttention, Rng
 from blox.params import SHARDING, Params
-from nn_attention_helpers import FEATURES, HEADS, build, init_params, random_inputs, reference
+from nn_attention_helpers import (
+    FEATURES, HEADS, build, init_params, random_inputs, random_mask, reference,
+)
 
-
-def _bernoulli(p: float, shape: tuple[int, ...], seed: int) -> jax.Array:
-  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
-  # shape (over a second each on a CPU); any draw serves these tests.
-  return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
 
 def test_nn_attention_param_layout_and_defaults() -> None:
   mha, rng = build()
@@ -55,7 +52,7 @@ def test_nn_attention_cross_attention_matches_reference() -> None:
       qkv_size=6, output_size=5, num_heads=3, kernel_init=recording
   )
   query, kv = random_inputs(2, 5, FEATURES, seed=1), random_inputs(2, 7, 3, seed=2)
-  mask = _bernoulli(0.7, (2, 1, 5, 7), seed=3)
+  mask = random_mask(0.7, (2, 1, 5, 7), seed=3)
   y, params = init_params(mha, rng, query, kv, mask=mask)
   assert y.shape == (2, 5, 5)
   # Initializers see the flat (fan_in, fan_out) shape of each projection.
@@ -81,7 +78,7 @@ def test_nn_attention_mask_broadcasting() -> None:
   mha, rng = build()
   query, kv = random_inputs(2, 5, FEATURES, seed=1), random_inputs(2, 7, FEATURES, seed=2)
   _, params = init_params(mha, rng, query, kv)
-  full = _bernoulli(0.6, (2, HEADS, 5, 7), seed=5)
+  full = random_mask(0.6, (2, HEADS, 5, 7), seed=5)
   full = full.at[..., 0].set(True)  # no fully masked rows
   # Jitted: eagerly, each primitive compiles on its own (seconds).
   call = jax.jit(lambda p, q, kv, m: mha(p, q, kv, mask=m)[0])

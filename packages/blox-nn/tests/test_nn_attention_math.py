@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 
 from blox.nn import causal_mask, combine_masks, dot_product_attention, padding_mask
+from nn_attention_helpers import random_inputs, random_mask
 
 
 
 def _heads(*shape: int, seed: int) -> jax.Array:
-  return _inputs(*shape, seed=seed)
-
-
-def _inputs(*shape: int, seed: int = 1) -> jax.Array:
-  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
-  # shape (over a second each on a CPU); any normal draw serves these tests.
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
-
-def _bernoulli(p: float, shape: tuple[int, ...], seed: int) -> jax.Array:
-  return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
+  return random_inputs(*shape, seed=seed)
 
 
 def _reference(q: Any, k: Any, v: Any, mask: Any = None, scale: float | None = None) -> np.ndarray:
@@ -43,7 +34,7 @@ def _reference(q: Any, k: Any, v: Any, mask: Any = None, scale: float | None = N
 
 def test_nn_dot_product_attention_matches_reference() -> None:
   q, k, v = _heads(2, 5, 3, 4, seed=1), _heads(2, 7, 3, 4, seed=2), _heads(2, 7, 3, 4, seed=3)
-  mask = _bernoulli(0.6, (2, 1, 5, 7), seed=4).at[..., 0].set(True)
+  mask = random_mask(0.6, (2, 1, 5, 7), seed=4).at[..., 0].set(True)
 
   # Every call under one jit: eagerly, each primitive of each call compiles
   # on its own (seconds); the math is the same.
@@ -137,8 +128,8 @@ def test_nn_dot_product_attention_under_jit_and_grad() -> None:
 
 
 def test_nn_dot_product_attention_grouped_query_heads() -> None:
-  q, k, v = _inputs(2, 5, 6, 4), _inputs(2, 7, 2, 4, seed=2), _inputs(2, 7, 2, 4, seed=3)
-  mask = _bernoulli(0.6, (2, 6, 5, 7), seed=4).at[..., 0].set(True)
+  q, k, v = random_inputs(2, 5, 6, 4), random_inputs(2, 7, 2, 4, seed=2), random_inputs(2, 7, 2, 4, seed=3)
+  mask = random_mask(0.6, (2, 6, 5, 7), seed=4).at[..., 0].set(True)
 
   # The three attentions under one jit (eagerly, each primitive compiles on
   # its own: seconds); the paths compared are the same.
@@ -152,15 +143,15 @@ def test_nn_dot_product_attention_grouped_query_heads() -> None:
   np.testing.assert_allclose(grouped, expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(own, expected, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match=r"dot_product_attention: the query's 6 heads are not a multiple of the key's 4; grouped-query"):
-    dot_product_attention(q, _inputs(2, 7, 4, 4), _inputs(2, 7, 4, 4))
+    dot_product_attention(q, random_inputs(2, 7, 4, 4), random_inputs(2, 7, 4, 4))
 
 
 def test_nn_dot_product_attention_jax_kernel_equals_own_formula() -> None:
-  q, k, v = _inputs(3, 2, 5, 2, 8), _inputs(3, 2, 6, 2, 8, seed=2), _inputs(3, 2, 6, 2, 8, seed=3)
+  q, k, v = random_inputs(3, 2, 5, 2, 8), random_inputs(3, 2, 6, 2, 8, seed=2), random_inputs(3, 2, 6, 2, 8, seed=3)
   # Row 1 of query 0 of every head fully masked.
   mask = jnp.ones((3, 2, 1, 5, 6), bool).at[:, :, :, 1].set(False)
   # A mask shared by the batch axes but not by the heads.
-  per_head = _bernoulli(0.6, (2, 5, 6), seed=5).at[..., 0].set(True)
+  per_head = random_mask(0.6, (2, 5, 6), seed=5).at[..., 0].set(True)
 
   # Every attention under one jit (eagerly, each primitive of each call
   # compiles on its own: seconds); jax's kernel and blox's formula are still

@@ -15,16 +15,11 @@ from blox.nn import KVCache, MultiHeadAttention, Rng, causal_mask, dot_product_a
 from blox.nn import initializers
 from blox.nn._attention_heads import normalize_heads
 from blox.params import SHARDING, Params
+from nn_attention_helpers import random_inputs
 
 HEADS = 4
 FEATURES = 16
 HEAD_DIM = FEATURES // HEADS
-
-
-def _inputs(*shape: int, seed: int = 1) -> jax.Array:
-  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
-  # shape (over a second each on a CPU); any normal draw serves these tests.
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _build(**kwargs: Any) -> tuple[MultiHeadAttention, Rng]:
@@ -96,7 +91,7 @@ def _reference(
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
 def test_nn_attention_grouped_query_matches_repeated_kv_heads(num_kv_heads: int) -> None:
   mha, rng = _build(num_kv_heads=num_kv_heads)
-  x, context = _inputs(2, 5, FEATURES), _inputs(2, 7, FEATURES, seed=2)
+  x, context = random_inputs(2, 5, FEATURES), random_inputs(2, 7, FEATURES, seed=2)
   params = _init(mha, rng, x)
   shapes = {path[2:]: params[path].value.shape for path in params if path[1] == "mha"}
   assert shapes[("query", "kernel")] == (FEATURES, HEADS, HEAD_DIM)
@@ -132,7 +127,7 @@ def test_nn_attention_num_kv_heads_must_divide_num_heads() -> None:
 
 def test_nn_attention_cache_of_other_kv_heads_is_refused() -> None:
   mha, rng = _build(num_kv_heads=2)
-  x = _inputs(1, 3, FEATURES)
+  x = random_inputs(1, 3, FEATURES)
   params = _init(mha, rng, x)
   full_heads = KVCache(jnp.zeros((1, 4, HEADS, HEAD_DIM)), jnp.zeros((1, 4, HEADS, HEAD_DIM)), jnp.zeros((1,), jnp.int32))
   with pytest.raises(ValueError, match=r"'net/mha': the cache holds keys \(1, 4, 4, 4\).*\[\*batch, max_length, 2, 4\].*initial_state"):
@@ -140,13 +135,13 @@ def test_nn_attention_cache_of_other_kv_heads_is_refused() -> None:
 
 
 def test_nn_attention_implementation_name_is_checked() -> None:
-  q = _inputs(1, 3, 2, 4)
+  q = random_inputs(1, 3, 2, 4)
   with pytest.raises(ValueError, match=r"dot_product_attention: implementation must be one of \(None, 'xla', 'cudnn'\).*got 'flash'; use None"):
     dot_product_attention(q, q, q, implementation="flash")
   with pytest.raises(ValueError, match=r"MultiHeadAttention 'net/mha': implementation must be one of .*got 'triton'"):
     _build(implementation="triton")
   mha, rng = _build(implementation="xla")
-  x = _inputs(2, 4, FEATURES)
+  x = random_inputs(2, 4, FEATURES)
   params = _init(mha, rng, x)
   y, _ = mha(params, x)
   np.testing.assert_allclose(y, _reference(params, x, x), rtol=1e-5, atol=1e-5)
@@ -157,7 +152,7 @@ def test_nn_attention_qk_norm_params_and_math() -> None:
       qk_norm=True, num_kv_heads=2, qk_norm_scale_init=initializers.constant(1.5),
       qk_norm_metadata={"key_norm": {SHARDING: (None,)}},
   )
-  x = _inputs(2, 5, FEATURES) * 3.0
+  x = random_inputs(2, 5, FEATURES) * 3.0
   params = _init(mha, rng, x)
   for name in ("query_norm", "key_norm"):
     scale = params[("net", "mha", name, "scale")]
@@ -176,7 +171,7 @@ def test_nn_attention_qk_norm_params_and_math() -> None:
 
 def test_nn_attention_qk_norm_statistics_in_float32() -> None:
   mha, _ = _build(qk_norm=True)
-  heads = _inputs(2, 3, HEADS, HEAD_DIM) * 50.0
+  heads = random_inputs(2, 3, HEADS, HEAD_DIM) * 50.0
   low = heads.astype(jnp.bfloat16)
   normalized, _ = normalize_heads(mha, Params(), "query_norm", low, scale_init=initializers.ones)
   assert normalized.dtype == jnp.bfloat16
@@ -192,7 +187,7 @@ def test_nn_attention_qk_norm_statistics_in_float32() -> None:
 
 
 def test_nn_rope_matches_its_formula() -> None:
-  x = _inputs(2, 5, 3, 8)
+  x = random_inputs(2, 5, 3, 8)
   np.testing.assert_allclose(
       rope(x, jnp.arange(5)), _np_rope(np.asarray(x, np.float64), np.arange(5), 10000.0),
       rtol=1e-5, atol=1e-5,
@@ -207,7 +202,7 @@ def test_nn_rope_matches_its_formula() -> None:
 
 
 def test_nn_rope_dot_products_depend_on_the_position_difference() -> None:
-  q, k = _inputs(1, 1, 1, 16), _inputs(1, 1, 1, 16, seed=2)
+  q, k = random_inputs(1, 1, 1, 16), random_inputs(1, 1, 1, 16, seed=2)
 
   def score(q_pos: int, k_pos: int) -> float:
     rotated_q = rope(q, jnp.array([q_pos]))
@@ -221,11 +216,11 @@ def test_nn_rope_dot_products_depend_on_the_position_difference() -> None:
 
 def test_nn_rope_misuse_is_reported() -> None:
   with pytest.raises(ValueError, match=r"rope: x needs shape \[\*batch, length, heads, head_dim\] with an even head_dim.*got shape \(1, 3, 2, 5\). Pick an even head_dim"):
-    rope(_inputs(1, 3, 2, 5), jnp.arange(3))
+    rope(random_inputs(1, 3, 2, 5), jnp.arange(3))
   with pytest.raises(TypeError, match=r"rope: positions must be integers.*jnp.arange"):
-    rope(_inputs(1, 3, 2, 4), jnp.arange(3.0))
+    rope(random_inputs(1, 3, 2, 4), jnp.arange(3.0))
   with pytest.raises(ValueError, match=r"rope: positions of shape \(4,\) do not match x of shape \(1, 3, 2, 4\); pass"):
-    rope(_inputs(1, 3, 2, 4), jnp.arange(4))
+    rope(random_inputs(1, 3, 2, 4), jnp.arange(4))
   with pytest.raises(ValueError, match=r"MultiHeadAttention 'net/mha': rope_base needs an even head_dim.*qkv_size=12 // num_heads=4 = 3; pick"):
     _build(rope_base=10000.0, qkv_size=12)
   with pytest.raises(ValueError, match=r"'net/mha': rope_base must be None \(no RoPE\) or a positive number"):
@@ -234,15 +229,15 @@ def test_nn_rope_misuse_is_reported() -> None:
 
 def test_nn_attention_rope_refuses_cross_attention_of_another_length() -> None:
   mha, rng = _build(rope_base=10000.0)
-  x = _inputs(2, 5, FEATURES)
+  x = random_inputs(2, 5, FEATURES)
   params = _init(mha, rng, x)
   with pytest.raises(ValueError, match=r"MultiHeadAttention 'net/mha': with rope_base set.*query has length 5 and the key 7. For cross-attention use rope_base=None"):
-    mha(params, x, _inputs(2, 7, FEATURES))
+    mha(params, x, random_inputs(2, 7, FEATURES))
 
 
 def test_nn_attention_rope_matches_reference_and_decoding() -> None:
   mha, rng = _build(rope_base=10000.0, num_kv_heads=2, qk_norm=True)
-  x = _inputs(2, 6, FEATURES)
+  x = random_inputs(2, 6, FEATURES)
   params = _init(mha, rng, x)
   # The forward passes, the prefill and the step jitted: eagerly, each
   # primitive compiles on its own (seconds). The Python loop of steps is
@@ -289,7 +284,7 @@ def test_nn_attention_wrong_input_width_blames_the_input_not_the_rope_configurat
   # 12 features over 4 heads would be an odd head_dim: before the params
   # existed that is a configuration error; after, the input is at fault.
   mha, rng = _build(rope_base=10000.0)
-  x, narrow = _inputs(2, 5, FEATURES), _inputs(2, 5, 12)
+  x, narrow = random_inputs(2, 5, FEATURES), random_inputs(2, 5, 12)
   params = _init(mha, rng, x)
   with pytest.raises(ValueError, match=r"^MultiHeadAttention 'net/mha': the last axis of query is 12, but the params were made for 16 features: query/kernel has shape \(16, 4, 4\) \[features, heads, head_dim\]\. Feed query with 16 features, or start from fresh params") as caught:
     mha(params, narrow)

@@ -17,6 +17,7 @@ from nn_attention_reference import np_frequencies, reference, window
 from blox.graph import Graph, Module, Repeat, setting
 from blox.nn import KVCache, MultiHeadAttention, Rng, causal_mask, padding_mask
 from blox.params import SHARDING, KeySource, Param, Params
+from nn_attention_helpers import random_inputs
 
 # PartitionSpec's constructor has no annotations (strict mypy).
 P: Callable[..., PartitionSpec] = PartitionSpec
@@ -37,13 +38,7 @@ def _build(**kwargs: Any) -> tuple[MultiHeadAttention, Params]:
 
 
 def _inputs(batch: int = 2, length: int = LENGTH, seed: int = 1) -> jax.Array:
-  return _normal((batch, length, FEATURES), seed)
-
-
-def _normal(shape: tuple[int, ...], seed: int) -> jax.Array:
-  # Drawn with NumPy: jax.random compiles its threefry kernel anew for every
-  # shape (over a second each on a CPU); any normal draw serves these tests.
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+  return random_inputs(batch, length, FEATURES, seed=seed)
 
 
 def _causal_window(length: int, size: int) -> np.ndarray:
@@ -261,7 +256,7 @@ def test_positions_place_a_left_padded_sequence_as_if_unpadded() -> None:
   rng = Rng(graph.child("rng"))
   attention = MultiHeadAttention(graph.child("attention"), 2, rng=rng, rope_base=100.0,
                                  sliding_window=3)
-  x = _normal((2, 4, 8), seed=1)
+  x = random_inputs(2, 4, 8, seed=1)
   params = rng.init(lambda p, v: attention.apply(p, v, is_training=False), x)
   # Both forward passes jitted: eagerly, each primitive compiles on its own.
   alone = jax.jit(lambda p, x: attention.apply(p, x, is_training=False)[0][0])(params, x)
